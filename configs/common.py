@@ -1,0 +1,66 @@
+"""Shared defaults for every RAN config and the ':smoke' shrink used by tests.
+
+Loss convention (`ran.recon_reduction`): 'sum' (default, the paper's Eq. 3-4)
+weighs each example's cross-entropy against its squared reconstruction error
+*summed* over all input values, averaged over the batch; 'mean' averages it over
+the input values instead (H*W*C times smaller), which changes what a lambda means.
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def get_base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.batch_size = 64            # global, split over all devices
+  c.eval_batch_size = 256
+  c.num_epochs = 10
+  c.max_steps = -1             # -1: num_epochs * steps_per_epoch
+  c.log_every_steps = 50
+  c.checkpoint_every_steps = 0  # 0: at the end of every epoch
+  c.keep_checkpoints = 2
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = "digits"
+  c.data.data_dir = config_dict.placeholder(str)    # prepared TFDS data_dir (local or gs://)
+  c.data.manual_dir = config_dict.placeholder(str)  # raw files for offline preparation
+  c.data.image_size = 28
+  c.data.train_limit = 0       # >0: use only the first N examples (tests)
+  c.data.test_limit = 0
+
+  c.model = ml_collections.ConfigDict()
+  c.model.encoder = "lenet5"
+  c.model.widths = config_dict.placeholder(tuple)  # None: the paper's widths
+  c.model.classifier_hidden = (120, 84)
+  c.model.dropout = 0.0
+  c.model.dtype = "float32"    # 'bfloat16' computes in bf16 with f32 params (accelerators)
+
+  c.ran = ml_collections.ConfigDict()
+  c.ran.k = 3                  # inner (discriminative, generative) pairs per mini-batch
+  c.ran.lam = 0.5              # lambda of Eq. 4, in [0, 1]
+  c.ran.l1 = 1e-3              # Adam learning rate, discriminative stage
+  c.ran.l2 = 1e-3              # generative stage (decoder)
+  c.ran.l3 = 1e-3              # adversarial stage
+  c.ran.recon_reduction = "sum"  # 'sum' per example (paper) or 'mean' per value
+  return c
+
+
+def apply_smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Shrinks a config so one run takes seconds on CPU (used by tests)."""
+  c.batch_size = 16
+  c.eval_batch_size = 32
+  c.num_epochs = 2
+  c.max_steps = 6
+  c.log_every_steps = 2
+  c.data.train_limit = 48
+  c.data.test_limit = 40
+  return c
+
+
+def finish(c: ml_collections.ConfigDict, arg) -> ml_collections.ConfigDict:
+  if arg in (None, ""):
+    return c
+  if arg == "smoke":
+    return apply_smoke(c)
+  raise ValueError(f"Unknown config variant {arg!r}; allowed: 'smoke' (configs/x.py:smoke).")

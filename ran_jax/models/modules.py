@@ -1,0 +1,145 @@
+"""Flax modules of RAN: Encoder E, Classifier C and the mirrored Decoder D."""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from ran_jax.models.spec import ConvSpec, EncoderSpec, PoolSpec, layer_shapes, same_pad_lo
+
+BN_MOMENTUM = 0.9
+BN_EPSILON = 1e-5
+
+
+def _bn(train: bool, name: str, dtype) -> nn.BatchNorm:
+  return nn.BatchNorm(
+      use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name, dtype=dtype)
+
+
+class Encoder(nn.Module):
+  """Runs an `EncoderSpec`: conv -> batch-norm -> ReLU, and max-pooling."""
+
+  spec: EncoderSpec
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool):  # x: [B, H, W, C] -> [B, h, w, c]
+    for layer in self.spec:
+      if isinstance(layer, ConvSpec):
+        x = nn.Conv(layer.features, layer.kernel, layer.strides, padding=layer.padding,
+                    name=layer.name, dtype=self.dtype)(x)
+        x = _bn(train, f"{layer.name}_bn", self.dtype)(x)
+        x = nn.relu(x)
+      else:
+        x = nn.max_pool(x, layer.window, layer.strides, padding="VALID")
+    return x
+
+
+def _fit_axis(x, axis: int, start: int, size: int, mode: str):
+  """Takes x[start:start+size] along `axis`, padding at the end if x is short."""
+  n = x.shape[axis]
+  x = jax.lax.slice_in_dim(x, start, min(start + size, n), axis=axis)
+  short = size - x.shape[axis]
+  if short > 0:
+    pad = [(0, 0)] * x.ndim
+    pad[axis] = (0, short)
+    x = jnp.pad(x, pad, mode=mode)
+  return x
+
+
+def unpool(x, strides: Sequence[int], target_hw: Sequence[int]):
+  """Un-pooling without switches: each value fills its pooling block.
+
+  The attacker only sees E(x), never the pooling indices, so the decoder cannot
+  use switch-based un-pooling; nearest-neighbour un-pooling is its mirror.
+  Rows/columns dropped by the floor of a VALID pool are filled from the edge.
+  """
+  sh, sw = strides
+  x = jnp.repeat(jnp.repeat(x, sh, axis=1), sw, axis=2)
+  x = _fit_axis(x, 1, 0, target_hw[0], "edge")
+  return _fit_axis(x, 2, 0, target_hw[1], "edge")
+
+
+class Decoder(nn.Module):
+  """The encoder mirrored layer by layer, read from the encoder's own spec.
+
+  conv(k, s, pad) -> transposed conv(k, s) cropped exactly as the adjoint of that
+  padding; max-pool -> un-pool. Every hidden layer has batch-norm + ReLU; the last
+  maps into the data's value range [lo, hi] through a scaled sigmoid.
+  """
+
+  spec: EncoderSpec
+  input_shape: tuple[int, int, int]
+  value_range: tuple[float, float] = (0.0, 1.0)
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, z, train: bool):  # z: [B, h, w, c] -> [B, H, W, C]
+    shapes = layer_shapes(self.spec, self.input_shape)
+    n = len(self.spec)
+    for i in reversed(range(n)):
+      layer, (th, tw, tc) = self.spec[i], shapes[i]
+      if isinstance(layer, PoolSpec):
+        z = unpool(z, layer.strides, (th, tw))
+        continue
+      kh, kw = layer.kernel
+      sh, sw = layer.strides
+      z = nn.ConvTranspose(tc, layer.kernel, layer.strides, padding="VALID",
+                           name=f"de{layer.name}", dtype=self.dtype)(z)
+      lo_h = same_pad_lo(th, kh, sh) if layer.padding == "SAME" else 0
+      lo_w = same_pad_lo(tw, kw, sw) if layer.padding == "SAME" else 0
+      z = _fit_axis(z, 1, lo_h, th, "constant")
+      z = _fit_axis(z, 2, lo_w, tw, "constant")
+      if i > 0:
+        z = _bn(train, f"de{layer.name}_bn", self.dtype)(z)
+        z = nn.relu(z)
+    if isinstance(self.spec[0], PoolSpec):
+      raise ValueError("An encoder spec must start with a convolution.")
+    lo, hi = self.value_range
+    return (lo + (hi - lo) * nn.sigmoid(z.astype(jnp.float32)))
+
+
+class Classifier(nn.Module):
+  """MLP on the flattened features: hidden Dense+ReLU layers, then logits."""
+
+  hidden: Sequence[int]
+  num_classes: int
+  dropout: float = 0.0
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, z, train: bool):  # z: [B, ...] -> [B, num_classes]
+    z = z.reshape((z.shape[0], -1))
+    for i, width in enumerate(self.hidden, start=1):
+      z = nn.relu(nn.Dense(width, name=f"fc{i}", dtype=self.dtype)(z))
+      if self.dropout > 0:
+        z = nn.Dropout(self.dropout, deterministic=not train)(z)
+    return nn.Dense(self.num_classes, name="logits", dtype=self.dtype)(z).astype(jnp.float32)
+
+
+class RANModels:
+  """The three modules of one RAN, built for one input shape and class count."""
+
+  def __init__(self, spec: EncoderSpec, input_shape, num_classes: int, classifier_hidden,
+               value_range=(0.0, 1.0), dropout: float = 0.0, dtype=jnp.float32):
+    self.spec = spec
+    self.input_shape = tuple(int(d) for d in input_shape)
+    self.num_classes = num_classes
+    self.encoder = Encoder(spec, dtype=dtype)
+    self.decoder = Decoder(spec, self.input_shape, tuple(float(v) for v in value_range), dtype=dtype)
+    self.classifier = Classifier(tuple(classifier_hidden), num_classes, dropout, dtype=dtype)
+
+  def init(self, rng):
+    """Returns (params, batch_stats), each a dict over encoder/classifier/decoder."""
+    k_e, k_c, k_d = jax.random.split(rng, 3)
+    x = jnp.zeros((1,) + self.input_shape, jnp.float32)
+    ev = self.encoder.init(k_e, x, train=False)
+    z = self.encoder.apply(ev, x, train=False)
+    cv = self.classifier.init(k_c, z, train=False)
+    dv = self.decoder.init(k_d, z, train=False)
+    params = {"encoder": ev["params"], "classifier": cv["params"], "decoder": dv["params"]}
+    stats = {"encoder": ev.get("batch_stats", {}), "decoder": dv.get("batch_stats", {})}
+    return params, stats
