@@ -43,6 +43,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.ran.l2 = 1e-3              # generative stage (decoder)
   c.ran.l3 = 1e-3              # adversarial stage
   c.ran.recon_reduction = "sum"  # 'sum' per example (paper) or 'mean' per value
+  c.ran.fused = True           # one jitted function per Algorithm-1 iteration (False: per stage)
   return c
 
 

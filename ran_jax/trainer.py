@@ -68,15 +68,32 @@ def build(config, mesh):
   return source, models, pipeline, optimizers
 
 
+def _jit_step(fn, mesh):
+  repl, dsh = parallel.replicated(mesh), parallel.data_sharding(mesh)
+  return jax.jit(fn, in_shardings=(repl, dsh), out_shardings=(repl, repl), donate_argnums=0)
+
+
 def jit_stages(models, optimizers, ran_config, mesh) -> stages.StageFns:
   """Each stage jitted once: state replicated and donated, batch sharded on 'data'."""
   bound = stages.bind_stages(models, optimizers, ran_config)
-  repl, dsh = parallel.replicated(mesh), parallel.data_sharding(mesh)
+  return stages.StageFns(disc=_jit_step(bound.disc, mesh), gen=_jit_step(bound.gen, mesh),
+                         adv=_jit_step(bound.adv, mesh))
 
-  def j(fn):
-    return jax.jit(fn, in_shardings=(repl, dsh), out_shardings=(repl, repl), donate_argnums=0)
 
-  return stages.StageFns(disc=j(bound.disc), gen=j(bound.gen), adv=j(bound.adv))
+def make_iteration(models, optimizers, ran_config, mesh):
+  """(state, batch) -> (state, metrics) for one Algorithm-1 iteration.
+
+  fused=True: the whole iteration (k unrolled (disc, gen) pairs + adv) is one
+  jitted function with the state donated, one dispatch per mini-batch.
+  fused=False: the per-stage jitted steps called 2k+1 times from Python.
+  Both run the same stage functions and give the same results.
+  """
+  k = int(ran_config.k)
+  if ran_config.get("fused", True):
+    bound = stages.bind_stages(models, optimizers, ran_config)
+    return _jit_step(functools.partial(stages.ran_iteration, stages=bound, k=k), mesh)
+  fns = jit_stages(models, optimizers, ran_config, mesh)
+  return functools.partial(stages.ran_iteration, stages=fns, k=k)
 
 
 def create_state(models, optimizers, seed: int, mesh):
@@ -133,11 +150,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
     log.info("Resumed from %s at step %d", ckpt.directory, int(state.step))
 
   # ------------------------------------------------------------ compiled steps
-  fns = jit_stages(models, optimizers, config.ran, mesh)
+  iteration = make_iteration(models, optimizers, config.ran, mesh)
   eval_fn = jax.jit(functools.partial(stages.eval_step, models=models),
                     in_shardings=(repl, parallel.data_sharding(mesh)), out_shardings=repl)
   k = int(config.ran.k)
-
   spe = pipeline.steps_per_epoch
   total = config.num_epochs * spe
   if config.max_steps > 0:
@@ -158,7 +174,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   t_window, n_window = time.perf_counter(), 0
   metrics = None
   for step, batch in enumerate(pipeline.train_batches(start, total), start=start + 1):
-    state, metrics = stages.ran_iteration(state, batch, stages=fns, k=k)
+    state, metrics = iteration(state, batch)
     n_window += 1
     host = None
     if step % config.log_every_steps == 0 or step == total:
