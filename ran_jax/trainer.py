@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ran_jax import checkpointing, input_pipeline, parallel, stages
+from ran_jax import checkpointing, export, input_pipeline, parallel, stages
 from ran_jax.config_lib import ConfigError, validate_config
 from ran_jax.metric_writers import MetricWriter
 from ran_jax.models import build_models
@@ -204,6 +204,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     final = evaluate(state, pipeline, eval_fn)
   ckpt.close()
   writer.close()
+  export.export_trained(workdir, state, config, source)
   if is_main:
     with open(os.path.join(workdir, "final_metrics.json"), "w", encoding="utf-8") as f:
       json.dump({"step": int(jax.device_get(state.step)), **final}, f, indent=2)

@@ -1,0 +1,86 @@
+"""The trained (theta_e, theta_d, theta_c) of a workdir, for evaluation and other tools.
+
+At the end of training the trainer writes `WORKDIR/export/`: an Orbax checkpoint of
+{'params': {encoder, classifier, decoder}, 'batch_stats': {encoder, decoder}} and
+`model.json` (model config, input shape, classes, value range). `load_trained`
+reads it back by workdir and rebuilds the Flax modules.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+from ran_jax.models import RANModels, build_models
+
+EXPORT_DIR = "export"
+
+
+@dataclasses.dataclass
+class Trained:
+  config: ml_collections.ConfigDict
+  models: RANModels
+  params: dict
+  batch_stats: dict
+  meta: dict
+
+  def encode(self, x):
+    """Frozen encoder in eval mode: x [B, H, W, C] -> features."""
+    return self.models.encoder.apply(
+        {"params": self.params["encoder"], "batch_stats": self.batch_stats["encoder"]}, x, train=False)
+
+  def classify(self, z):
+    return self.models.classifier.apply({"params": self.params["classifier"]}, z, train=False)
+
+  def decode(self, z):
+    return self.models.decoder.apply(
+        {"params": self.params["decoder"], "batch_stats": self.batch_stats["decoder"]}, z, train=False)
+
+
+def _abs(workdir):
+  return workdir if "://" in workdir else os.path.abspath(workdir)
+
+
+def export_trained(workdir: str, state, config, source) -> str:
+  """Writes the final networks of `state` under WORKDIR/export (overwrites)."""
+  path = os.path.join(_abs(workdir), EXPORT_DIR)
+  tree = {"params": state.params, "batch_stats": state.batch_stats}
+  with ocp.StandardCheckpointer() as ckptr:
+    ckptr.save(os.path.join(path, "networks"), tree, force=True)
+  if jax.process_index() == 0:
+    meta = {
+        "step": int(jax.device_get(state.step)),
+        "dataset": source.name,
+        "input_shape": list(source.input_shape),
+        "num_classes": int(source.num_classes),
+        "value_range": [float(v) for v in source.value_range],
+        "config": json.loads(config.to_json_best_effort()),
+    }
+    with open(os.path.join(path, "model.json"), "w", encoding="utf-8") as f:
+      json.dump(meta, f, indent=2)
+  return path
+
+
+def load_trained(workdir: str) -> Trained:
+  """Loads the exported networks of a finished run in `workdir`."""
+  path = os.path.join(_abs(workdir), EXPORT_DIR)
+  meta_path = os.path.join(path, "model.json")
+  if not os.path.exists(meta_path):
+    raise FileNotFoundError(
+        f"No exported model in {workdir} (missing {meta_path}); train to the end first with "
+        f"`python train.py --config=... --workdir={workdir}`.")
+  with open(meta_path, encoding="utf-8") as f:
+    meta = json.load(f)
+  config = ml_collections.ConfigDict(meta["config"])
+  models = build_models(config.model, tuple(meta["input_shape"]), meta["num_classes"],
+                        tuple(meta["value_range"]))
+  params, stats = jax.eval_shape(models.init, jax.random.PRNGKey(0))
+  target = {"params": params, "batch_stats": stats}
+  with ocp.StandardCheckpointer() as ckptr:
+    tree = ckptr.restore(os.path.join(path, "networks"), target)
+  return Trained(config, models, tree["params"], tree["batch_stats"], meta)
