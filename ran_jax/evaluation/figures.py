@@ -1,0 +1,111 @@
+"""The paper's figures from a sweep: Pareto front (Fig. 3), reconstructions (Fig. 6),
+3-D features (Fig. 4). Reads results rows and the per-point artifacts."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def _f(v):
+  try:
+    v = float(v)
+  except (TypeError, ValueError):
+    return float("nan")
+  return v
+
+
+def _log(v):
+  v = _f(v)
+  return math.log10(v) if v > 0 else float("nan")
+
+
+def pareto(rows: list, path: str, title: str = "") -> None:
+  """x: service accuracy; y: log10 of the per-example summed squared error (test)."""
+  fig, ax = plt.subplots(figsize=(7, 5))
+  by = lambda m: [r for r in rows if r["method"] == m]  # noqa: E731
+  ran = sorted(by("ran"), key=lambda r: _f(r["lam"]))
+  if ran:
+    x = [_f(r["accuracy"]) for r in ran]
+    ax.plot(x, [_log(r["worst_mse_sum"]) for r in ran], "g-o", label="RAN, worst case over attackers")
+    ax.plot(x, [_log(r["own_decoder_mse_sum"]) for r in ran], "g--", alpha=0.7,
+            label="RAN, its own decoder")
+    ind = [min(_f(r[f"{a}_mse_sum"]) for a in ("mirrored_decoder", "mlp_decoder", "ridge")
+               if not math.isnan(_f(r[f"{a}_mse_sum"]))) for r in ran]
+    ax.plot(x, [_log(v) for v in ind], "g^", ms=8, fillstyle="none",
+            label="RAN, best separately trained attacker")
+    for r in ran:
+      ax.annotate(f"λ={_f(r['lam']):g}", (_f(r["accuracy"]), _log(r["worst_mse_sum"])),
+                  fontsize=7, xytext=(3, 3), textcoords="offset points")
+  for r in by("dnn"):
+    ax.plot(_f(r["accuracy"]), _log(r["worst_mse_sum"]), "k*", ms=13, label="DNN, worst case")
+    ax.plot(_f(r["accuracy"]), _log(r["own_decoder_mse_sum"]), "k*", ms=13, fillstyle="none",
+            label="DNN, its own decoder")
+  rs = sorted(by("dnn_resized"), key=lambda r: _f(r["noise_factor"]))
+  if rs:
+    ax.plot([_f(r["accuracy"]) for r in rs], [_log(r["worst_mse_sum"]) for r in rs], "b-s",
+            label="DNN(resized), worst case")
+  nz = sorted(by("noisy"), key=lambda r: _f(r["noise_factor"]))
+  if nz:
+    ax.plot([_f(r["accuracy"]) for r in nz], [_log(r["identity_mse_sum"]) for r in nz], "r--d",
+            fillstyle="none", label="Noisy, |I - noisy I|² (paper)")
+    ax.plot([_f(r["accuracy"]) for r in nz], [_log(r["worst_mse_sum"]) for r in nz], "r-d",
+            label="Noisy, worst case (incl. denoising attackers)")
+  ax.set_xlabel("test accuracy (service classifier)")
+  ax.set_ylabel("log10 reconstruction error  (Σ over pixels of (I-I')², mean over test)")
+  ax.set_title(title or "Privacy-utility trade-off (cf. Fig. 3)")
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7, loc="best")
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def _as_image(x):
+  x = np.asarray(x)
+  if x.ndim == 3 and x.shape[-1] == 1:
+    return x[..., 0]
+  if x.ndim == 3 and x.shape[1] == 1:   # [T, 1, C] sensor windows: show as [C, T]
+    return x[:, 0, :].T
+  return x
+
+
+def recon_grid(rows_spec: list, path: str, value_range=(0.0, 1.0), title: str = "") -> None:
+  """rows_spec: [(label, images [N, H, W, C])]; one row per method, one column per image."""
+  n = min(len(imgs) for _, imgs in rows_spec)
+  fig, axes = plt.subplots(len(rows_spec), n, figsize=(1.3 * n + 1.5, 1.35 * len(rows_spec)),
+                           squeeze=False)
+  for i, (label, imgs) in enumerate(rows_spec):
+    for j in range(n):
+      ax = axes[i, j]
+      ax.imshow(_as_image(imgs[j]), cmap="gray", vmin=value_range[0], vmax=value_range[1],
+                aspect="auto")
+      ax.set_xticks([])
+      ax.set_yticks([])
+      if j == 0:
+        ax.set_ylabel(label, fontsize=7, rotation=0, ha="right", va="center")
+  fig.suptitle(title or "Reconstructions by the strongest attacker (cf. Fig. 6)", fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def scatter3d(panels: list, path: str) -> None:
+  """panels: [(label, z3 [N, 3], labels [N])]: top-3 PCA of test features by class."""
+  fig = plt.figure(figsize=(5 * len(panels), 4.5))
+  for i, (label, z3, y) in enumerate(panels, start=1):
+    ax = fig.add_subplot(1, len(panels), i, projection="3d")
+    sc = ax.scatter(z3[:, 0], z3[:, 1], z3[:, 2], c=y, cmap="tab10", s=3)
+    ax.set_title(label, fontsize=9)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_zticks([])
+  fig.colorbar(sc, ax=fig.axes, shrink=0.6, label="class")
+  fig.savefig(path, dpi=120)
+  plt.close(fig)

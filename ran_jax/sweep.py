@@ -1,0 +1,272 @@
+"""Privacy-utility sweep: RAN over lambda, the §3.1 baselines, results.csv and figures.
+
+  python -m ran_jax.sweep --config=configs/mnist_lenet.py --out=/tmp/ran_sweeps/mnist \
+      [--lams=0.01,0.1,0.5,0.9] [--noise_factors=0.1,0.5,0.9] [--config.num_epochs=1]
+
+For every lambda a RAN is trained with `ran_jax.trainer.train_and_evaluate` in
+OUT/runs/ran_lam<lambda>, the DNN baseline (lambda = 1.0, see
+`ran_jax.evaluation.methods`) in OUT/runs/dnn; every point (RAN, DNN,
+DNN(resized) and Noisy at each noise factor) is evaluated by the same attackers
+into OUT/points/<point>/result.json. The sweep resumes: a point with a
+result.json is neither retrained nor re-evaluated, a run with an export is not
+retrained (and an interrupted run resumes from its checkpoint). Finally it writes
+OUT/results.csv (schema: `CSV_COLUMNS`), OUT/pareto.png, OUT/reconstructions.png
+and OUT/features3d.png.
+
+Defaults are the paper's grid (lambda 0.01 ... 0.9, noise factors 0.1 ... 0.9);
+the MSE convention is the one of `ran_jax.evaluation.metrics` (sum over input
+values per example, averaged over the test examples; images in [0, 1]).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import time
+from typing import Callable, Optional, Sequence
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from ran_jax import export, input_pipeline, trainer
+from ran_jax.evaluation import attackers as atk
+from ran_jax.evaluation import core, figures, methods
+
+log = logging.getLogger("ran_jax")
+
+PAPER_LAMS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+PAPER_NOISE = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+DNN_LAM = 1.0
+
+CSV_COLUMNS = (
+    ["method", "setting", "lam", "noise_factor", "accuracy", "accuracy_retrained"]
+    + [f"{a}_{m}" for a in core.ALL_ATTACKERS for m in core.METRICS]
+    + ["worst_attacker", "worst_mse_sum", "worst_mse_mean", "worst_psnr", "worst_ssim",
+       "n_fit", "n_test", "train_seconds", "eval_seconds"])
+
+
+def _key(v: float) -> str:
+  return f"{v:g}"
+
+
+def plan(lams: Sequence[float], noise_factors: Sequence[float],
+         resized_factors: Sequence[float]) -> list:
+  """The points of a sweep, in order: (method, setting, point directory name, value)."""
+  pts = [("ran", f"lam={_key(l)}", f"ran_lam{_key(l)}", float(l)) for l in lams]
+  pts.append(("dnn", f"lam={_key(DNN_LAM)}", "dnn", DNN_LAM))
+  pts += [("dnn_resized", f"factor={_key(f)}", f"dnn_resized_f{_key(f)}", float(f))
+          for f in resized_factors]
+  pts += [("noisy", f"factor={_key(f)}", f"noisy_f{_key(f)}", float(f)) for f in noise_factors]
+  return pts
+
+
+def _train_once(config, lam: float, workdir: str, train_fn: Callable) -> float:
+  """Trains unless the workdir already holds an export; returns seconds spent."""
+  if os.path.exists(os.path.join(workdir, export.EXPORT_DIR, "model.json")):
+    return 0.0
+  cfg = config.copy_and_resolve_references()
+  cfg.ran.lam = float(lam)
+  t0 = time.perf_counter()
+  train_fn(cfg, workdir)
+  return time.perf_counter() - t0
+
+
+def to_row(method: str, setting: str, result: dict) -> dict:
+  row = {c: "" for c in CSV_COLUMNS}
+  row.update(method=method, setting=setting, lam=result.get("lam", ""),
+             noise_factor=result.get("noise_factor", ""),
+             accuracy=result.get("accuracy", ""),
+             accuracy_retrained=result.get("accuracy_retrained", ""),
+             n_fit=result.get("n_fit", ""), n_test=result.get("n_test", ""),
+             train_seconds=result.get("train_seconds", ""),
+             eval_seconds=result.get("eval_seconds", ""))
+  for a, m in result["attackers"].items():
+    for k in core.METRICS:
+      row[f"{a}_{k}"] = m[k]
+  w = result.get("worst", {})
+  row.update(worst_attacker=w.get("attacker", ""), worst_mse_sum=w.get("mse_sum", ""),
+             worst_mse_mean=w.get("mse_mean", ""), worst_psnr=w.get("psnr", ""),
+             worst_ssim=w.get("ssim", ""))
+  return row
+
+
+def write_csv(rows: list, path: str) -> None:
+  with open(path, "w", newline="", encoding="utf-8") as f:
+    w = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+    w.writeheader()
+    for r in rows:
+      w.writerow(r)
+
+
+def read_csv(path: str) -> list:
+  with open(path, newline="", encoding="utf-8") as f:
+    return list(csv.DictReader(f))
+
+
+def run_sweep(config, out: str, lams: Sequence[float] = PAPER_LAMS,
+              noise_factors: Sequence[float] = PAPER_NOISE,
+              resized_factors: Optional[Sequence[float]] = None,
+              eval_cfg: Optional[core.EvalConfig] = None, n_components: int = 8,
+              show_factor: float = 0.5, train_fn: Callable = trainer.train_and_evaluate,
+              make_figures: bool = True) -> list:
+  """Runs (or resumes) the sweep and returns the CSV rows."""
+  eval_cfg = eval_cfg or core.EvalConfig()
+  resized_factors = noise_factors if resized_factors is None else resized_factors
+  os.makedirs(out, exist_ok=True)
+  with open(os.path.join(out, "sweep.json"), "w", encoding="utf-8") as f:
+    json.dump({"config": json.loads(config.to_json_best_effort()), "lams": list(lams),
+               "noise_factors": list(noise_factors), "resized_factors": list(resized_factors),
+               "n_components": n_components, "eval": eval_cfg.to_dict()}, f, indent=2,
+              default=str)
+  data = None
+  dnn_trained = None
+  rows, arts = [], {}
+  for method, setting, name, value in plan(lams, noise_factors, resized_factors):
+    pdir = os.path.join(out, "points", name)
+    result, art = core.load(pdir)
+    if result is None:
+      log.info("=== sweep point %s %s", method, setting)
+      if data is None:
+        data = core.prepare_data(input_pipeline.load_dataset(config.data), eval_cfg)
+      t_train = 0.0
+      if method in ("ran", "dnn"):
+        wd = os.path.join(out, "runs", name)
+        t_train = _train_once(config, value, wd, train_fn)
+        t0 = time.perf_counter()
+        result, art = methods.evaluate_trained(export.load_trained(wd), data, eval_cfg, name=name)
+      elif method == "dnn_resized":
+        if dnn_trained is None:
+          dnn_trained = export.load_trained(os.path.join(out, "runs", "dnn"))
+        t0 = time.perf_counter()
+        result, art = methods.evaluate_dnn_resized(dnn_trained, data, eval_cfg, value,
+                                                   n_components, name=name)
+      else:
+        t0 = time.perf_counter()
+        result, art = methods.evaluate_noisy(config.model, data, eval_cfg, value, name=name)
+      result.update(method=method, setting=setting, train_seconds=t_train,
+                    eval_seconds=time.perf_counter() - t0, eval_config=eval_cfg.to_dict())
+      core.save(pdir, result, art)
+    else:
+      log.info("=== sweep point %s %s: done, skipped", method, setting)
+    rows.append(to_row(method, setting, result))
+    arts[name] = art
+  write_csv(rows, os.path.join(out, "results.csv"))
+  if make_figures:
+    write_figures(rows, arts, out, config.data.name, show_factor)
+  return rows
+
+
+def pick_ran(rows: list, min_accuracy: float = 0.95) -> Optional[dict]:
+  """The RAN point shown in figures: highest worst-case error with accuracy >= min_accuracy,
+  else the most accurate one."""
+  ran = [r for r in rows if r["method"] == "ran"]
+  if not ran:
+    return None
+  ok = [r for r in ran if float(r["accuracy"]) >= min_accuracy]
+  if ok:
+    return max(ok, key=lambda r: float(r["worst_mse_sum"]))
+  return max(ran, key=lambda r: float(r["accuracy"]))
+
+
+def _point_name(row: dict) -> str:
+  if row["method"] == "ran":
+    return f"ran_lam{_key(float(row['lam']))}"
+  if row["method"] == "dnn":
+    return "dnn"
+  return f"{row['method']}_f{_key(float(row['noise_factor']))}"
+
+
+def _closest(rows, method, factor):
+  c = [r for r in rows if r["method"] == method]
+  return min(c, key=lambda r: abs(float(r["noise_factor"]) - factor)) if c else None
+
+
+def write_figures(rows: list, arts: dict, out: str, task: str, show_factor: float = 0.5) -> None:
+  figures.pareto(rows, os.path.join(out, "pareto.png"),
+                 f"{task}: privacy-utility trade-off (cf. Fig. 3)")
+  grid, panels = [], []
+  first = next(iter(arts.values()), {})
+  if "x_show" in first:
+    grid.append(("raw", first["x_show"]))
+
+  def add(row, label):
+    if row is None:
+      return
+    art = arts[_point_name(row)]
+    att = row["worst_attacker"]
+    grid.append((f"{label}\n{att}\nacc {float(row['accuracy']):.3f}\n"
+                 f"mse {float(row['worst_mse_sum']):.3g}", art[f"rec_{att}"]))
+
+  nz = _closest(rows, "noisy", show_factor)
+  if nz is not None:
+    grid.append((f"noisy f={_key(float(nz['noise_factor']))}",
+                 arts[_point_name(nz)]["rec_identity"]))
+  dnn = next((r for r in rows if r["method"] == "dnn"), None)
+  add(dnn, "from DNN")
+  rs = _closest(rows, "dnn_resized", show_factor)
+  add(rs, f"DNN(resized)\nf={_key(float(rs['noise_factor']))}" if rs else "")
+  ran = pick_ran(rows)
+  add(ran, f"from RAN λ={_key(float(ran['lam']))}" if ran else "")
+  if ran is not None:
+    grid.append((f"RAN λ={_key(float(ran['lam']))}\nown decoder",
+                 arts[_point_name(ran)]["rec_own_decoder"]))
+  if len(grid) > 1:
+    figures.recon_grid(grid, os.path.join(out, "reconstructions.png"),
+                       title=f"{task}: test inputs and their reconstructions by the strongest "
+                             "attacker of each method (cf. Fig. 6)")
+  for row, label in ((dnn, "DNN features"), (ran, "RAN features")):
+    if row is not None:
+      a = arts[_point_name(row)]
+      lab = label + (f" (λ={_key(float(row['lam']))})" if row["method"] == "ran" else "")
+      panels.append((lab, a["z3"], a["y_scatter"]))
+  if panels:
+    figures.scatter3d(panels, os.path.join(out, "features3d.png"))
+
+
+# ---------------------------------------------------------------- CLI
+
+FLAGS = flags.FLAGS
+
+
+def _define_flags():
+  config_flags.DEFINE_config_file("config", None, "configs/*.py[:smoke]", lock_config=True)
+  flags.DEFINE_string("out", None, "Sweep directory (runs/, points/, results.csv, figures).")
+  flags.DEFINE_list("lams", [_key(v) for v in PAPER_LAMS], "RAN lambdas.")
+  flags.DEFINE_list("noise_factors", [_key(v) for v in PAPER_NOISE], "Noisy baseline factors.")
+  flags.DEFINE_list("resized_factors", None, "DNN(resized) factors (default: noise_factors).")
+  flags.DEFINE_integer("n_components", 8, "Principal components kept by DNN(resized).")
+  flags.DEFINE_integer("attack_train_limit", 0, "First N training examples for attackers (0: all).")
+  flags.DEFINE_integer("test_limit", 0, "First N test examples (0: all).")
+  flags.DEFINE_integer("attack_max_epochs", 50, "Epoch cap of each early-stopped fit.")
+  flags.DEFINE_integer("patience", 3, "Epochs without validation improvement before stopping.")
+  flags.DEFINE_list("attackers", list(core.ATTACKERS), "Attacker families.")
+  flags.DEFINE_float("show_factor", 0.5, "Noise factor shown in the reconstruction grid.")
+  flags.DEFINE_integer("seed", 0, "Seed of the attacker split and fits.")
+  flags.mark_flags_as_required(["config", "out"])
+
+
+def main(argv):
+  del argv
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+  logging.getLogger("absl").setLevel(logging.WARNING)
+  fit = atk.FitConfig(max_epochs=FLAGS.attack_max_epochs, patience=FLAGS.patience, seed=FLAGS.seed)
+  cfit = atk.FitConfig(max_epochs=FLAGS.attack_max_epochs, patience=FLAGS.patience, seed=FLAGS.seed)
+  eval_cfg = core.EvalConfig(attack_train_limit=FLAGS.attack_train_limit,
+                             test_limit=FLAGS.test_limit, attackers=tuple(FLAGS.attackers),
+                             attacker_fit=fit, classifier_fit=cfit, seed=FLAGS.seed)
+  resized = [float(v) for v in FLAGS.resized_factors] if FLAGS.resized_factors else None
+  rows = run_sweep(FLAGS.config, FLAGS.out, [float(v) for v in FLAGS.lams],
+                   [float(v) for v in FLAGS.noise_factors], resized, eval_cfg,
+                   FLAGS.n_components, FLAGS.show_factor)
+  for r in rows:
+    print(f"{r['method']:12s} {r['setting']:12s} acc {float(r['accuracy']):.4f}  worst "
+          f"{r['worst_attacker']:16s} mse_sum {float(r['worst_mse_sum']):9.4g}")
+  print(f"wrote {os.path.join(FLAGS.out, 'results.csv')}")
+
+
+if __name__ == "__main__":
+  _define_flags()
+  app.run(main)
