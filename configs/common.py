@@ -28,6 +28,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.data.image_size = 28
   c.data.train_limit = 0       # >0: use only the first N examples (tests)
   c.data.test_limit = 0
+  c.data.num_classes = config_dict.placeholder(int)  # expected class count (None: the dataset's)
 
   c.model = ml_collections.ConfigDict()
   c.model.encoder = "lenet5"
@@ -35,6 +36,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.model.classifier_hidden = (120, 84)
   c.model.dropout = 0.0
   c.model.dtype = "float32"    # 'bfloat16' computes in bf16 with f32 params (accelerators)
+  c.model.conv_impl = "fast"   # 'fast': patches+matmul / sub-pixel convs; 'xla': Flax's convs
 
   c.ran = ml_collections.ConfigDict()
   c.ran.k = 3                  # inner (discriminative, generative) pairs per mini-batch

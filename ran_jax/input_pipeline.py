@@ -1,87 +1,35 @@
 """Datasets -> per-process batches -> global arrays over the mesh.
 
+Sharding for multi-host: every process computes the same global permutation
+and reads only its own slice of each global batch (`parallel.process_slice`),
+the random-access equivalent of `tfds.split_for_jax_process`; the slices are
+assembled into global arrays with `jax.make_array_from_process_local_data`.
+A background thread keeps `prefetch` batches ready, so the trainer does not
+wait on input (`python -m ran_jax.data.throughput` measures both rates).
+
 Every source is random-access (`len`, `get(indices)`), so the training order is
 a pure function of (seed, epoch, position): the pipeline can restart at any
 step exactly, which is what checkpoint resume relies on.
 
-Normalisation is stated once per dataset in its loader: images are float32 in
-[0, 1] (pixel / max); `value_range` tells the decoder what range to produce.
+Normalisation is stated once per dataset in `ran_jax/data/datasets.py` (table
+in its docstring); `value_range` tells the decoder what range to produce.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import queue
 import threading
-from typing import Callable, Iterator
+from typing import Iterator
 
 import numpy as np
 
 from ran_jax import parallel
 
 
-class DataError(ValueError):
-  """Bad or missing data; the message says what to provide and where."""
-
-
-@dataclasses.dataclass
-class ArraySplit:
-  """An in-memory split: images [N, H, W, C] float32 and int labels [N]."""
-
-  images: np.ndarray
-  labels: np.ndarray
-
-  def __len__(self) -> int:
-    return len(self.labels)
-
-  def get(self, indices) -> dict:
-    return {"image": self.images[indices], "label": self.labels[indices].astype(np.int32)}
-
-
-@dataclasses.dataclass
-class DataSource:
-  name: str
-  train: object  # random-access split: __len__ and get(indices) -> {'image', 'label'}
-  test: object
-  input_shape: tuple
-  num_classes: int
-  value_range: tuple = (0.0, 1.0)
-  description: str = ""
-
-
-# ---------------------------------------------------------------- datasets
-
-
-def _load_digits(data_config) -> DataSource:
-  """scikit-learn's bundled handwritten digits (UCI optdigits test set, 1,797 images).
-
-  8x8 images with values 0..16, scaled to [0, 1] and bilinearly resized to
-  28x28 so they run through the same LeNet-5 as MNIST. A fixed stratified split
-  keeps 20% (360 images) for test. No network needed.
-  """
-  from scipy import ndimage
-  from sklearn.datasets import load_digits
-  from sklearn.model_selection import train_test_split
-
-  d = load_digits()
-  x = (d.images / 16.0).astype(np.float32)  # [N, 8, 8] in [0, 1]
-  size = int(data_config.get("image_size", 28) or 8)
-  if size != 8:
-    x = ndimage.zoom(x, (1, size / 8, size / 8), order=1)
-  x = np.clip(x, 0.0, 1.0).astype(np.float32)[..., None]
-  y = d.target.astype(np.int32)
-  x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.2, stratify=y, random_state=0)
-  return DataSource("digits", ArraySplit(x_tr, y_tr), ArraySplit(x_te, y_te), x.shape[1:], 10,
-                    (0.0, 1.0), "scikit-learn digits, resized to %dx%d" % (size, size))
-
-
-DATASETS: dict[str, Callable] = {
-    "digits": _load_digits,
-}
-
-
-def known_datasets() -> set:
-  return set(DATASETS)
+# The dataset types and loaders live in ran_jax.data; re-exported here so the
+# trainer and train.py keep one import.
+from ran_jax.data.core import ArraySplit, DataError, DataSource, RecordSplit  # noqa: E402,F401
+from ran_jax.data.datasets import DATASETS, known_datasets, loader_for  # noqa: E402,F401
 
 
 def _limit(split, n: int):
@@ -90,8 +38,17 @@ def _limit(split, n: int):
   return split
 
 
-def check_source(src: DataSource) -> None:
-  """Validates labels, shapes and values on a sample of each split."""
+def check_source(src: DataSource, num_classes: int | None = None) -> None:
+  """Validates labels, shapes and values on a sample of each split (all labels in memory).
+
+  `num_classes` (config.data.num_classes) is the class count the config expects;
+  a dataset with another count stops here rather than training a wrong head.
+  """
+  if num_classes and int(num_classes) != src.num_classes:
+    raise DataError(f"Dataset {src.name} has {src.num_classes} classes but the config expects "
+                    f"data.num_classes={num_classes}; fix --config.data.num_classes or the "
+                    "dataset name.")
+  lo, hi = src.value_range
   for split_name in ("train", "test"):
     split = getattr(src, split_name)
     if len(split) == 0:
@@ -103,21 +60,27 @@ def check_source(src: DataSource) -> None:
                       f"expected {src.input_shape}.")
     if not np.all(np.isfinite(b["image"])):
       raise DataError(f"Dataset {src.name}: {split_name} images contain NaN or Inf.")
-    lab = b["label"]
+    if b["image"].min() < lo - 1e-5 or b["image"].max() > hi + 1e-5:
+      raise DataError(f"Dataset {src.name}: {split_name} inputs span [{b['image'].min():.4g}, "
+                      f"{b['image'].max():.4g}], outside its value_range {src.value_range} that "
+                      "the decoder reproduces; fix the dataset's normalisation.")
+    lab = split.labels if isinstance(split, ArraySplit) else b["label"]
     if lab.min() < 0 or lab.max() >= src.num_classes:
       raise DataError(f"Dataset {src.name}: {split_name} labels span [{lab.min()}, {lab.max()}] "
                       f"but the model has {src.num_classes} classes (labels must be in [0, "
-                      f"{src.num_classes - 1}]).")
+                      f"{src.num_classes - 1}]). Check the label files or data.num_classes.")
 
 
 def load_dataset(data_config) -> DataSource:
-  name = data_config.name
-  if name not in DATASETS:
-    raise DataError(f"Unknown dataset {name!r}; allowed: {sorted(DATASETS)}.")
-  src = DATASETS[name](data_config)
+  """config.data -> validated DataSource; prepares TFDS data offline when needed.
+
+  TFDS datasets are prepared into `data.data_dir` (default ~/tensorflow_datasets)
+  from `data.manual_dir` on first use, then read back as array_record.
+  """
+  src = loader_for(data_config.name)(data_config)
   src.train = _limit(src.train, data_config.get("train_limit", 0))
   src.test = _limit(src.test, data_config.get("test_limit", 0))
-  check_source(src)
+  check_source(src, data_config.get("num_classes"))
   return src
 
 

@@ -1,0 +1,29 @@
+"""RAN with LeNet-5 on MNIST: the paper's T1.
+
+Prepares TFDS `mnist` offline from the four canonical IDX files (TFDS verifies
+their sha256) into --config.data.data_dir (default ~/tensorflow_datasets) on
+first use, then reads the array_record copy:
+
+  python train.py --config=configs/mnist_lenet.py \
+      --config.data.manual_dir=../shared/data/mnist --workdir=runs/mnist
+
+One epoch (937 Algorithm-1 iterations, k=3, batch 64, lambda=0.5) on 2 shared
+CPU cores: see docs/data.md for the measured test accuracy and time.
+Smoke variant for tests: configs/mnist_lenet.py:smoke.
+"""
+
+from configs import common
+
+
+def get_config(arg=None):
+  c = common.get_base_config()
+  c.data.name = "mnist"
+  c.data.image_size = 28
+  c.data.num_classes = 10
+  c.model.encoder = "lenet5"
+  c.model.classifier_hidden = (120, 84)
+  c.batch_size = 64
+  c.num_epochs = 1
+  c.log_every_steps = 100
+  c.ran.lam = 0.5
+  return common.finish(c, arg)
