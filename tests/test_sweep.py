@@ -1,0 +1,81 @@
+"""The sweep: CSV schema, figures, and resume (finished points are not redone)."""
+
+import csv
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from configs import digits_lenet
+from ran_jax import export, parallel, stages, sweep, trainer
+from ran_jax.evaluation import attackers as atk
+from ran_jax.evaluation import core, methods
+
+
+def fake_train(calls):
+  """Exports untrained networks: the sweep only needs an export to evaluate."""
+
+  def train_fn(cfg, workdir):
+    calls.append((os.path.basename(workdir), float(cfg.ran.lam)))
+    source, models, _, opts = trainer.build(cfg, parallel.make_mesh())
+    state = stages.init_state(models, opts, jax.random.PRNGKey(0))
+    export.export_trained(workdir, state, cfg, source)
+    return {}
+
+  return train_fn
+
+
+def eval_cfg():
+  fit = atk.FitConfig(batch_size=16, max_epochs=1, patience=1)
+  return core.EvalConfig(attackers=("mlp_decoder", "ridge"), attacker_fit=fit, classifier_fit=fit,
+                         retrain_classifier=False, mlp_hidden=(16,), n_show=4, n_scatter=40)
+
+
+def test_sweep_csv_figures_and_resume(tmp_path, monkeypatch):
+  config = digits_lenet.get_config("smoke")
+  out = str(tmp_path / "sweep")
+  calls = []
+  rows = sweep.run_sweep(config, out, lams=[0.2], noise_factors=[0.5], eval_cfg=eval_cfg(),
+                         train_fn=fake_train(calls))
+  assert sorted(calls) == [("dnn", 1.0), ("ran_lam0.2", 0.2)]
+
+  # ---- schema
+  with open(os.path.join(out, "results.csv"), newline="") as f:
+    reader = csv.DictReader(f)
+    assert reader.fieldnames == sweep.CSV_COLUMNS
+    got = list(reader)
+  assert [(r["method"], r["setting"]) for r in got] == [
+      ("ran", "lam=0.2"), ("dnn", "lam=1"), ("dnn_resized", "factor=0.5"),
+      ("noisy", "factor=0.5")]
+  for r in got:
+    assert 0.0 <= float(r["accuracy"]) <= 1.0
+    errs = {a: float(r[f"{a}_mse_sum"]) for a in core.ALL_ATTACKERS if r[f"{a}_mse_sum"]}
+    assert r["worst_attacker"] == min(errs, key=errs.get)
+    assert float(r["worst_mse_sum"]) == pytest.approx(min(errs.values()))
+    np.testing.assert_allclose(float(r["worst_mse_sum"]) / float(r["worst_mse_mean"]), 28 * 28,
+                               rtol=1e-4)
+  assert got[0]["own_decoder_mse_sum"] and not got[0]["identity_mse_sum"]
+  assert got[3]["identity_mse_sum"] and not got[3]["own_decoder_mse_sum"]
+  for fig in ("pareto.png", "reconstructions.png", "features3d.png"):
+    assert os.path.getsize(os.path.join(out, fig)) > 1000
+
+  # ---- resume: nothing retrained or re-evaluated, same rows
+  def boom(*a, **k):
+    raise AssertionError("a finished point was evaluated again")
+
+  monkeypatch.setattr(methods, "evaluate_trained", boom)
+  monkeypatch.setattr(methods, "evaluate_dnn_resized", boom)
+  monkeypatch.setattr(methods, "evaluate_noisy", boom)
+  rows2 = sweep.run_sweep(config, out, lams=[0.2], noise_factors=[0.5], eval_cfg=eval_cfg(),
+                          train_fn=fake_train(calls), make_figures=False)
+  assert len(calls) == 2
+  assert rows2 == rows
+  monkeypatch.undo()
+
+  # ---- a lost point is re-evaluated from the existing export, not retrained
+  os.remove(os.path.join(out, "points", "ran_lam0.2", core.RESULT_FILE))
+  rows3 = sweep.run_sweep(config, out, lams=[0.2, 0.4], noise_factors=[0.5], eval_cfg=eval_cfg(),
+                          train_fn=fake_train(calls), make_figures=False)
+  assert calls[2:] == [("ran_lam0.4", 0.4)]
+  assert [r["setting"] for r in rows3][:2] == ["lam=0.2", "lam=0.4"]
