@@ -23,7 +23,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import math
 import os
 import time
 from typing import Callable, Optional, Sequence
@@ -55,7 +54,7 @@ def _key(v: float) -> str:
 def plan(lams: Sequence[float], noise_factors: Sequence[float],
          resized_factors: Sequence[float]) -> list:
   """The points of a sweep, in order: (method, setting, point directory name, value)."""
-  pts = [("ran", f"lam={_key(l)}", f"ran_lam{_key(l)}", float(l)) for l in lams]
+  pts = [("ran", f"lam={_key(lam)}", f"ran_lam{_key(lam)}", float(lam)) for lam in lams]
   pts.append(("dnn", f"lam={_key(DNN_LAM)}", "dnn", DNN_LAM))
   pts += [("dnn_resized", f"factor={_key(f)}", f"dnn_resized_f{_key(f)}", float(f))
           for f in resized_factors]

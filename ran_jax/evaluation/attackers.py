@@ -23,7 +23,7 @@ import dataclasses
 import functools
 import logging
 import time
-from typing import Any, Callable, Optional
+from typing import Callable
 
 import flax.linen as nn
 import jax
@@ -139,9 +139,9 @@ def fit(module: nn.Module, loss: Callable, inputs: np.ndarray, targets: np.ndarr
       out, upd = module.apply(v, xb, train=True, mutable=["batch_stats"], rngs={"dropout": k_drop})
       return loss(out, tb), upd.get("batch_stats", stats)
 
-    (l, new_stats), g = jax.value_and_grad(lf, has_aux=True)(params)
+    (value, new_stats), g = jax.value_and_grad(lf, has_aux=True)(params)
     upd, opt = tx.update(g, opt, params)
-    return optax.apply_updates(params, upd), new_stats, opt, l
+    return optax.apply_updates(params, upd), new_stats, opt, value
 
   train_step = jax.jit(train_step, donate_argnums=(0, 1, 2))
 

@@ -11,7 +11,6 @@ import logging
 from typing import Callable, Optional, Sequence
 
 import flax.linen as nn
-import jax
 import numpy as np
 
 from ran_jax.evaluation import attackers as atk
