@@ -178,9 +178,16 @@ def test_cifar10_from_jpeg_copy(tmp_path):
 
 
 def test_imagenet_fake_tree(tmp_path):
-  manual = data_fakes.write_imagenet(tmp_path / "m")
-  src = ip.load_dataset(data_config(tmp_path, "imagenet2012", manual, image_size=32,
-                                    num_classes=1000))
+  """The manual-download tars' layout, prepared by TFDS's imagenet2012 builder (smoke config)."""
+  from ran_jax.models import build_encoder_spec
+
+  cfg = __import__("configs.imagenet_vgg", fromlist=["x"]).get_config("smoke")
+  cfg.data.manual_dir = str(data_fakes.write_imagenet(tmp_path / "m"))
+  cfg.data.data_dir = str(tmp_path / "tfds")
+  cfg.data.train_limit = cfg.data.test_limit = 0
+  src = ip.load_dataset(cfg.data)
+  assert src.num_classes == 1000
+  build_encoder_spec(cfg.model.encoder, src.input_shape, cfg.model.widths)
   assert isinstance(src.train, ip.RecordSplit)  # decoded per batch, not held in memory
   assert (len(src.train), len(src.test)) == (4, 3) and src.input_shape == (32, 32, 3)
   b = check_batch(src, n=4)
@@ -235,16 +242,43 @@ def test_pipeline_is_deterministic_and_resumable(tmp_path):
   assert b["image"].sharding.spec[0] == parallel.DATA_AXIS
 
 
-def test_throughput_report(tmp_path):
+def test_input_throughput(tmp_path):
+  """The input side alone (compiling the trainer for the ratio is the CLI's job: slow on CI)."""
+  from ran_jax import parallel
   from ran_jax.data import throughput
 
   cfg = __import__("configs.har_lenet", fromlist=["x"]).get_config("smoke")
   cfg.data.manual_dir = str(data_fakes.write_har_npz(tmp_path / "m", n_train=64))
   cfg.data.data_dir = str(tmp_path / "tfds")
   cfg.data.train_limit = 0
-  r = throughput.report(cfg, input_steps=20, train_steps=3)
-  assert r["input_examples_per_s"] > 0 and r["trainer_examples_per_s"] > 0
-  assert r["ratio"] > 1.0, r  # the input side must outpace the trainer
+  src = ip.load_dataset(cfg.data)
+  pipe = ip.InputPipeline(src, cfg.batch_size, cfg.eval_batch_size, cfg.seed, parallel.make_mesh())
+  rate = throughput.measure_input(pipe, 20)
+  assert rate > 200, rate  # in-memory HAR windows: thousands/s even on a loaded CI machine
+
+
+@pytest.mark.parametrize("config_name", ["mnist_lenet", "cifar10_alexnet", "har_lenet",
+                                         "ubisound_lenet"])
+def test_task_configs_load_and_fit_their_encoder(tmp_path, config_name):
+  """Each task config's smoke variant: its data loads and its input fits its encoder."""
+  import importlib
+
+  from ran_jax.models import build_encoder_spec
+
+  cfg = importlib.import_module(f"configs.{config_name}").get_config("smoke")
+  validate_config(cfg, num_devices=4)
+  cfg.data.data_dir = str(tmp_path / "tfds")
+  manual = {"har_lenet": data_fakes.write_har_npz,
+            "ubisound_lenet": data_fakes.write_fsdd}.get(config_name)
+  if manual:
+    cfg.data.manual_dir = str(manual(tmp_path / "m"))
+    cfg.data.test_limit = min(cfg.data.test_limit, 3)
+    src = ip.load_dataset(cfg.data)
+  else:
+    with tfds.testing.mock_data(num_examples=64):
+      src = ip.load_dataset(cfg.data)
+  build_encoder_spec(cfg.model.encoder, src.input_shape, cfg.model.widths)
+  check_batch(src, n=min(4, len(src.train)))
 
 
 # ---------------------------------------------------------------- real MNIST
