@@ -9,7 +9,9 @@ Prepares the package's TFDS builder `uci_har` offline from the official
   python train.py --config=configs/har_lenet.py \
       --config.data.manual_dir=../shared/data/uci_har --workdir=runs/har
 
-Accuracy measured here: see docs/data.md (>= 0.85 test accuracy required).
+Measured here (har_windows.npz, 2 heavily shared CPU cores, about 14 minutes, lambda=0.5):
+test accuracy 0.914 after the default 8 epochs (0.913-0.930 over epochs 1-8);
+see docs/data.md.
 """
 
 from configs import common
@@ -24,7 +26,7 @@ def get_config(arg=None):
   c.model.widths = (32, 64)
   c.model.classifier_hidden = (128,)
   c.batch_size = 64
-  c.num_epochs = 15
+  c.num_epochs = 8
   c.log_every_steps = 115
   c.ran.lam = 0.5
   return common.finish(c, arg)
