@@ -222,6 +222,29 @@ def test_spoken_digit_log_mel(tmp_path):
   assert len(ds) == 60
 
 
+def test_har_prepares_and_reads_without_importing_tensorflow(tmp_path):
+  """The package's own builder and all reading never import TensorFlow."""
+  import subprocess
+  import sys
+
+  manual = data_fakes.write_har_npz(tmp_path / "m")
+  code = f"""
+import sys
+sys.path.insert(0, {ROOT!r})
+from configs import common
+from ran_jax import input_pipeline as ip
+c = common.get_base_config().data
+c.name, c.manual_dir, c.data_dir = 'uci_har', {str(manual)!r}, {str(tmp_path / 'tfds')!r}
+src = ip.load_dataset(c)
+src.train.get([0, 1])
+print('OK', len(src.train), len(src.test), 'tensorflow' in sys.modules)
+"""
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                     timeout=300)
+  assert r.returncode == 0 and "OK 24 12 False" in r.stdout, (r.stdout, r.stderr[-3000:])
+
+
 # ---------------------------------------------------------------- pipeline
 
 

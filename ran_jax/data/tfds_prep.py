@@ -15,6 +15,7 @@ import importlib.util
 import logging
 import os
 import shutil
+import sys
 import tempfile
 from typing import Optional
 
@@ -44,6 +45,13 @@ def is_tfds_name(name: str) -> bool:
     return True
   except Exception:  # noqa: BLE001 - DatasetNotFoundError and friends
     return False
+
+
+def has_tensorflow() -> bool:
+  """Whether TensorFlow can be imported (checked without importing it)."""
+  if "tensorflow" in sys.modules:
+    return sys.modules["tensorflow"] is not None
+  return importlib.util.find_spec("tensorflow") is not None
 
 
 def get_builder(name_or_cls, data_dir: Optional[str], **kwargs):
@@ -95,7 +103,7 @@ def prepare(builder, manual_dir: Optional[str], *, what: str = "", check_files: 
                         f"{', '.join(missing)}. Provide {what or 'these files'} there "
                         "(TFDS verifies their checksums).")
   log.info("Preparing %s into %s (manual_dir=%s)", name, builder.data_dir, manual_dir)
-  if importlib.util.find_spec("tensorflow") is None:
+  if not has_tensorflow():
     if not getattr(builder, "PREPARES_WITHOUT_TF", False):
       raise DataError(f"{name} is not prepared in {builder.data_dir} and preparing it needs "
                       "TensorFlow: pip install tensorflow-cpu (see requirements.txt), or point "
