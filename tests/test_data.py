@@ -214,8 +214,8 @@ def test_spoken_digit_log_mel(tmp_path):
   assert b["image"].max() == pytest.approx(1.0) and b["image"].min() == pytest.approx(0.0)
   # The tone's pitch moves the energy up the mel axis as the digit grows.
   rows = np.arange(32)[::-1]
-  peak = {int(l): float((im[..., 0].mean(1) * rows).sum() / im[..., 0].mean(1).sum())
-          for im, l in zip(b["image"], b["label"])}
+  peak = {int(lab): float((im[..., 0].mean(1) * rows).sum() / im[..., 0].mean(1).sum())
+          for im, lab in zip(b["image"], b["label"])}
   assert peak[9] > peak[0]
   # Prepared in TFDS's own `spoken_digit` layout: the catalog reader opens it.
   ds = tfds.data_source("spoken_digit", split="train", data_dir=str(tmp_path / "tfds"))

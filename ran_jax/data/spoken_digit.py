@@ -21,7 +21,6 @@ import os
 import tarfile
 
 import numpy as np
-import tensorflow_datasets as tfds
 from scipy.io import wavfile
 from tensorflow_datasets.datasets.spoken_digit import spoken_digit_dataset_builder as _catalog
 

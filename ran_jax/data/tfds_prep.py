@@ -139,7 +139,6 @@ def prepare(builder, manual_dir: Optional[str], *, what: str = "", check_files: 
 
 def data_source(builder, split: str, decoders=None):
   """A random-access reader of a prepared split (array_record, no TensorFlow)."""
-  tfds = _tfds()
   if builder.info.splits and split not in builder.info.splits:
     raise DataError(f"{builder.info.full_name} has no split {split!r}; it has "
                     f"{sorted(builder.info.splits)}.")
