@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+from etils import epath
 
 from ran_jax.models import RANModels, build_models
 
@@ -42,16 +42,17 @@ class Trained:
         {"params": self.params["decoder"], "batch_stats": self.batch_stats["decoder"]}, z, train=False)
 
 
-def _abs(workdir):
-  return workdir if "://" in workdir else os.path.abspath(workdir)
+def _export_dir(workdir) -> epath.Path:
+  path = epath.Path(workdir) / EXPORT_DIR
+  return path if "://" in str(workdir) else epath.Path(path.resolve())
 
 
 def export_trained(workdir: str, state, config, source) -> str:
   """Writes the final networks of `state` under WORKDIR/export (overwrites)."""
-  path = os.path.join(_abs(workdir), EXPORT_DIR)
+  path = _export_dir(workdir)
   tree = {"params": state.params, "batch_stats": state.batch_stats}
   with ocp.StandardCheckpointer() as ckptr:
-    ckptr.save(os.path.join(path, "networks"), tree, force=True)
+    ckptr.save(path / "networks", tree, force=True)
   if jax.process_index() == 0:
     meta = {
         "step": int(jax.device_get(state.step)),
@@ -61,26 +62,24 @@ def export_trained(workdir: str, state, config, source) -> str:
         "value_range": [float(v) for v in source.value_range],
         "config": json.loads(config.to_json_best_effort()),
     }
-    with open(os.path.join(path, "model.json"), "w", encoding="utf-8") as f:
-      json.dump(meta, f, indent=2)
-  return path
+    (path / "model.json").write_text(json.dumps(meta, indent=2))
+  return str(path)
 
 
 def load_trained(workdir: str) -> Trained:
   """Loads the exported networks of a finished run in `workdir`."""
-  path = os.path.join(_abs(workdir), EXPORT_DIR)
-  meta_path = os.path.join(path, "model.json")
-  if not os.path.exists(meta_path):
+  path = _export_dir(workdir)
+  meta_path = path / "model.json"
+  if not meta_path.exists():
     raise FileNotFoundError(
         f"No exported model in {workdir} (missing {meta_path}); train to the end first with "
         f"`python train.py --config=... --workdir={workdir}`.")
-  with open(meta_path, encoding="utf-8") as f:
-    meta = json.load(f)
+  meta = json.loads(meta_path.read_text())
   config = ml_collections.ConfigDict(meta["config"])
   models = build_models(config.model, tuple(meta["input_shape"]), meta["num_classes"],
                         tuple(meta["value_range"]))
   params, stats = jax.eval_shape(models.init, jax.random.PRNGKey(0))
   target = {"params": params, "batch_stats": stats}
   with ocp.StandardCheckpointer() as ckptr:
-    tree = ckptr.restore(os.path.join(path, "networks"), target)
+    tree = ckptr.restore(path / "networks", target)
   return Trained(config, models, tree["params"], tree["batch_stats"], meta)

@@ -1,12 +1,16 @@
-"""Metrics into the workdir: JSON lines (metrics.jsonl) and TensorBoard events."""
+"""Metrics into the workdir: JSON lines (metrics.jsonl) and TensorBoard events.
+
+After a resume the steps between the last checkpoint and the interruption are
+logged again; readers should keep the last record of each (kind, step).
+"""
 
 from __future__ import annotations
 
 import json
-import os
 import time
 
 import jax
+from etils import epath
 
 
 class MetricWriter:
@@ -18,12 +22,13 @@ class MetricWriter:
     self._jsonl = None
     if not self.active:
       return
-    os.makedirs(workdir, exist_ok=True)
-    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+    root = epath.Path(workdir)
+    root.mkdir(parents=True, exist_ok=True)
+    self._jsonl = (root / "metrics.jsonl").open("a")
     if tensorboard:
       from tensorboardX import SummaryWriter
 
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      self._tb = SummaryWriter(str(root / "tensorboard"))
 
   def write(self, step: int, metrics: dict, kind: str = "train") -> None:
     if not self.active:
@@ -33,11 +38,7 @@ class MetricWriter:
     self._jsonl.flush()
     if self._tb is not None:
       for k, v in clean.items():
-        self._tb.add_scalar(f"{kind}/{k}" if kind != "train" else k, v, int(step))
-
-  def flush(self):
-    if self._tb is not None:
-      self._tb.flush()
+        self._tb.add_scalar(k if kind == "train" else f"{kind}/{k}", v, int(step))
 
   def close(self):
     if self._jsonl is not None:

@@ -46,3 +46,35 @@ def to_global(batch: dict, mesh) -> dict:
 
 def replicate(tree, mesh):
   return jax.device_put(tree, replicated(mesh))
+
+
+def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
+                           process_id: int | None = None) -> bool:
+  """Starts `jax.distributed` when this run spans several processes.
+
+  Explicit arguments (or RAN_COORDINATOR_ADDRESS / RAN_NUM_PROCESSES /
+  RAN_PROCESS_ID) start it anywhere, CPU included (gloo collectives); on a
+  multi-host Cloud TPU slice it is auto-detected from the TPU environment.
+  Returns True when it was started. Must run before any other JAX call.
+  """
+  import os
+
+  addr = coordinator_address or os.environ.get("RAN_COORDINATOR_ADDRESS")
+  n = num_processes or int(os.environ.get("RAN_NUM_PROCESSES", "0") or 0)
+  pid = process_id if process_id is not None else os.environ.get("RAN_PROCESS_ID")
+  if addr:
+    if not n or pid is None:
+      raise ValueError("A coordinator address needs the number of processes and this process's "
+                       "id (--num_processes/--process_id or RAN_NUM_PROCESSES/RAN_PROCESS_ID).")
+    pid = int(pid)
+    if not 0 <= pid < n:
+      raise ValueError(f"process_id={pid} must be in [0, {n}).")
+    # CPU processes exchange gradients through gloo; accelerators ignore this.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=addr, num_processes=n, process_id=pid)
+    return True
+  hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
+  if len([h for h in hosts.split(",") if h]) > 1:
+    jax.distributed.initialize()  # Cloud TPU pod slice: everything auto-detected
+    return True
+  return False

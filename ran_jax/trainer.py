@@ -7,15 +7,16 @@ import hashlib
 import json
 import logging
 import math
-import os
+import signal
+import threading
 import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
+from etils import epath
 
 from ran_jax import checkpointing, export, input_pipeline, parallel, stages
-from ran_jax.config_lib import ConfigError, validate_config
+from ran_jax.config_lib import validate_config
 from ran_jax.metric_writers import MetricWriter
 from ran_jax.models import build_models
 
@@ -42,7 +43,9 @@ def model_fingerprint(config, source) -> dict:
 
 
 def check_finite(metrics: dict, step: int) -> None:
-  bad = sorted(k for k, v in metrics.items() if not math.isfinite(float(v)))
+  order = {name: i for i, name in enumerate(stages.STAGES)}
+  bad = sorted((k for k, v in metrics.items() if not math.isfinite(float(v))),
+               key=lambda k: (order.get(k.split("/")[0], 99), k))
   if bad:
     stage_names = {"disc": "discriminative", "gen": "generative", "adv": "adversarial"}
     stage = stage_names.get(bad[0].split("/")[0], bad[0])
@@ -117,43 +120,80 @@ def evaluate(state, pipeline, eval_fn) -> dict:
   }
 
 
+class _Preemption:
+  """Turns SIGTERM (preemption notice) into a flag the loop polls after each step."""
+
+  def __init__(self):
+    self.requested = False
+    self._old = None
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._old = signal.signal(signal.SIGTERM, self._handler)
+    return self
+
+  def _handler(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._old is not None:
+      signal.signal(signal.SIGTERM, self._old)
+
+  def reached(self, step: int) -> bool:
+    if jax.process_count() > 1:
+      # All hosts must agree on the step to save at; JAX's preemption service
+      # (started by jax.distributed.initialize) syncs the notice across hosts.
+      from jax.experimental import multihost_utils
+
+      return self.requested or multihost_utils.reached_preemption_sync_point(step)
+    return self.requested
+
+
+class Preempted(SystemExit):
+  """Raised after a SIGTERM-triggered checkpoint; exit code 143 like a TERM kill."""
+
+  def __init__(self, step):
+    super().__init__(143)
+    self.step = step
+
+
+def _write_text(workdir, name, text):
+  if jax.process_index() == 0:
+    (epath.Path(workdir) / name).write_text(text)
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
-  """Trains RAN per Algorithm 1 and returns the final test metrics."""
+  """Trains RAN per Algorithm 1 and returns the final test metrics.
+
+  Resumes from the newest good checkpoint in `workdir`; on SIGTERM saves and
+  raises `Preempted`; on a non-finite metric raises NonFiniteError without saving.
+  """
   mesh = parallel.make_mesh()
   validate_config(config, num_devices=mesh.size)
   source, models, pipeline, optimizers = build(config, mesh)
-  is_main = jax.process_index() == 0
-  os.makedirs(workdir, exist_ok=True)
-  if is_main:
-    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-      f.write(config.to_json_best_effort(indent=2))
-  log.info("Dataset %s: %d train / %d test, input %s, %d classes; %d devices (%s); "
-           "encoder %s, %d layers", source.name, len(source.train), len(source.test),
-           source.input_shape, source.num_classes, mesh.size, jax.devices()[0].platform,
-           config.model.encoder, len(models.spec))
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+  _write_text(workdir, "config.json", config.to_json_best_effort(indent=2))
+  log.info("Dataset %s: %d train / %d test, input %s, %d classes; %d devices in %d processes "
+           "(%s); encoder %s, %d layers", source.name, len(source.train), len(source.test),
+           source.input_shape, source.num_classes, mesh.size, jax.process_count(),
+           jax.devices()[0].platform, config.model.encoder, len(models.spec))
 
   # ------------------------------------------------------------ state / resume
   repl = parallel.replicated(mesh)
   state = create_state(models, optimizers, config.seed, mesh)
-  ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
+  ckpt = checkpointing.Checkpointer(str(epath.Path(workdir) / "checkpoints"),
                                     max_to_keep=config.keep_checkpoints)
   fingerprint = model_fingerprint(config, source)
-  latest = ckpt.latest_step()
-  if latest is not None:
-    meta = ckpt.read_meta(latest)
-    if meta.get("fingerprint", {}).get("digest") != fingerprint["digest"]:
-      raise checkpointing.CheckpointError(
-          f"{workdir} holds a checkpoint (step {latest}) of a different model/data config: "
-          f"{meta.get('fingerprint')} vs this run's {fingerprint}. Use another --workdir; the "
-          "existing checkpoint was left untouched.")
-    state = ckpt.restore(latest, checkpointing.abstract_like(state, repl))
-    log.info("Resumed from %s at step %d", ckpt.directory, int(state.step))
+  restored = ckpt.restore_latest_good(checkpointing.abstract_like(state, repl), fingerprint)
+  if restored is not None:
+    state = restored
+    log.info("Resumed from %s at step %d", ckpt.directory, int(jax.device_get(state.step)))
 
   # ------------------------------------------------------------ compiled steps
   iteration = make_iteration(models, optimizers, config.ran, mesh)
   eval_fn = jax.jit(functools.partial(stages.eval_step, models=models),
                     in_shardings=(repl, parallel.data_sharding(mesh)), out_shardings=repl)
-  k = int(config.ran.k)
   spe = pipeline.steps_per_epoch
   total = config.num_epochs * spe
   if config.max_steps > 0:
@@ -169,43 +209,51 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   # ------------------------------------------------------------ train loop
   log.info("Training steps %d..%d (%d per epoch, k=%d, lambda=%g, batch %d)", start, total, spe,
-           k, config.ran.lam, config.batch_size)
+           config.ran.k, config.ran.lam, config.batch_size)
   final = {}
   t_window, n_window = time.perf_counter(), 0
   metrics = None
-  for step, batch in enumerate(pipeline.train_batches(start, total), start=start + 1):
-    state, metrics = iteration(state, batch)
-    n_window += 1
-    host = None
-    if step % config.log_every_steps == 0 or step == total:
-      host = jax.device_get(metrics)
-      check_finite(host, step)
-      dt = time.perf_counter() - t_window
-      rate = n_window * config.batch_size / max(dt, 1e-9)
-      eta = (total - step) * config.batch_size / max(rate, 1e-9)
-      log.info("step %d/%d epoch %d | disc ce %.4f acc %.3f | gen mse %.4g | adv loss %.4g "
-               "| %.1f ex/s | ETA %s", step, total, (step - 1) // spe + 1, host["disc/ce"],
-               host["disc/accuracy"], host["gen/recon_mse"], host["adv/loss"], rate,
-               time.strftime("%H:%M:%S", time.gmtime(eta)))
-      writer.write(step, {**host, "examples_per_sec": rate})
-      t_window, n_window = time.perf_counter(), 0
-    epoch_end = step % spe == 0 or step == total
-    if (ckpt_every and step % ckpt_every == 0) or epoch_end:
-      host = host if host is not None else jax.device_get(metrics)
-      if epoch_end:
-        final = evaluate(state, pipeline, eval_fn)
-        log.info("eval step %d epoch %d | test accuracy %.4f | test recon (sum/example) %.4g "
-                 "| (mean/value) %.4g", step, (step - 1) // spe + 1, final["accuracy"],
-                 final["recon_mse_sum"], final["recon_mse_mean"])
-        writer.write(step, final, kind="test")
-      save(step, host)
-  if metrics is None and start >= total:
-    log.info("Nothing to do: checkpoint step %d >= %d planned steps.", start, total)
+  with _Preemption() as preemption:
+    try:
+      for step, batch in enumerate(pipeline.train_batches(start, total), start=start + 1):
+        state, metrics = iteration(state, batch)
+        n_window += 1
+        host = None
+        if step % config.log_every_steps == 0 or step == total:
+          host = jax.device_get(metrics)
+          check_finite(host, step)
+          dt = time.perf_counter() - t_window
+          rate = n_window * config.batch_size / max(dt, 1e-9)
+          eta = (total - step) * config.batch_size / max(rate, 1e-9)
+          log.info("step %d/%d epoch %d | disc ce %.4f acc %.3f | gen mse %.4g | adv loss %.4g "
+                   "| %.1f ex/s | ETA %s", step, total, (step - 1) // spe + 1, host["disc/ce"],
+                   host["disc/accuracy"], host["gen/recon_mse"], host["adv/loss"], rate,
+                   time.strftime("%H:%M:%S", time.gmtime(eta)))
+          writer.write(step, {**host, "examples_per_sec": rate})
+          t_window, n_window = time.perf_counter(), 0
+        epoch_end = step % spe == 0 or step == total
+        if (ckpt_every and step % ckpt_every == 0) or epoch_end:
+          host = host if host is not None else jax.device_get(metrics)
+          if epoch_end:
+            final = evaluate(state, pipeline, eval_fn)
+            log.info("eval step %d epoch %d | test accuracy %.4f | test recon (sum/example) %.4g "
+                     "| (mean/value) %.4g", step, (step - 1) // spe + 1, final["accuracy"],
+                     final["recon_mse_sum"], final["recon_mse_mean"])
+            writer.write(step, final, kind="test")
+          save(step, host)
+        if step < total and preemption.reached(step):
+          save(step, jax.device_get(metrics))
+          ckpt.wait()
+          log.warning("SIGTERM: saved checkpoint at step %d; exiting. Rerun the same command to "
+                      "resume.", step)
+          raise Preempted(step)
+    finally:
+      ckpt.close()
+      writer.close()
+  if metrics is None:
+    log.info("Nothing to train: checkpoint step %d >= %d planned steps.", start, total)
     final = evaluate(state, pipeline, eval_fn)
-  ckpt.close()
-  writer.close()
   export.export_trained(workdir, state, config, source)
-  if is_main:
-    with open(os.path.join(workdir, "final_metrics.json"), "w", encoding="utf-8") as f:
-      json.dump({"step": int(jax.device_get(state.step)), **final}, f, indent=2)
+  _write_text(workdir, "final_metrics.json",
+              json.dumps({"step": int(jax.device_get(state.step)), **final}, indent=2))
   return final
