@@ -51,15 +51,21 @@ def _key(v: float) -> str:
   return f"{v:g}"
 
 
+METHODS = ("ran", "dnn", "dnn_resized", "noisy")
+
+
 def plan(lams: Sequence[float], noise_factors: Sequence[float],
-         resized_factors: Sequence[float]) -> list:
+         resized_factors: Sequence[float], include: Sequence[str] = METHODS) -> list:
   """The points of a sweep, in order: (method, setting, point directory name, value)."""
   pts = [("ran", f"lam={_key(lam)}", f"ran_lam{_key(lam)}", float(lam)) for lam in lams]
   pts.append(("dnn", f"lam={_key(DNN_LAM)}", "dnn", DNN_LAM))
   pts += [("dnn_resized", f"factor={_key(f)}", f"dnn_resized_f{_key(f)}", float(f))
           for f in resized_factors]
   pts += [("noisy", f"factor={_key(f)}", f"noisy_f{_key(f)}", float(f)) for f in noise_factors]
-  return pts
+  unknown = set(include) - set(METHODS)
+  if unknown:
+    raise ValueError(f"Unknown methods {sorted(unknown)}; allowed: {METHODS}.")
+  return [p for p in pts if p[0] in include]
 
 
 def _train_once(config, lam: float, workdir: str, train_fn: Callable) -> float:
@@ -110,7 +116,7 @@ def run_sweep(config, out: str, lams: Sequence[float] = PAPER_LAMS,
               resized_factors: Optional[Sequence[float]] = None,
               eval_cfg: Optional[core.EvalConfig] = None, n_components: int = 8,
               show_factor: float = 0.5, train_fn: Callable = trainer.train_and_evaluate,
-              make_figures: bool = True) -> list:
+              make_figures: bool = True, include: Sequence[str] = METHODS) -> list:
   """Runs (or resumes) the sweep and returns the CSV rows."""
   eval_cfg = eval_cfg or core.EvalConfig()
   resized_factors = noise_factors if resized_factors is None else resized_factors
@@ -123,7 +129,7 @@ def run_sweep(config, out: str, lams: Sequence[float] = PAPER_LAMS,
   data = None
   dnn_trained = None
   rows, arts = [], {}
-  for method, setting, name, value in plan(lams, noise_factors, resized_factors):
+  for method, setting, name, value in plan(lams, noise_factors, resized_factors, include):
     pdir = os.path.join(out, "points", name)
     result, art = core.load(pdir)
     if result is None:
@@ -244,6 +250,7 @@ def _define_flags():
   flags.DEFINE_list("attackers", list(core.ATTACKERS), "Attacker families.")
   flags.DEFINE_float("show_factor", 0.5, "Noise factor shown in the reconstruction grid.")
   flags.DEFINE_integer("seed", 0, "Seed of the attacker split and fits.")
+  flags.DEFINE_list("methods", list(METHODS), "Methods to run (DNN(resized) needs DNN's run).")
   flags.mark_flags_as_required(["config", "out"])
 
 
@@ -259,7 +266,7 @@ def main(argv):
   resized = [float(v) for v in FLAGS.resized_factors] if FLAGS.resized_factors else None
   rows = run_sweep(FLAGS.config, FLAGS.out, [float(v) for v in FLAGS.lams],
                    [float(v) for v in FLAGS.noise_factors], resized, eval_cfg,
-                   FLAGS.n_components, FLAGS.show_factor)
+                   FLAGS.n_components, FLAGS.show_factor, include=tuple(FLAGS.methods))
   for r in rows:
     print(f"{r['method']:12s} {r['setting']:12s} acc {float(r['accuracy']):.4f}  worst "
           f"{r['worst_attacker']:16s} mse_sum {float(r['worst_mse_sum']):9.4g}")

@@ -79,3 +79,12 @@ def test_sweep_csv_figures_and_resume(tmp_path, monkeypatch):
                           train_fn=fake_train(calls), make_figures=False)
   assert calls[2:] == [("ran_lam0.4", 0.4)]
   assert [r["setting"] for r in rows3][:2] == ["lam=0.2", "lam=0.4"]
+
+
+def test_plan_order_and_methods_filter():
+  pts = sweep.plan([0.1, 0.5], [0.3], [0.7])
+  assert [p[2] for p in pts] == ["ran_lam0.1", "ran_lam0.5", "dnn", "dnn_resized_f0.7",
+                                 "noisy_f0.3"]
+  assert [p[2] for p in sweep.plan([0.1], [0.3], [0.3], include=("ran",))] == ["ran_lam0.1"]
+  with pytest.raises(ValueError):
+    sweep.plan([0.1], [0.3], [0.3], include=("gan",))
