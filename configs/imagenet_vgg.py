@@ -21,6 +21,7 @@ def get_config(arg=None):
   c.data.name = "imagenet2012"
   c.data.image_size = 224
   c.data.num_classes = 1000
+  c.data.decode_workers = 16   # threads decoding each batch's JPEGs (PIL releases the GIL)
   c.model.encoder = "vgg16"
   c.model.classifier_hidden = (4096, 4096)
   c.model.dtype = "bfloat16"
