@@ -9,7 +9,9 @@ Prepares `spoken_digit` offline from the local recordings:
   python train.py --config=configs/ubisound_lenet.py \
       --config.data.manual_dir=../shared/data/fsdd --workdir=runs/fsdd
 
-Accuracy measured here: see docs/data.md.
+Measured here (2 heavily shared CPU cores, about 9 minutes, lambda=0.5): test
+accuracy 0.977 after the default 12 epochs (300 test clips); it moves between
+0.87 and 0.98 from epoch to epoch under the adversarial stage (docs/data.md).
 """
 
 from configs import common
@@ -23,7 +25,7 @@ def get_config(arg=None):
   c.model.encoder = "lenet5"
   c.model.classifier_hidden = (120, 84)
   c.batch_size = 64
-  c.num_epochs = 30
+  c.num_epochs = 12
   c.log_every_steps = 42
   c.ran.lam = 0.5
   return common.finish(c, arg)
