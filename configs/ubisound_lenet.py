@@ -9,7 +9,7 @@ Prepares `spoken_digit` offline from the local recordings:
   python train.py --config=configs/ubisound_lenet.py \
       --config.data.manual_dir=../shared/data/fsdd --workdir=runs/fsdd
 
-Measured here (2 heavily shared CPU cores, about 9 minutes, lambda=0.5): test
+Measured here (2 heavily shared CPU cores, about 17 minutes, lambda=0.5): test
 accuracy 0.977 after the default 12 epochs (300 test clips); it moves between
 0.87 and 0.98 from epoch to epoch under the adversarial stage (docs/data.md).
 """
