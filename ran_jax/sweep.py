@@ -13,6 +13,10 @@ retrained (and an interrupted run resumes from its checkpoint). Finally it write
 OUT/results.csv (schema: `CSV_COLUMNS`), OUT/pareto.png, OUT/reconstructions.png
 and OUT/features3d.png.
 
+`--methods=ran,dnn` (etc.) computes only some of the points and `--attackers`
+chooses the attacker families, so that independent processes can fill one sweep
+directory in parallel; each point records the evaluation settings it was run with.
+
 Defaults are the paper's grid (lambda 0.01 ... 0.9, noise factors 0.1 ... 0.9);
 the MSE convention is the one of `ran_jax.evaluation.metrics` (sum over input
 values per example, averaged over the test examples; images in [0, 1]).
