@@ -7,8 +7,13 @@ first use, then reads the array_record copy:
   python train.py --config=configs/mnist_lenet.py \
       --config.data.manual_dir=../shared/data/mnist --workdir=runs/mnist
 
-One epoch (937 Algorithm-1 iterations, k=3, batch 64, lambda=0.5) on 2 shared
-CPU cores: see docs/data.md for the measured test accuracy and time.
+One epoch (937 Algorithm-1 iterations, k=3, batch 64, lambda=0.5) measured on 2
+shared CPU cores (about 8 minutes of training after about 2 minutes of preparation
+and loading): test accuracy 0.9788, test reconstruction error 11.9 (summed per image).
+The adversarial learning rate is l3=1e-4: with l3=1e-3 the encoder drifts so much
+under the summed reconstruction term in one epoch that test accuracy ends at 0.955
+(measured twice), with reconstruction error 48.4 (stronger privacy). Pass
+--config.ran.l3=1e-3 for that trade-off.
 Smoke variant for tests: configs/mnist_lenet.py:smoke.
 """
 
@@ -26,4 +31,5 @@ def get_config(arg=None):
   c.num_epochs = 1
   c.log_every_steps = 100
   c.ran.lam = 0.5
+  c.ran.l3 = 1e-4              # adversarial stage; see the docstring
   return common.finish(c, arg)
