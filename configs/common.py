@@ -36,7 +36,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.model.classifier_hidden = (120, 84)
   c.model.dropout = 0.0
   c.model.dtype = "float32"    # 'bfloat16' computes in bf16 with f32 params (accelerators)
-  c.model.conv_impl = "fast"   # 'fast': patches+matmul / sub-pixel convs; 'xla': Flax's convs
+  c.model.conv_impl = "auto"   # 'fast': matmul / sub-pixel convs (CPU); 'xla': Flax's; 'auto': by backend
 
   c.ran = ml_collections.ConfigDict()
   c.ran.k = 3                  # inner (discriminative, generative) pairs per mini-batch

@@ -19,4 +19,4 @@ def build_models(model_config, input_shape, num_classes, value_range, dtype=None
   return RANModels(spec, input_shape, num_classes, tuple(model_config.classifier_hidden),
                    value_range=value_range, dropout=model_config.get("dropout", 0.0),
                    dtype=dtype or jnp.float32,
-                   conv_impl=model_config.get("conv_impl", "fast"))
+                   conv_impl=model_config.get("conv_impl", "auto"))

@@ -4,13 +4,12 @@ XLA's CPU convolutions are slow on RAN's small-channel layers (a 1-channel 5x5
 transposed conv dominated a LeNet iteration), while its matmuls run near the
 machine's ceiling. This module computes the same functions as
 `lax.conv_general_dilated` / Flax's `ConvTranspose` + crop, in forms that lower to
-slices, one concatenation and one dot:
+slices, one small concatenation and one dot:
 
-* `conv2d`: a 2-D correlation as patches [B*Ho*Wo, kh*kw*C] @ kernel [kh*kw*C, O].
-  Its backward pass is written out (custom VJP): the input gradient of a
-  stride-1 correlation is another stride-1 correlation (of the output gradient
-  with the flipped, in/out-swapped kernel), so it too is patches + matmul
-  instead of a scatter of [N, kh*kw*C] patch gradients back onto the image.
+* `conv2d`: a 2-D correlation as row patches [B*Hp*Wo, kw*C] @ kernel [kw*C, kh*O]
+  followed by a sum of kh row-shifted slices (see `_conv_matmul` for why not
+  full kh*kw*C patches). Autodiff gives a backward pass of pads, slices and two
+  matmuls.
 * `conv_transpose_cropped`: Flax's `ConvTranspose(padding='VALID')` (no kernel
   flip) followed by the decoder's crop to the mirrored encoder shape, as ONE
   stride-1 correlation producing all s*s output phases as channels (sub-pixel
@@ -62,81 +61,47 @@ def _pad_hw(x, pads: Pads):
   return lax.pad(x, jnp.zeros((), x.dtype), cfg)
 
 
-def _out_len(n: int, k: int, s: int, lo: int, hi: int) -> int:
-  return (n + lo + hi - k) // s + 1
-
-
-# ---------------------------------------------------------------- patches + matmul
-
-
-def _patches(xp, kernel: Sequence[int], strides: Sequence[int], out_hw: Sequence[int]):
-  """[B, Hp, Wp, C] (already padded) -> [B, Ho, Wo, kh*kw*C], tap-major like HWIO."""
-  kh, kw = kernel
-  sh, sw = strides
-  ho, wo = out_hw
-  if (kh, kw) == (1, 1) and (sh, sw) == (1, 1):
-    return xp[:, :ho, :wo, :]
-  cols = []
-  for i in range(kh):
-    for j in range(kw):
-      cols.append(lax.slice(xp, (0, i, j, 0),
-                            (xp.shape[0], i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1, xp.shape[3]),
-                            (1, sh, sw, 1)))
-  return jnp.concatenate(cols, axis=-1) if len(cols) > 1 else cols[0]
+# ---------------------------------------------------------------- row patches + matmul
 
 
 def _conv_matmul(x, w, strides, pads: Pads):
-  """Correlation of x [B,H,W,C] with w [kh,kw,C,O] as patches @ kernel."""
+  """Correlation of x [B,H,W,C] with w [kh,kw,C,O] as one matmul and a row-shift sum.
+
+  Full kh*kw*C patches need a kh*kw-way concatenation, which XLA's CPU backend
+  emits as a per-element select chain (slower than its conv). Patches along W
+  only (kw operands) times a kernel laid out [kw*C, kh*O] give every row tap's
+  contribution at once, Z[b, h, wo, i, o]; the output sums kh row-shifted slices
+  of Z, one elementwise fusion. Autodiff of this form is slices, pads and two
+  matmuls: no scatter, no transposed convolution.
+  """
   kh, kw, c, o = w.shape
-  b, h, wd, _ = x.shape
-  ho = _out_len(h, kh, strides[0], *pads[0])
-  wo = _out_len(wd, kw, strides[1], *pads[1])
-  p = _patches(_pad_hw(x, pads), (kh, kw), strides, (ho, wo))  # [B, Ho, Wo, kh*kw*C]
-  y = jnp.dot(p.reshape(b * ho * wo, kh * kw * c), w.reshape(kh * kw * c, o),
-              preferred_element_type=jnp.float32 if x.dtype == jnp.float32 else None)
-  return y.reshape(b, ho, wo, o).astype(x.dtype)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _conv_s1(x, w, pads: Pads):
-  return _conv_matmul(x, w, (1, 1), pads)
-
-
-def _conv_s1_fwd(x, w, pads):
-  return _conv_matmul(x, w, (1, 1), pads), (x, w)
-
-
-def _conv_s1_bwd(pads, res, dy):
-  x, w = res
-  kh, kw, c, o = w.shape
-  b, h, wd, _ = x.shape
-  _, ho, wo, _ = dy.shape
-  # dW: patches(x)^T @ dy, one [K, N] x [N, O] matmul.
-  p = _patches(_pad_hw(x, pads), (kh, kw), (1, 1), (ho, wo)).reshape(b * ho * wo, kh * kw * c)
-  dw = jnp.dot(p.T, dy.reshape(b * ho * wo, o)).reshape(kh, kw, c, o).astype(w.dtype)
-  # dx[i] = sum_j dy[i + lo - j] w[j]: a correlation of dy with the flipped kernel.
-  w_t = jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2)  # [kh, kw, O, C]
-  dpads = tuple((k - 1 - lo, n + k - 1 - m - (k - 1 - lo))
-                for (lo, _), k, n, m in zip(pads, (kh, kw), (h, wd), (ho, wo)))
-  dx = _conv_matmul(dy, w_t, (1, 1), dpads).astype(x.dtype)
-  return dx, dw
-
-
-_conv_s1.defvjp(_conv_s1_fwd, _conv_s1_bwd)
+  sh, sw = strides
+  xp = _pad_hw(x, pads)
+  b, hp, wp, _ = xp.shape
+  ho, wo = (hp - kh) // sh + 1, (wp - kw) // sw + 1
+  if kw == 1:
+    p = xp[:, :, : (wo - 1) * sw + 1 : sw, :]
+  else:
+    p = jnp.concatenate([lax.slice_in_dim(xp, j, j + (wo - 1) * sw + 1, sw, axis=2)
+                         for j in range(kw)], axis=-1)  # [B, Hp, Wo, kw*C]
+  wa = w.transpose(1, 2, 0, 3).reshape(kw * c, kh * o)
+  z = jnp.dot(p.reshape(b * hp * wo, kw * c), wa).reshape(b, hp, wo, kh, o)
+  y = lax.slice_in_dim(z[:, :, :, 0], 0, (ho - 1) * sh + 1, sh, axis=1)
+  for i in range(1, kh):
+    y = y + lax.slice_in_dim(z[:, :, :, i], i, i + (ho - 1) * sh + 1, sh, axis=1)
+  return y  # [B, Ho, Wo, O]
 
 
 def conv2d(x, w, strides: Sequence[int] = (1, 1), padding="SAME"):
   """Same result as `lax.conv_general_dilated(x, w, strides, padding)` in NHWC/HWIO.
 
-  `padding` is 'SAME', 'VALID' or explicit ((lo, hi), (lo, hi)) pads.
+  `padding` is 'SAME', 'VALID' or explicit ((lo, hi), (lo, hi)) pads (negative
+  pads crop).
   """
   strides = tuple(int(s) for s in strides)
   if isinstance(padding, str):
     padding = conv_pads(x.shape[1:3], w.shape[:2], strides, padding)
   padding = tuple((int(lo), int(hi)) for lo, hi in padding)
-  if strides == (1, 1):
-    return _conv_s1(x, w, padding)
-  # Strided convs (AlexNet-224's first layer) keep autodiff's backward pass.
   return _conv_matmul(x, w, strides, padding)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Sequence
 
 import flax.linen as nn
 import jax
@@ -13,15 +13,25 @@ from ran_jax.models.spec import ConvSpec, EncoderSpec, PoolSpec, layer_shapes, s
 
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
-# 'fast': convs as patches + matmul, transposed convs as cropped sub-pixel stride-1
-# convs, reshape max-pool (fast_conv.py; ~2-3x faster on CPU). 'xla': Flax's
-# nn.Conv / nn.ConvTranspose / nn.max_pool. Same parameters, same results.
-CONV_IMPLS = ("fast", "xla")
+# 'fast': convs as row-patches + matmul, transposed convs as cropped sub-pixel
+# stride-1 convs, reshape max-pool (fast_conv.py): the winner on CPU, where XLA's
+# convolutions are slow. 'xla': Flax's nn.Conv / nn.ConvTranspose / nn.max_pool
+# (cuDNN / TPU convs on accelerators). 'auto': 'fast' on CPU, 'xla' elsewhere.
+# All give the same parameters and the same results within float tolerance.
+CONV_IMPLS = ("auto", "fast", "xla")
 
 
 def _check_impl(impl: str) -> None:
   if impl not in CONV_IMPLS:
     raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {impl!r}.")
+
+
+def resolve_conv_impl(impl: str) -> str:
+  """'auto' -> 'fast' on the CPU backend, 'xla' on GPU/TPU."""
+  _check_impl(impl)
+  if impl == "auto":
+    return "fast" if jax.default_backend() == "cpu" else "xla"
+  return impl
 
 
 class FastConv(nn.Module):
@@ -76,12 +86,11 @@ class Encoder(nn.Module):
 
   spec: EncoderSpec
   dtype: jnp.dtype = jnp.float32
-  conv_impl: str = "fast"
+  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x, train: bool):  # x: [B, H, W, C] -> [B, h, w, c]
-    _check_impl(self.conv_impl)
-    fast = self.conv_impl == "fast"
+    fast = resolve_conv_impl(self.conv_impl) == "fast"
     for layer in self.spec:
       if isinstance(layer, ConvSpec):
         conv = FastConv if fast else nn.Conv
@@ -133,11 +142,11 @@ class Decoder(nn.Module):
   input_shape: tuple[int, int, int]
   value_range: tuple[float, float] = (0.0, 1.0)
   dtype: jnp.dtype = jnp.float32
-  conv_impl: str = "fast"
+  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, z, train: bool):  # z: [B, h, w, c] -> [B, H, W, C]
-    _check_impl(self.conv_impl)
+    fast = resolve_conv_impl(self.conv_impl) == "fast"
     shapes = layer_shapes(self.spec, self.input_shape)
     n = len(self.spec)
     for i in reversed(range(n)):
@@ -149,7 +158,7 @@ class Decoder(nn.Module):
       sh, sw = layer.strides
       lo_h = same_pad_lo(th, kh, sh) if layer.padding == "SAME" else 0
       lo_w = same_pad_lo(tw, kw, sw) if layer.padding == "SAME" else 0
-      if self.conv_impl == "fast" and sh <= kh and sw <= kw:
+      if fast and sh <= kh and sw <= kw:
         # Computes only the kept window: no lhs-dilated zeros, no cropped-away rows.
         z = FastConvTranspose(tc, layer.kernel, layer.strides, (lo_h, lo_w), (th, tw),
                               name=f"de{layer.name}", dtype=self.dtype)(z)
@@ -190,7 +199,7 @@ class RANModels:
 
   def __init__(self, spec: EncoderSpec, input_shape, num_classes: int, classifier_hidden,
                value_range=(0.0, 1.0), dropout: float = 0.0, dtype=jnp.float32,
-               conv_impl: str = "fast"):
+               conv_impl: str = "auto"):
     _check_impl(conv_impl)
     self.spec = spec
     self.input_shape = tuple(int(d) for d in input_shape)
