@@ -33,7 +33,7 @@ def pareto(rows: list, path: str, title: str = "") -> None:
   if ran:
     x = [_f(r["accuracy"]) for r in ran]
     ax.plot(x, [_log(r["worst_mse_sum"]) for r in ran], "g-o", label="RAN, worst case over attackers")
-    ax.plot(x, [_log(r["own_decoder_mse_sum"]) for r in ran], "g--", alpha=0.7,
+    ax.plot(x, [_log(r["own_decoder_mse_sum"]) for r in ran], "g--x", alpha=0.7,
             label="RAN, its own decoder")
     ind = [min(_f(r[f"{a}_mse_sum"]) for a in ("mirrored_decoder", "mlp_decoder", "ridge")
                if not math.isnan(_f(r[f"{a}_mse_sum"]))) for r in ran]
