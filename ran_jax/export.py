@@ -79,7 +79,10 @@ def load_trained(workdir: str) -> Trained:
   models = build_models(config.model, tuple(meta["input_shape"]), meta["num_classes"],
                         tuple(meta["value_range"]))
   params, stats = jax.eval_shape(models.init, jax.random.PRNGKey(0))
-  target = {"params": params, "batch_stats": stats}
+  # Restore onto this process's first device, whatever topology saved it.
+  dev = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=dev),
+                        {"params": params, "batch_stats": stats})
   with ocp.StandardCheckpointer() as ckptr:
     tree = ckptr.restore(path / "networks", target)
   return Trained(config, models, tree["params"], tree["batch_stats"], meta)
