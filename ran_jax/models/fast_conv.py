@@ -178,29 +178,25 @@ def _pool_windows(x, window):
 
 
 def _pool_fwd(x, window):
-  y = _pool_windows(x, window)
-  return y, (x, y)
-
-
-def _pool_bwd(window, res, dy):
-  x, y = res
   b, h, w, c = x.shape
   wh, ww = window
   xr = x.reshape(b, h // wh, wh, w // ww, ww, c)
-  hit = xr == y[:, :, None, :, None, :]
-  # First maximum in row-major window order takes the gradient (ties are common:
-  # constant background regions), like XLA's select-and-scatter with `ge`.
-  taken = jnp.zeros_like(hit[:, :, 0, :, 0, :])
-  grads = []
-  for i in range(wh):
-    row = []
-    for j in range(ww):
-      sel = hit[:, :, i, :, j, :] & ~taken
-      taken = taken | sel
-      row.append(jnp.where(sel, dy, jnp.zeros_like(dy)))
-    grads.append(jnp.stack(row, axis=3))  # [B, h2, w2, ww, C]
-  dx = jnp.stack(grads, axis=2)  # [B, h2, wh, w2, ww, C]
-  return (dx.reshape(b, h, w, c),)
+  # The winner's position is taken here, in the same computation as the max.
+  # Comparing `x == y` in the backward pass instead is unsafe: XLA may recompute
+  # x there with a different fusion (other rounding), the equality then fails for
+  # some windows and their gradient is silently dropped.
+  flat = xr.transpose(0, 1, 3, 5, 2, 4).reshape(b, h // wh, w // ww, c, wh * ww)
+  idx = jnp.argmax(flat, axis=-1)  # first maximum in row-major window order
+  return xr.max(axis=(2, 4)), idx
+
+
+def _pool_bwd(window, idx, dy):
+  wh, ww = window
+  b, h2, w2, c = dy.shape
+  onehot = jax.nn.one_hot(idx, wh * ww, dtype=dy.dtype)  # [B, h2, w2, C, wh*ww]
+  dx = (onehot * dy[..., None]).reshape(b, h2, w2, c, wh, ww)
+  dx = dx.transpose(0, 1, 4, 2, 5, 3).reshape(b, h2 * wh, w2 * ww, c)
+  return (dx,)
 
 
 _pool_windows.defvjp(_pool_fwd, _pool_bwd)
