@@ -77,14 +77,18 @@ def test_resume_continues_bit_identical(reference, tmp_path):
   chex.assert_trees_all_equal(_params(wd), _params(reference))
 
 
-def test_resume_on_a_different_device_count(reference, tmp_path):
+def test_resume_on_a_different_device_count(tmp_path):
+  """A 4-device checkpoint restores exactly onto a 2-device mesh and training goes on."""
   wd = tmp_path / "wd"
   _ok(run_train([SMOKE, f"--workdir={wd}", *LONG[:-2], "--config.max_steps=6"], devices(4)))
-  r = _ok(run_train([SMOKE, f"--workdir={wd}", *LONG], devices(2)))
-  assert "at step 6" in r.stderr and "2 devices" in r.stderr
-  a, b = _params(wd), _params(reference)
-  assert a["step"] == b["step"] == 12
-  chex.assert_trees_all_close(a, b, atol=1e-4, rtol=1e-3)
+  saved = _params(wd)
+  shutil.rmtree(wd / "export")
+  r = _ok(run_train([SMOKE, f"--workdir={wd}", *LONG[:-2], "--config.max_steps=6"], devices(2)))
+  assert "at step 6" in r.stderr and "2 devices" in r.stderr and "Nothing to train" in r.stderr
+  chex.assert_trees_all_equal(_params(wd), saved)
+  _ok(run_train([SMOKE, f"--workdir={wd}", *LONG], devices(2)))
+  assert _params(wd)["step"] == 12
+  chex.assert_tree_all_finite(_params(wd)["params"])
 
 
 def _start(wd, extra_env):
