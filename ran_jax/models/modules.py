@@ -212,6 +212,10 @@ class RANModels:
 
   def init(self, rng):
     """Returns (params, batch_stats), each a dict over encoder/classifier/decoder."""
+    # One compiled program: op-by-op the fast path's many small slices each compile.
+    return jax.jit(self._init)(rng)
+
+  def _init(self, rng):
     k_e, k_c, k_d = jax.random.split(rng, 3)
     x = jnp.zeros((1,) + self.input_shape, jnp.float32)
     ev = self.encoder.init(k_e, x, train=False)
