@@ -160,7 +160,8 @@ def test_fast_decoder_keeps_exact_shapes(encoder, shape):
 def test_fast_iteration_equals_xla_iteration():
   """One Algorithm-1 iteration (k=2, SGD) gives the same state on both paths."""
   spec = build_encoder_spec("lenet5", (28, 28, 1), (4, 8))
-  optimizers = {s: optax.sgd(0.05) for s in stages.STAGES}
+  # A schedule gives SGD the update count that the stages fold into their RNG.
+  optimizers = {s: optax.sgd(optax.constant_schedule(0.05)) for s in stages.STAGES}
   ran = type("R", (), {"recon_reduction": "sum", "lam": 0.5})
   batch = {"image": jax.random.uniform(jax.random.PRNGKey(2), (8, 28, 28, 1)),
            "label": jnp.arange(8) % 10}

@@ -38,7 +38,7 @@ def test_fused_iteration_equals_per_stage_loop(conv_impl):
   # Adam turns float-noise gradients (conv biases before batch-norm) into lr-sized
   # steps, so parameters are compared to a few learning rates at most.
   chex.assert_trees_all_close(sf.params, sp.params, atol=5e-3, rtol=0)
-  chex.assert_trees_all_close(sf.batch_stats, sp.batch_stats, atol=1e-4, rtol=1e-4)
+  chex.assert_trees_all_close(sf.batch_stats, sp.batch_stats, atol=2e-3, rtol=1e-3)
   chex.assert_trees_all_close(sf.opt_state, sp.opt_state, atol=1e-3, rtol=1e-3)
 
 
