@@ -202,10 +202,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
   writer = MetricWriter(workdir)
   ckpt_every = config.checkpoint_every_steps
 
+  saved = {"step": start}
+
   def save(step, metrics_host):
     check_finite(metrics_host, step)  # never write a checkpoint over good ones with NaN state
+    if saved["step"] == step:
+      return
     ckpt.save(step, state, {"fingerprint": fingerprint, "step": int(step),
                             "input_position": int(step)})
+    saved["step"] = step
 
   # ------------------------------------------------------------ train loop
   log.info("Training steps %d..%d (%d per epoch, k=%d, lambda=%g, batch %d)", start, total, spe,

@@ -41,15 +41,19 @@ class FastConv(nn.Module):
   kernel_size: tuple[int, int]
   strides: tuple[int, int] = (1, 1)
   padding: str = "SAME"
+  use_bias: bool = True
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x):  # [B, H, W, C] -> [B, Ho, Wo, O]
     kernel = self.param("kernel", nn.initializers.lecun_normal(),
                         tuple(self.kernel_size) + (x.shape[-1], self.features), jnp.float32)
-    bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
-    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-    return fast_conv.conv2d(x, kernel, self.strides, self.padding) + bias
+    x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
+    y = fast_conv.conv2d(x, kernel, self.strides, self.padding)
+    if self.use_bias:
+      y = y + self.param("bias", nn.initializers.zeros_init(), (self.features,),
+                         jnp.float32).astype(y.dtype)
+    return y
 
 
 class FastConvTranspose(nn.Module):
@@ -64,16 +68,19 @@ class FastConvTranspose(nn.Module):
   strides: tuple[int, int]
   crop_lo: tuple[int, int]
   out_hw: tuple[int, int]
+  use_bias: bool = True
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, z):  # [B, h, w, C] -> [B, out_h, out_w, O]
     kernel = self.param("kernel", nn.initializers.lecun_normal(),
                         tuple(self.kernel_size) + (z.shape[-1], self.features), jnp.float32)
-    bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
-    z, kernel, bias = nn.dtypes.promote_dtype(z, kernel, bias, dtype=self.dtype)
+    z, kernel = nn.dtypes.promote_dtype(z, kernel, dtype=self.dtype)
     y = fast_conv.conv_transpose_cropped(z, kernel, self.strides, self.crop_lo, self.out_hw)
-    return y + bias
+    if self.use_bias:
+      y = y + self.param("bias", nn.initializers.zeros_init(), (self.features,),
+                         jnp.float32).astype(y.dtype)
+    return y
 
 
 def _bn(train: bool, name: str, dtype) -> nn.BatchNorm:
@@ -94,8 +101,10 @@ class Encoder(nn.Module):
     for layer in self.spec:
       if isinstance(layer, ConvSpec):
         conv = FastConv if fast else nn.Conv
+        # No bias: batch-norm removes it, so its gradient is pure float noise that
+        # Adam would turn into lr-sized random steps (and layout-dependent results).
         x = conv(layer.features, layer.kernel, layer.strides, padding=layer.padding,
-                 name=layer.name, dtype=self.dtype)(x)
+                 use_bias=False, name=layer.name, dtype=self.dtype)(x)
         x = _bn(train, f"{layer.name}_bn", self.dtype)(x)
         x = nn.relu(x)
       elif fast:
@@ -158,16 +167,17 @@ class Decoder(nn.Module):
       sh, sw = layer.strides
       lo_h = same_pad_lo(th, kh, sh) if layer.padding == "SAME" else 0
       lo_w = same_pad_lo(tw, kw, sw) if layer.padding == "SAME" else 0
+      has_bn = i > 0  # hidden layers are batch-normalised: no bias (see Encoder)
       if fast and sh <= kh and sw <= kw:
         # Computes only the kept window: no lhs-dilated zeros, no cropped-away rows.
         z = FastConvTranspose(tc, layer.kernel, layer.strides, (lo_h, lo_w), (th, tw),
-                              name=f"de{layer.name}", dtype=self.dtype)(z)
+                              use_bias=not has_bn, name=f"de{layer.name}", dtype=self.dtype)(z)
       else:
         z = nn.ConvTranspose(tc, layer.kernel, layer.strides, padding="VALID",
-                             name=f"de{layer.name}", dtype=self.dtype)(z)
+                             use_bias=not has_bn, name=f"de{layer.name}", dtype=self.dtype)(z)
         z = _fit_axis(z, 1, lo_h, th, "constant")
         z = _fit_axis(z, 2, lo_w, tw, "constant")
-      if i > 0:
+      if has_bn:
         z = _bn(train, f"de{layer.name}_bn", self.dtype)(z)
         z = nn.relu(z)
     if isinstance(self.spec[0], PoolSpec):
