@@ -197,8 +197,8 @@ def torch_available() -> tuple[bool, str]:
     import torch
   except ImportError:
     return False, ("PyTorch not installed: skipping the PyTorch-eager reference "
-                   "(CPU build: pip install torch==2.13.0 --index-url "
-                   "https://download.pytorch.org/whl/cpu).")
+                   "(install the CPU build: pip install torch==2.13.0 from PyTorch's CPU "
+                   "wheel index; see docs/performance.md).")
   return True, f"torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
