@@ -14,6 +14,8 @@ The adversarial learning rate is l3=1e-4: with l3=1e-3 the encoder drifts so muc
 under the summed reconstruction term in one epoch that test accuracy ends at 0.955
 (measured twice), with reconstruction error 48.4 (stronger privacy). Pass
 --config.ran.l3=1e-3 for that trade-off.
+Re-measured after the max-pool gradient fix and the removal of biases before batch-norm:
+one epoch, test accuracy 0.9822, reconstruction error 11.56 (idle machine, 443 ex/s).
 Smoke variant for tests: configs/mnist_lenet.py:smoke.
 """
 
