@@ -38,6 +38,7 @@ import numpy as np
 
 from ran_jax import input_pipeline, parallel, stages, trainer
 from ran_jax.models import build_models
+from ran_jax.models.modules import resolve_conv_impl
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,9 +82,12 @@ def _median_time(fn, reps: int) -> float:
   return statistics.median(ts)
 
 
-def matmul_ceiling(n: int = 2048, reps: int = 5) -> float:
-  """f32 n x n matmul FLOP/s through XLA: the machine's practical compute ceiling."""
-  a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n), np.float32))
+def matmul_ceiling(n: int = 2048, reps: int = 5, dtype: str = "float32") -> float:
+  """n x n matmul FLOP/s through XLA in `dtype`: the machine's practical compute ceiling.
+
+  On CPU 2048 fills the cores; on accelerators pass a larger n (8192) to reach peak.
+  """
+  a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n), np.float32), dtype=dtype)
   f = jax.jit(lambda a: a @ a)
   _block(f(a))
   return 2 * n**3 / _median_time(lambda: _block(f(a)), reps)
@@ -352,46 +356,62 @@ def parse_args(argv=None):
   return p.parse_args(argv)
 
 
+def _write(report, path):
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(report, f, indent=2)
+  os.replace(tmp, path)
+
+
 def main(argv=None):
   args = parse_args(argv)
   mesh = parallel.make_mesh()
   on_cpu = jax.default_backend() == "cpu"
+  args.conv_impl = resolve_conv_impl(args.conv_impl)
   names = args.cases.split(",") if args.cases else [
       n for n in CASES if (n in DEFAULT_CASES or args.full) and not (CASES[n].accelerator_only
                                                                      and on_cpu)]
+  unknown = [n for n in names if n not in CASES]
+  if unknown:
+    raise SystemExit(f"unknown case(s) {unknown}; known: {sorted(CASES)}")
   use_torch, torch_note = (False, "PyTorch reference disabled (--no-torch).") if args.no_torch \
       else torch_available()
   if not use_torch:
     print(torch_note, file=sys.stderr)
   use_torch = use_torch and on_cpu  # the reference is a CPU-eager baseline
   t0 = time.perf_counter()
-  ceilings = [matmul_ceiling()]
-  results = []
+  ceiling = functools.partial(matmul_ceiling, 2048 if on_cpu else 8192, dtype=args.dtype)
+  ceilings = [ceiling()]
+  dev = jax.devices()[0]
+  report = {
+      "device": f"{dev.platform}:{dev.device_kind} x{len(jax.devices())}",
+      "host": {"machine": platform.machine(), "cpus": os.cpu_count(),
+               "python": platform.python_version(), "jax": jax.__version__},
+      "k": args.k, "rounds": args.rounds, "reps": args.reps, "dtype": args.dtype,
+      "conv_impl": args.conv_impl,
+      "matmul_ceiling_dtype": args.dtype,
+      "torch_note": torch_note,
+      "complete": False,
+      "results": [],
+  }
   for name in names:
     case = CASES[name]
     sizes = ([int(s) for s in args.batch_sizes.split(",")] if args.batch_sizes
              else case.full_batch_sizes if args.full else case.batch_sizes)
     for b in sizes:
       compare_plain = args.full or (name, b) == HEADLINE or not on_cpu
-      results.append(bench_case(name, case, b, args, mesh, use_torch, compare_plain))
-      ceilings.append(matmul_ceiling())
-  diff = check_fused_equals_per_stage(mesh, args.k, args.conv_impl)
-  dev = jax.devices()[0]
-  report = {
-      "device": f"{dev.platform}:{dev.device_kind} x{len(jax.devices())}",
-      "host": {"machine": platform.machine(), "cpus": os.cpu_count(),
-               "python": platform.python_version(), "jax": jax.__version__},
-      "k": args.k, "rounds": args.rounds, "reps": args.reps,
-      "matmul_ceiling_flops_per_s": statistics.median(ceilings),
-      "matmul_ceiling_samples": ceilings,
-      "torch_note": torch_note,
-      "fused_vs_per_stage_max_abs_diff": diff,
-      "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-      "wall_s": time.perf_counter() - t0,
-      "results": results,
-  }
-  with open(args.out, "w", encoding="utf-8") as f:
-    json.dump(report, f, indent=2)
+      report["results"].append(bench_case(name, case, b, args, mesh, use_torch, compare_plain))
+      ceilings.append(ceiling())
+      # Written after every case, so a run cut short keeps what it measured.
+      report.update(matmul_ceiling_flops_per_s=statistics.median(ceilings),
+                    matmul_ceiling_samples=ceilings, wall_s=time.perf_counter() - t0,
+                    max_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+      _write(report, args.out)
+  report["fused_vs_per_stage_max_abs_diff"] = check_fused_equals_per_stage(
+      mesh, args.k, args.conv_impl)
+  report["complete"] = True
+  report["wall_s"] = time.perf_counter() - t0
+  _write(report, args.out)
   print_table(report)
   print(f"wrote {args.out} ({report['wall_s']:.0f}s)")
   return report
