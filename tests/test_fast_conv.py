@@ -16,7 +16,7 @@ from jax import lax
 
 from ran_jax import stages
 from ran_jax.models import build_encoder_spec, fast_conv, layer_shapes
-from ran_jax.models.modules import Decoder, Encoder, RANModels
+from ran_jax.models.modules import Decoder, Encoder, RANModels, unpool
 from ran_jax.models.spec import same_pad_lo
 
 DN = ("NHWC", "HWIO", "NHWC")
@@ -40,11 +40,12 @@ def _rand(seed, shape):
     ((1, 23, 21, 3), (11, 11), (4, 4), "SAME"),  # AlexNet-224's strided first layer
     ((2, 7, 8, 2), (3, 3), (2, 2), "VALID"),
 ])
-def test_conv2d_matches_lax(xshape, kernel, strides, padding):
+@pytest.mark.parametrize("method", ["toeplitz", "rows", "auto"])
+def test_conv2d_matches_lax(xshape, kernel, strides, padding, method):
   x, w = _rand(0, xshape), _rand(1, kernel + (xshape[-1], 4))
 
   def f_fast(x, w):
-    return fast_conv.conv2d(x, w, strides, padding)
+    return fast_conv.conv2d(x, w, strides, padding, method=method)
 
   def f_xla(x, w):
     return lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=DN)
@@ -84,6 +85,42 @@ def test_conv_transpose_cropped_matches_flax(n, k, s, pad, c):
   loss = lambda f: lambda z, w: jnp.sum(jnp.sin(f(z, w)))  # noqa: E731
   chex.assert_trees_all_close(jax.grad(loss(f_fast), (0, 1))(z, w),
                               jax.grad(loss(f_xla), (0, 1))(z, w), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("n,pool,k,lo,t", [
+    ((5, 5), (2, 2), (5, 5), (0, 0), (14, 14)),   # LeNet: mirror of the VALID conv2
+    ((14, 14), (2, 2), (5, 5), (2, 2), (28, 28)),  # LeNet: mirror of the SAME conv1
+    ((32, 1), (2, 1), (5, 1), (2, 0), (64, 1)),    # HAR layout
+    ((4, 4), (2, 2), (3, 3), (1, 1), (8, 8)),      # AlexNet / VGG 3x3
+    ((3, 3), (3, 3), (5, 5), (1, 1), (7, 9)),      # 3x3 pooling, output cropped
+])
+def test_unpool_conv_transpose_equals_unpool_then_conv(n, pool, k, lo, t):
+  """The decoder's un-pooling folded into the next transposed conv changes nothing."""
+  z, w = _rand(0, (2,) + n + (3,)), _rand(1, k + (3, 2))
+  up = (n[0] * pool[0], n[1] * pool[1])
+
+  def f_ref(z, w):
+    return fast_conv.conv_transpose_cropped(unpool(z, pool, up), w, (1, 1), lo, t, method="xla")
+
+  def f_fold(z, w):
+    return fast_conv.unpool_conv_transpose_cropped(z, w, pool, lo, t)
+
+  chex.assert_shape(f_fold(z, w), (2,) + t + (2,))
+  chex.assert_trees_all_close(f_fold(z, w), f_ref(z, w), atol=1e-5, rtol=1e-5)
+  loss = lambda f: lambda z, w: jnp.sum(jnp.sin(f(z, w)))  # noqa: E731
+  chex.assert_trees_all_close(jax.grad(loss(f_fold), (0, 1))(z, w),
+                              jax.grad(loss(f_ref), (0, 1))(z, w), atol=1e-4, rtol=1e-4)
+
+
+def test_conv_method_choice():
+  """Toeplitz on LeNet's layers, XLA on thin wide layers, row patches on wide 3x3 ones."""
+  choose = fast_conv.choose_method
+  assert choose((128, 32, 32, 1), (5, 5, 1, 6), (1, 1)) == "toeplitz"    # LeNet conv1
+  assert choose((128, 14, 14, 6), (5, 5, 6, 16), (1, 1)) == "toeplitz"   # LeNet conv2
+  assert choose((128, 36, 36, 3), (5, 5, 3, 64), (1, 1)) == "xla"        # AlexNet conv1
+  assert choose((128, 10, 10, 192), (3, 3, 192, 384), (1, 1)) == "rows"  # AlexNet conv3
+  with pytest.raises(ValueError, match="method"):
+    fast_conv.conv2d(jnp.zeros((1, 4, 4, 1)), jnp.zeros((3, 3, 1, 1)), method="winograd")
 
 
 @pytest.mark.parametrize("shape,window", [((2, 8, 8, 3), (2, 2)), ((2, 9, 7, 3), (2, 2)),

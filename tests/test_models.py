@@ -49,9 +49,9 @@ def test_decoder_mirrors_encoder_layer_by_layer(encoder, shape, widths):
   spec = build_encoder_spec(encoder, shape, widths)
   m = RANModels(spec, shape, 3, (8,))
   params, stats = jax.eval_shape(m.init, jax.random.PRNGKey(0))
-  convs = [l for l in spec if isinstance(l, ConvSpec)]
+  convs = [ly for ly in spec if isinstance(ly, ConvSpec)]
   shapes = layer_shapes(spec, shape)
-  in_channels = {l.name: shapes[i][2] for i, l in enumerate(spec)}
+  in_channels = {ly.name: shapes[i][2] for i, ly in enumerate(spec)}
   for layer in convs:
     ek = params["encoder"][layer.name]["kernel"]
     dk = params["decoder"]["de" + layer.name]["kernel"]
@@ -59,8 +59,8 @@ def test_decoder_mirrors_encoder_layer_by_layer(encoder, shape, widths):
     assert ek.shape[:2] == dk.shape[:2] == layer.kernel
     assert dk.shape[2] == layer.features and dk.shape[3] == in_channels[layer.name]
   # hidden decoder layers carry batch-norm, the output layer does not
-  assert set(stats["decoder"]) == {f"de{l.name}_bn" for l in convs[1:]}
-  assert set(stats["encoder"]) == {f"{l.name}_bn" for l in convs}
+  assert set(stats["decoder"]) == {f"de{ly.name}_bn" for ly in convs[1:]}
+  assert set(stats["encoder"]) == {f"{ly.name}_bn" for ly in convs}
 
 
 def test_bad_shapes_are_named():

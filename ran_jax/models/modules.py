@@ -70,13 +70,20 @@ class FastConvTranspose(nn.Module):
   out_hw: tuple[int, int]
   use_bias: bool = True
   dtype: jnp.dtype = jnp.float32
+  # Un-pooling of the input folded into this layer (stride 1 only): z is then the
+  # pooled-size input, and the result equals this layer applied to unpool(z).
+  unpool: tuple[int, int] | None = None
 
   @nn.compact
   def __call__(self, z):  # [B, h, w, C] -> [B, out_h, out_w, O]
     kernel = self.param("kernel", nn.initializers.lecun_normal(),
                         tuple(self.kernel_size) + (z.shape[-1], self.features), jnp.float32)
     z, kernel = nn.dtypes.promote_dtype(z, kernel, dtype=self.dtype)
-    y = fast_conv.conv_transpose_cropped(z, kernel, self.strides, self.crop_lo, self.out_hw)
+    if self.unpool is not None:
+      y = fast_conv.unpool_conv_transpose_cropped(z, kernel, self.unpool, self.crop_lo,
+                                                  self.out_hw)
+    else:
+      y = fast_conv.conv_transpose_cropped(z, kernel, self.strides, self.crop_lo, self.out_hw)
     if self.use_bias:
       y = y + self.param("bias", nn.initializers.zeros_init(), (self.features,),
                          jnp.float32).astype(y.dtype)
@@ -158,10 +165,16 @@ class Decoder(nn.Module):
     fast = resolve_conv_impl(self.conv_impl) == "fast"
     shapes = layer_shapes(self.spec, self.input_shape)
     n = len(self.spec)
+    pending = None  # an un-pooling folded into the next transposed conv (fast path)
     for i in reversed(range(n)):
       layer, (th, tw, tc) = self.spec[i], shapes[i]
       if isinstance(layer, PoolSpec):
-        z = unpool(z, layer.strides, (th, tw))
+        nxt = self.spec[i - 1] if i > 0 else None
+        if (fast and isinstance(nxt, ConvSpec) and tuple(nxt.strides) == (1, 1)
+            and (th, tw) == (z.shape[1] * layer.strides[0], z.shape[2] * layer.strides[1])):
+          pending = tuple(layer.strides)
+        else:
+          z = unpool(z, layer.strides, (th, tw))
         continue
       kh, kw = layer.kernel
       sh, sw = layer.strides
@@ -169,9 +182,12 @@ class Decoder(nn.Module):
       lo_w = same_pad_lo(tw, kw, sw) if layer.padding == "SAME" else 0
       has_bn = i > 0  # hidden layers are batch-normalised: no bias (see Encoder)
       if fast and sh <= kh and sw <= kw:
-        # Computes only the kept window: no lhs-dilated zeros, no cropped-away rows.
+        # Computes only the kept window: no lhs-dilated zeros, no cropped-away rows,
+        # and no un-pooled tensor when the un-pooling before it is folded in.
         z = FastConvTranspose(tc, layer.kernel, layer.strides, (lo_h, lo_w), (th, tw),
-                              use_bias=not has_bn, name=f"de{layer.name}", dtype=self.dtype)(z)
+                              use_bias=not has_bn, name=f"de{layer.name}", dtype=self.dtype,
+                              unpool=pending)(z)
+        pending = None
       else:
         z = nn.ConvTranspose(tc, layer.kernel, layer.strides, padding="VALID",
                              use_bias=not has_bn, name=f"de{layer.name}", dtype=self.dtype)(z)
