@@ -38,7 +38,7 @@ class Encoder(nn.Module):
           pw = _same_pads(w, layer.kernel[1], layer.strides[1])
           pads = (pw[0], pw[1], ph[0], ph[1])
         self.layers.append(nn.ModuleList([
-            nn.Conv2d(c, layer.features, layer.kernel, layer.strides),
+            nn.Conv2d(c, layer.features, layer.kernel, layer.strides, bias=False),  # BN follows
             nn.BatchNorm2d(layer.features, momentum=0.1, eps=1e-5)]))
         self.kinds.append(("conv", pads))
       else:
@@ -79,7 +79,8 @@ class Decoder(nn.Module):
     for i, layer in enumerate(spec):
       if isinstance(layer, ConvSpec):
         tc = self.shapes[i][2]
-        self.convs[layer.name] = nn.ConvTranspose2d(layer.features, tc, layer.kernel, layer.strides)
+        self.convs[layer.name] = nn.ConvTranspose2d(layer.features, tc, layer.kernel, layer.strides,
+                                                    bias=(i == 0))  # BN follows hidden ones
         if i > 0:
           self.bns[layer.name] = nn.BatchNorm2d(tc, momentum=0.1, eps=1e-5)
 

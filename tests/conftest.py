@@ -1,12 +1,32 @@
-"""Test setup: 4 fake CPU devices so every sharded step really runs on a mesh."""
+"""Test setup: 4 fake CPU devices so every sharded step really runs on a mesh.
 
+The session shares one persistent XLA compilation cache, with the train.py
+subprocesses too (through the environment): the end-to-end tests start many
+processes that compile the same programs, and on 2 CPU cores compilation is most
+of their time. A cached executable is the same program, so results are unchanged.
+Set RAN_TEST_COMPILATION_CACHE=0 to compile everything afresh.
+"""
+
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 
 import jax
 
 # Must happen before any JAX computation initialises the backend.
 jax.config.update("jax_num_cpu_devices", 4)
+
+if os.environ.get("RAN_TEST_COMPILATION_CACHE", "1") != "0":
+  _cache = tempfile.mkdtemp(prefix="ran_jax_test_xla_cache_")
+  atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+  os.environ.update(JAX_COMPILATION_CACHE_DIR=_cache,
+                    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+  jax.config.update("jax_compilation_cache_dir", _cache)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
