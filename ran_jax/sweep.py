@@ -44,11 +44,15 @@ PAPER_LAMS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 PAPER_NOISE = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 DNN_LAM = 1.0
 
+TRAINED_ATTACKERS = ("mirrored_decoder", "mlp_decoder")
 CSV_COLUMNS = (
     ["method", "setting", "lam", "noise_factor", "accuracy", "accuracy_retrained"]
     + [f"{a}_{m}" for a in core.ALL_ATTACKERS for m in core.METRICS]
     + ["worst_attacker", "worst_mse_sum", "worst_mse_mean", "worst_psnr", "worst_ssim",
-       "n_fit", "n_test", "train_seconds", "eval_seconds"])
+       "n_fit", "n_test", "train_seconds", "eval_seconds"]
+    # Trained attackers: epochs run and whether the fit ended on a plateau (True) or at
+    # the epoch cap (False: that attacker may be stronger than reported).
+    + [f"{a}_{m}" for a in TRAINED_ATTACKERS for m in ("epochs", "converged")])
 
 
 def _key(v: float) -> str:
@@ -95,6 +99,9 @@ def to_row(method: str, setting: str, result: dict) -> dict:
   for a, m in result["attackers"].items():
     for k in core.METRICS:
       row[f"{a}_{k}"] = m[k]
+    if a in TRAINED_ATTACKERS:
+      row[f"{a}_epochs"] = m.get("epochs", "")
+      row[f"{a}_converged"] = m.get("converged", "")
   w = result.get("worst", {})
   row.update(worst_attacker=w.get("attacker", ""), worst_mse_sum=w.get("mse_sum", ""),
              worst_mse_mean=w.get("mse_mean", ""), worst_psnr=w.get("psnr", ""),

@@ -154,12 +154,14 @@ def evaluate_features(data: Data, encode: Callable, cfg: EvalConfig, *,
   if "mirrored_decoder" in cfg.attackers and mirrored is not None:
     f = atk.fit(mirrored, atk.recon_loss, z_fit, data.x_fit, z_val, data.x_val, cfg.attacker_fit,
                 name=f"{name}/mirrored_decoder")
-    score("mirrored_decoder", f.predict(z_test), epochs=f.epochs, best_epoch=f.best_epoch)
+    score("mirrored_decoder", f.predict(z_test), epochs=f.epochs, best_epoch=f.best_epoch,
+          lr_cuts=f.lr_cuts, converged=f.converged)
   if "mlp_decoder" in cfg.attackers:
     mlp = atk.MLPDecoder(data.input_shape, tuple(cfg.mlp_hidden), data.value_range)
     f = atk.fit(mlp, atk.recon_loss, z_fit, data.x_fit, z_val, data.x_val, cfg.attacker_fit,
                 name=f"{name}/mlp_decoder")
-    score("mlp_decoder", f.predict(z_test), epochs=f.epochs, best_epoch=f.best_epoch)
+    score("mlp_decoder", f.predict(z_test), epochs=f.epochs, best_epoch=f.best_epoch,
+          lr_cuts=f.lr_cuts, converged=f.converged)
   if "ridge" in cfg.attackers:
     r = atk.fit_ridge(z_fit, data.x_fit, z_val, data.x_val, data.value_range)
     score("ridge", r.predict(z_test), alpha=r.alpha)
