@@ -139,7 +139,7 @@ def run_sweep(config, out: str, lams: Sequence[float] = PAPER_LAMS,
               default=str)
   data = None
   dnn_trained = None
-  rows, arts = [], {}
+  rows, arts, value_range = [], {}, None
   for method, setting, name, value in plan(lams, noise_factors, resized_factors, include):
     pdir = os.path.join(out, "points", name)
     result, art = core.load(pdir)
@@ -169,9 +169,15 @@ def run_sweep(config, out: str, lams: Sequence[float] = PAPER_LAMS,
       log.info("=== sweep point %s %s: done, skipped", method, setting)
     rows.append(to_row(method, setting, result))
     arts[name] = art
+    if value_range is None and result.get("value_range"):
+      value_range = tuple(result["value_range"])
   write_csv(rows, os.path.join(out, "results.csv"))
   if make_figures:
-    write_figures(rows, arts, out, config.data.name, show_factor)
+    if value_range is None:  # points saved before results recorded it: the images' span
+      xs = [a["x_show"] for a in arts.values() if "x_show" in a]
+      value_range = ((min(0.0, float(min(x.min() for x in xs))),
+                      max(1.0, float(max(x.max() for x in xs)))) if xs else (0.0, 1.0))
+    write_figures(rows, arts, out, config.data.name, show_factor, value_range)
   return rows
 
 
@@ -200,7 +206,8 @@ def _closest(rows, method, factor):
   return min(c, key=lambda r: abs(float(r["noise_factor"]) - factor)) if c else None
 
 
-def write_figures(rows: list, arts: dict, out: str, task: str, show_factor: float = 0.5) -> None:
+def write_figures(rows: list, arts: dict, out: str, task: str, show_factor: float = 0.5,
+                  value_range=(0.0, 1.0)) -> None:
   figures.pareto(rows, os.path.join(out, "pareto.png"),
                  f"{task}: privacy-utility trade-off (cf. Fig. 3)")
   grid, panels = [], []
@@ -230,7 +237,7 @@ def write_figures(rows: list, arts: dict, out: str, task: str, show_factor: floa
     grid.append((f"RAN λ={_key(float(ran['lam']))}\nown decoder",
                  arts[_point_name(ran)]["rec_own_decoder"]))
   if len(grid) > 1:
-    figures.recon_grid(grid, os.path.join(out, "reconstructions.png"),
+    figures.recon_grid(grid, os.path.join(out, "reconstructions.png"), value_range=value_range,
                        title=f"{task}: test inputs and their reconstructions by the strongest "
                              "attacker of each method (cf. Fig. 6)")
   for row, label in ((dnn, "DNN features"), (ran, "RAN features")):

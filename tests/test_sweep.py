@@ -59,6 +59,12 @@ def test_sweep_csv_figures_and_resume(tmp_path, monkeypatch):
   assert got[3]["identity_mse_sum"] and not got[3]["own_decoder_mse_sum"]
   for fig in ("pareto.png", "reconstructions.png", "features3d.png"):
     assert os.path.getsize(os.path.join(out, fig)) > 1000
+  # each point records the data's value range (the figures draw images in it) and, for
+  # trained attackers, the epochs run and whether the fit converged
+  res, _ = core.load(os.path.join(out, "points", "ran_lam0.2"))
+  assert res["value_range"] == [0.0, 1.0]
+  assert got[0]["mlp_decoder_converged"] == "False"  # 1 epoch: the cap, not a plateau
+  assert got[0]["mlp_decoder_epochs"] == "1" and got[0]["mirrored_decoder_epochs"] == ""
 
   # ---- resume: nothing retrained or re-evaluated, same rows
   def boom(*a, **k):

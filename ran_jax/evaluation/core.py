@@ -125,7 +125,8 @@ def evaluate_features(data: Data, encode: Callable, cfg: EvalConfig, *,
   if not (np.all(np.isfinite(z_fit)) and np.all(np.isfinite(z_test))):
     raise FloatingPointError(f"{name}: the encoder produced non-finite features.")
   result = {"name": name, "n_fit": len(z_fit), "n_val": len(z_val), "n_test": len(z_test),
-            "feature_shape": list(z_test.shape[1:]), "attackers": {}}
+            "feature_shape": list(z_test.shape[1:]), "attackers": {},
+            "value_range": [float(v) for v in data.value_range]}
   art = {"x_show": data.x_test[:cfg.n_show], "y_scatter": data.y_test[:cfg.n_scatter],
          "z3": pca3(z_test[:cfg.n_scatter])}
 
