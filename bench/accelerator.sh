@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# RAN on one accelerator (GPU/TPU), one short prepared run (~8 minutes on an H200, most
+# RAN on one accelerator (GPU/TPU), one short prepared run (~10 minutes on an H200, most
 # of it XLA compilation):
 #   1. versions and devices;
 #   2. the model/fused-iteration tests on the accelerator at full f32 precision;
@@ -31,7 +31,7 @@ print('jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version
 print(jax.devices())"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null \
   | tee -a "$OUT/summary.txt" || true
-JAX_DEFAULT_MATMUL_PRECISION=highest step tests "${TESTS_S:-100}" "$PY" -m pytest -q -x \
+JAX_DEFAULT_MATMUL_PRECISION=highest step tests "${TESTS_S:-300}" "$PY" -m pytest -q -x \
   -p no:cacheprovider tests/test_fast_conv.py tests/test_fused.py tests/test_models.py
 step vgg16_bf16 "${VGG_S:-170}" "$PY" -m ran_jax.bench --no-torch --conv-impl=auto \
   --dtype=bfloat16 --cases=vgg16_imagenet --batch-sizes=64 --rounds=3 --reps=3 \
@@ -39,7 +39,7 @@ step vgg16_bf16 "${VGG_S:-170}" "$PY" -m ran_jax.bench --no-torch --conv-impl=au
 step vgg16_f32 "${VGG_S:-130}" "$PY" -m ran_jax.bench --no-torch --conv-impl=auto \
   --dtype=float32 --cases=vgg16_imagenet --batch-sizes=32 --rounds=3 --reps=3 \
   --out="$OUT/vgg16_f32.json"
-step small "${SMALL_S:-110}" "$PY" -m ran_jax.bench --no-torch --conv-impl=fast \
+step small "${SMALL_S:-180}" "$PY" -m ran_jax.bench --no-torch --conv-impl=fast \
   --cases=lenet_mnist,alexnet_cifar --batch-sizes=128,512 --rounds=3 --reps=3 \
   --out="$OUT/small.json"
 cat "$OUT/summary.txt"
