@@ -1,6 +1,6 @@
 """Test setup: 4 fake CPU devices so every sharded step really runs on a mesh.
 
-The session shares one persistent XLA compilation cache, with the train.py
+The test run shares one persistent XLA compilation cache, with the train.py
 subprocesses too (through the environment): the end-to-end tests start many
 processes that compile the same programs, and on 2 CPU cores compilation is most
 of their time. A cached executable is the same program, so results are unchanged.
