@@ -171,3 +171,9 @@ def _prefetch(it: Iterator, size: int) -> Iterator:
       yield item
   finally:
     stop.set()
+    while t.is_alive():  # the worker finishes the item in hand, then sees `stop`
+      try:
+        q.get(timeout=0.1)
+      except queue.Empty:
+        pass
+    t.join()

@@ -218,9 +218,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
   final = {}
   t_window, n_window = time.perf_counter(), 0
   metrics = None
+  batches = pipeline.train_batches(start, total)
   with _Preemption() as preemption:
     try:
-      for step, batch in enumerate(pipeline.train_batches(start, total), start=start + 1):
+      for step, batch in enumerate(batches, start=start + 1):
         state, metrics = iteration(state, batch)
         n_window += 1
         host = None
@@ -253,6 +254,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
                       "resume.", step)
           raise Preempted(step)
     finally:
+      # Stop and join the prefetch thread now: left to run into interpreter shutdown
+      # (after a SIGTERM exit) it can still be inside JAX and abort the process.
+      batches.close()
       ckpt.close()
       writer.close()
   if metrics is None:
