@@ -247,7 +247,7 @@ def conv_transpose_cropped(z, w, strides: Sequence[int], crop_lo: Sequence[int],
   (sh, sw), (th, tw) = strides, out_hw
   if sh > kh or sw > kw:
     raise ValueError("sub-pixel transposed conv needs strides <= kernel size")
-  b, nh, nw, _ = z.shape
+  _, nh, nw, _ = z.shape
   tab_h, plo_h, phi_h, ah = _axis_phases(nh, kh, sh, crop_lo[0], th)
   tab_w, plo_w, phi_w, aw = _axis_phases(nw, kw, sw, crop_lo[1], tw)
   mh, mw = len(tab_h[0]), len(tab_w[0])
@@ -260,8 +260,17 @@ def conv_transpose_cropped(z, w, strides: Sequence[int], crop_lo: Sequence[int],
     iw = jnp.asarray(tab_w)  # [sw, mw]
     wc = wz[ih[:, :, None, None], iw[None, None, :, :]]  # [sh, mh, sw, mw, C, O]
     wc = wc.transpose(1, 3, 4, 0, 2, 5).reshape(mh, mw, c, sh * sw * o)
-  y = conv2d(z, wc.astype(w.dtype), (1, 1), ((plo_h, phi_h), (plo_w, phi_w)), method)
+  return _phase_conv(z, wc.astype(w.dtype), ((plo_h, phi_h), (plo_w, phi_w)), (sh, sw),
+                     (ah, aw), (th, tw), o, method)
+
+
+def _phase_conv(z, wc, pads: Pads, phases, a_hw, out_hw, o: int, method: str):
+  """Stride-1 correlation giving all sh*sw output phases as channels, interleaved
+  back into space (depth-to-space) and cropped to out_hw."""
+  (sh, sw), (ah, aw), (th, tw) = phases, a_hw, out_hw
+  y = conv2d(z, wc, (1, 1), pads, method)
   if sh != 1 or sw != 1:
+    b = z.shape[0]
     y = y.reshape(b, ah, aw, sh, sw, o).transpose(0, 1, 3, 2, 4, 5).reshape(b, ah * sh, aw * sw, o)
   return y[:, :th, :tw, :]
 
@@ -308,15 +317,14 @@ def unpool_conv_transpose_cropped(z, w, pool: Sequence[int], crop_lo: Sequence[i
   """
   kh, kw, c, o = w.shape
   (sh, sw), (th, tw) = pool, out_hw
-  b, nh, nw, _ = z.shape
+  _, nh, nw, _ = z.shape
   ah_, plo_h, phi_h, ah = _unpool_axis_plan(nh, kh, sh, crop_lo[0], th)
   aw_, plo_w, phi_w, aw = _unpool_axis_plan(nw, kw, sw, crop_lo[1], tw)
   mh, mw = ah_.shape[1], aw_.shape[1]
   wc = jnp.einsum("rmi,snj,ijco->mncrso", jnp.asarray(ah_, w.dtype), jnp.asarray(aw_, w.dtype), w)
   wc = wc.reshape(mh, mw, c, sh * sw * o)
-  y = conv2d(z, wc, (1, 1), ((plo_h, phi_h), (plo_w, phi_w)), method)
-  y = y.reshape(b, ah, aw, sh, sw, o).transpose(0, 1, 3, 2, 4, 5).reshape(b, ah * sh, aw * sw, o)
-  return y[:, :th, :tw, :]
+  return _phase_conv(z, wc, ((plo_h, phi_h), (plo_w, phi_w)), (sh, sw), (ah, aw), (th, tw), o,
+                     method)
 
 
 # ---------------------------------------------------------------- max-pool
