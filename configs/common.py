@@ -37,6 +37,11 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.model.dropout = 0.0
   c.model.dtype = "float32"    # 'bfloat16' computes in bf16 with f32 params (accelerators)
   c.model.conv_impl = "auto"   # 'fast': matmul / sub-pixel convs (CPU); 'xla': Flax's; 'auto': by backend
+  # Defences (docs/privacy.md); all off by default, which is the paper's RAN.
+  c.model.bottleneck_dim = 0   # >0: encoder ends in a learned projection to d channels, tanh-bounded
+  c.model.bottleneck_kind = "dense"  # 'dense' (flat [d] features) or 'conv1x1' ([h, w, d])
+  c.model.feature_noise = 0.0  # std of Gaussian noise on the released (tanh-bounded) features,
+                               # in training AND at inference; part of the phone-side encoder
 
   c.ran = ml_collections.ConfigDict()
   c.ran.k = 3                  # inner (discriminative, generative) pairs per mini-batch
@@ -46,6 +51,16 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.ran.l3 = 1e-3              # adversarial stage
   c.ran.recon_reduction = "sum"  # 'sum' per example (paper) or 'mean' per value
   c.ran.fused = True           # one jitted function per Algorithm-1 iteration (False: per stage)
+  # Defences in training (docs/privacy.md); defaults reproduce Algorithm 1 exactly.
+  c.ran.extra_decoders = ()    # decoder families trained beside D: 'mlp', 'wide'
+  c.ran.adversary_reduce = "min"  # the adversarial stage fights the strongest: 'min' or 'softmin'
+  c.ran.softmin_temperature = 1.0  # 'softmin' temperature, in units of the reconstruction error
+  c.ran.mlp_decoder_hidden = (1024,)  # hidden widths of the 'mlp' family
+  c.ran.wide_decoder_mult = 2  # hidden-channel multiplier of the 'wide' family
+  c.ran.warmup_steps = 0       # iterations before the adversarial term is switched on
+  c.ran.reinit_every_steps = 0  # >0: re-initialise every decoder (and its Adam state) this often
+  c.ran.target_psnr = 0.0      # >0 dB: stop pushing once the strongest decoder's PSNR is below it
+  c.ran.compactness = 0.0      # weight of the within-class feature variance penalty
   return c
 
 

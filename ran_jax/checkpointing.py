@@ -13,6 +13,8 @@ checkpoints intact. Paths may be local or gs://.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 
@@ -52,9 +54,6 @@ class Checkpointer:
         cleanup_tmp_directories=True)
     self.manager = ocp.CheckpointManager(self.directory, options=options,
                                          item_names=("state", "meta"))
-
-  def latest_step(self):
-    return self.manager.latest_step()
 
   def all_steps(self):
     return sorted(self.manager.all_steps())
@@ -136,7 +135,51 @@ class Checkpointer:
     self.manager.close()
 
 
-def abstract_like(state, sharding):
-  """ShapeDtypeStructs of `state` carrying `sharding`, the restore target."""
-  return jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), state)
+def model_fingerprint(config, input_spec) -> dict:
+  """What must match for a checkpoint to belong to this run (shapes, not schedule).
+
+  Defence fields enter only when set, so checkpoints of the paper's RAN keep their
+  digest across versions.
+  """
+  m, r = config.model, config.ran
+  desc = {
+      "encoder": m.encoder,
+      "widths": list(m.widths) if m.get("widths") else None,
+      "classifier_hidden": list(m.classifier_hidden),
+      "dataset": config.data.name,
+      "input_shape": list(input_spec.input_shape),
+      "num_classes": int(input_spec.num_classes),
+  }
+  if m.get("bottleneck_dim", 0):
+    desc["bottleneck"] = [int(m.bottleneck_dim), m.get("bottleneck_kind", "dense")]
+  if m.get("feature_noise", 0.0):
+    desc["bounded"] = True
+  if r.get("extra_decoders", ()):
+    desc["extra_decoders"] = list(r.extra_decoders)
+    desc["mlp_decoder_hidden"] = list(r.get("mlp_decoder_hidden", (1024,)))
+    desc["wide_decoder_mult"] = int(r.get("wide_decoder_mult", 2))
+  desc["digest"] = hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:16]
+  return desc
+
+
+# ---------------------------------------------------------------- exported networks
+
+
+def save_networks(path, tree) -> None:
+  """Writes a pytree of final networks (overwrites), for `ran_jax.export`."""
+  with ocp.StandardCheckpointer() as ckptr:
+    ckptr.save(_path(str(path)), tree, force=True)
+
+
+def restore_networks(path, abstract_tree):
+  """Reads networks saved by `save_networks` onto this process's first device."""
+  dev = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=dev),
+                        abstract_tree)
+  try:
+    with ocp.StandardCheckpointer() as ckptr:
+      return ckptr.restore(_path(str(path)), target)
+  except Exception as e:  # noqa: BLE001 - any read failure: say which files and why
+    raise CheckpointError(f"Cannot read the exported networks in {path}: {type(e).__name__}: "
+                          f"{str(e)[:300]}. The export is damaged or from another model "
+                          "config; re-run training to the end to write it again.") from None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ran_jax.stages import RECON_REDUCTIONS
+from ran_jax.losses import RECON_REDUCTIONS
 
 DTYPES = ("float32", "bfloat16")
 

@@ -28,7 +28,7 @@ from ran_jax import parallel
 
 # The dataset types and loaders live in ran_jax.data; re-exported here so the
 # trainer and train.py keep one import.
-from ran_jax.data.core import ArraySplit, DataError, DataSource, RecordSplit  # noqa: E402,F401
+from ran_jax.data.source import ArraySplit, DataError, DataSource, RecordSplit  # noqa: E402,F401
 from ran_jax.data.datasets import DATASETS, known_datasets, loader_for  # noqa: E402,F401
 
 

@@ -44,10 +44,6 @@ def to_global(batch: dict, mesh) -> dict:
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}
 
 
-def replicate(tree, mesh):
-  return jax.device_put(tree, replicated(mesh))
-
-
 def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
                            process_id: int | None = None) -> bool:
   """Starts `jax.distributed` when this run spans several processes.

@@ -5,7 +5,7 @@
 
 For every lambda a RAN is trained with `ran_jax.trainer.train_and_evaluate` in
 OUT/runs/ran_lam<lambda>, the DNN baseline (lambda = 1.0, see
-`ran_jax.evaluation.methods`) in OUT/runs/dnn; every point (RAN, DNN,
+`ran_jax.privacy.methods`) in OUT/runs/dnn; every point (RAN, DNN,
 DNN(resized) and Noisy at each noise factor) is evaluated by the same attackers
 into OUT/points/<point>/result.json. The sweep resumes: a point with a
 result.json is neither retrained nor re-evaluated, a run with an export is not
@@ -18,7 +18,7 @@ chooses the attacker families, so that independent processes can fill one sweep
 directory in parallel; each point records the evaluation settings it was run with.
 
 Defaults are the paper's grid (lambda 0.01 ... 0.9, noise factors 0.1 ... 0.9);
-the MSE convention is the one of `ran_jax.evaluation.metrics` (sum over input
+the MSE convention is the one of `ran_jax.privacy.metrics` (sum over input
 values per example, averaged over the test examples; images in [0, 1]).
 """
 
@@ -35,8 +35,8 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from ran_jax import export, input_pipeline, trainer
-from ran_jax.evaluation import attackers as atk
-from ran_jax.evaluation import core, figures, methods
+from ran_jax.privacy import attackers as atk
+from ran_jax.privacy import protocol, figures, methods
 
 log = logging.getLogger("ran_jax")
 
@@ -47,7 +47,7 @@ DNN_LAM = 1.0
 TRAINED_ATTACKERS = ("mirrored_decoder", "mlp_decoder")
 CSV_COLUMNS = (
     ["method", "setting", "lam", "noise_factor", "accuracy", "accuracy_retrained"]
-    + [f"{a}_{m}" for a in core.ALL_ATTACKERS for m in core.METRICS]
+    + [f"{a}_{m}" for a in protocol.ALL_ATTACKERS for m in protocol.METRICS]
     + ["worst_attacker", "worst_mse_sum", "worst_mse_mean", "worst_psnr", "worst_ssim",
        "n_fit", "n_test", "train_seconds", "eval_seconds"]
     # Trained attackers: epochs run and whether the fit ended on a plateau (True) or at
@@ -97,7 +97,7 @@ def to_row(method: str, setting: str, result: dict) -> dict:
              train_seconds=result.get("train_seconds", ""),
              eval_seconds=result.get("eval_seconds", ""))
   for a, m in result["attackers"].items():
-    for k in core.METRICS:
+    for k in protocol.METRICS:
       row[f"{a}_{k}"] = m[k]
     if a in TRAINED_ATTACKERS:
       row[f"{a}_epochs"] = m.get("epochs", "")
@@ -125,11 +125,11 @@ def read_csv(path: str) -> list:
 def run_sweep(config, out: str, lams: Sequence[float] = PAPER_LAMS,
               noise_factors: Sequence[float] = PAPER_NOISE,
               resized_factors: Optional[Sequence[float]] = None,
-              eval_cfg: Optional[core.EvalConfig] = None, n_components: int = 8,
+              eval_cfg: Optional[protocol.AttackConfig] = None, n_components: int = 8,
               show_factor: float = 0.5, train_fn: Callable = trainer.train_and_evaluate,
               make_figures: bool = True, include: Sequence[str] = METHODS) -> list:
   """Runs (or resumes) the sweep and returns the CSV rows."""
-  eval_cfg = eval_cfg or core.EvalConfig()
+  eval_cfg = eval_cfg or protocol.AttackConfig()
   resized_factors = noise_factors if resized_factors is None else resized_factors
   os.makedirs(out, exist_ok=True)
   with open(os.path.join(out, "sweep.json"), "w", encoding="utf-8") as f:
@@ -142,29 +142,29 @@ def run_sweep(config, out: str, lams: Sequence[float] = PAPER_LAMS,
   rows, arts, value_range = [], {}, None
   for method, setting, name, value in plan(lams, noise_factors, resized_factors, include):
     pdir = os.path.join(out, "points", name)
-    result, art = core.load(pdir)
+    result, art = protocol.load(pdir)
     if result is None:
       log.info("=== sweep point %s %s", method, setting)
       if data is None:
-        data = core.prepare_data(input_pipeline.load_dataset(config.data), eval_cfg)
+        data = protocol.prepare_data(input_pipeline.load_dataset(config.data), eval_cfg)
       t_train = 0.0
       if method in ("ran", "dnn"):
         wd = os.path.join(out, "runs", name)
         t_train = _train_once(config, value, wd, train_fn)
         t0 = time.perf_counter()
-        result, art = methods.evaluate_trained(export.load_trained(wd), data, eval_cfg, name=name)
+        result, art = methods.attack_trained(export.load_trained(wd), data, eval_cfg, name=name)
       elif method == "dnn_resized":
         if dnn_trained is None:
           dnn_trained = export.load_trained(os.path.join(out, "runs", "dnn"))
         t0 = time.perf_counter()
-        result, art = methods.evaluate_dnn_resized(dnn_trained, data, eval_cfg, value,
+        result, art = methods.attack_dnn_resized(dnn_trained, data, eval_cfg, value,
                                                    n_components, name=name)
       else:
         t0 = time.perf_counter()
-        result, art = methods.evaluate_noisy(config.model, data, eval_cfg, value, name=name)
+        result, art = methods.attack_noisy(config.model, data, eval_cfg, value, name=name)
       result.update(method=method, setting=setting, train_seconds=t_train,
                     eval_seconds=time.perf_counter() - t0, eval_config=eval_cfg.to_dict())
-      core.save(pdir, result, art)
+      protocol.save(pdir, result, art)
     else:
       log.info("=== sweep point %s %s: done, skipped", method, setting)
     rows.append(to_row(method, setting, result))
@@ -265,7 +265,7 @@ def _define_flags():
   flags.DEFINE_integer("test_limit", 0, "First N test examples (0: all).")
   flags.DEFINE_integer("attack_max_epochs", 50, "Epoch cap of each early-stopped fit.")
   flags.DEFINE_integer("patience", 3, "Epochs without validation improvement before stopping.")
-  flags.DEFINE_list("attackers", list(core.ATTACKERS), "Attacker families.")
+  flags.DEFINE_list("attackers", list(protocol.ATTACKERS), "Attacker families.")
   flags.DEFINE_float("show_factor", 0.5, "Noise factor shown in the reconstruction grid.")
   flags.DEFINE_integer("seed", 0, "Seed of the attacker split and fits.")
   flags.DEFINE_list("methods", list(METHODS), "Methods to run (DNN(resized) needs DNN's run).")
@@ -278,7 +278,7 @@ def main(argv):
   logging.getLogger("absl").setLevel(logging.WARNING)
   fit = atk.FitConfig(max_epochs=FLAGS.attack_max_epochs, patience=FLAGS.patience, seed=FLAGS.seed)
   cfit = atk.FitConfig(max_epochs=FLAGS.attack_max_epochs, patience=FLAGS.patience, seed=FLAGS.seed)
-  eval_cfg = core.EvalConfig(attack_train_limit=FLAGS.attack_train_limit,
+  eval_cfg = protocol.AttackConfig(attack_train_limit=FLAGS.attack_train_limit,
                              test_limit=FLAGS.test_limit, attackers=tuple(FLAGS.attackers),
                              attacker_fit=fit, classifier_fit=cfit, seed=FLAGS.seed)
   resized = [float(v) for v in FLAGS.resized_factors] if FLAGS.resized_factors else None

@@ -13,7 +13,7 @@ from configs import common
 from ran_jax import input_pipeline as ip
 from ran_jax.config_lib import ConfigError, validate_config
 from ran_jax.data import tfds_prep
-from ran_jax.data.core import ArraySplit, DataError, DataSource
+from ran_jax.data.source import ArraySplit, DataError, DataSource
 from tests import data_fakes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -9,8 +9,8 @@ import pytest
 
 from configs import digits_lenet
 from ran_jax import export, parallel, stages, sweep, trainer
-from ran_jax.evaluation import attackers as atk
-from ran_jax.evaluation import core, methods
+from ran_jax.privacy import attackers as atk
+from ran_jax.privacy import protocol, methods
 
 
 def fake_train(calls):
@@ -28,7 +28,7 @@ def fake_train(calls):
 
 def eval_cfg():
   fit = atk.FitConfig(batch_size=16, max_epochs=1, patience=1)
-  return core.EvalConfig(attackers=("mlp_decoder", "ridge"), attacker_fit=fit, classifier_fit=fit,
+  return protocol.AttackConfig(attackers=("mlp_decoder", "ridge"), attacker_fit=fit, classifier_fit=fit,
                          retrain_classifier=False, mlp_hidden=(16,), n_show=4, n_scatter=40)
 
 
@@ -50,7 +50,7 @@ def test_sweep_csv_figures_and_resume(tmp_path, monkeypatch):
       ("noisy", "factor=0.5")]
   for r in got:
     assert 0.0 <= float(r["accuracy"]) <= 1.0
-    errs = {a: float(r[f"{a}_mse_sum"]) for a in core.ALL_ATTACKERS if r[f"{a}_mse_sum"]}
+    errs = {a: float(r[f"{a}_mse_sum"]) for a in protocol.ALL_ATTACKERS if r[f"{a}_mse_sum"]}
     assert r["worst_attacker"] == min(errs, key=errs.get)
     assert float(r["worst_mse_sum"]) == pytest.approx(min(errs.values()))
     np.testing.assert_allclose(float(r["worst_mse_sum"]) / float(r["worst_mse_mean"]), 28 * 28,
@@ -61,7 +61,7 @@ def test_sweep_csv_figures_and_resume(tmp_path, monkeypatch):
     assert os.path.getsize(os.path.join(out, fig)) > 1000
   # each point records the data's value range (the figures draw images in it) and, for
   # trained attackers, the epochs run and whether the fit converged
-  res, _ = core.load(os.path.join(out, "points", "ran_lam0.2"))
+  res, _ = protocol.load(os.path.join(out, "points", "ran_lam0.2"))
   assert res["value_range"] == [0.0, 1.0]
   assert got[0]["mlp_decoder_converged"] == "False"  # 1 epoch: the cap, not a plateau
   assert got[0]["mlp_decoder_epochs"] == "1" and got[0]["mirrored_decoder_epochs"] == ""
@@ -70,9 +70,9 @@ def test_sweep_csv_figures_and_resume(tmp_path, monkeypatch):
   def boom(*a, **k):
     raise AssertionError("a finished point was evaluated again")
 
-  monkeypatch.setattr(methods, "evaluate_trained", boom)
-  monkeypatch.setattr(methods, "evaluate_dnn_resized", boom)
-  monkeypatch.setattr(methods, "evaluate_noisy", boom)
+  monkeypatch.setattr(methods, "attack_trained", boom)
+  monkeypatch.setattr(methods, "attack_dnn_resized", boom)
+  monkeypatch.setattr(methods, "attack_noisy", boom)
   rows2 = sweep.run_sweep(config, out, lams=[0.2], noise_factors=[0.5], eval_cfg=eval_cfg(),
                           train_fn=fake_train(calls), make_figures=False)
   assert len(calls) == 2
@@ -80,7 +80,7 @@ def test_sweep_csv_figures_and_resume(tmp_path, monkeypatch):
   monkeypatch.undo()
 
   # ---- a lost point is re-evaluated from the existing export, not retrained
-  os.remove(os.path.join(out, "points", "ran_lam0.2", core.RESULT_FILE))
+  os.remove(os.path.join(out, "points", "ran_lam0.2", protocol.RESULT_FILE))
   rows3 = sweep.run_sweep(config, out, lams=[0.2, 0.4], noise_factors=[0.5], eval_cfg=eval_cfg(),
                           train_fn=fake_train(calls), make_figures=False)
   assert calls[2:] == [("ran_lam0.4", 0.4)]

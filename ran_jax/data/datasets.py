@@ -23,7 +23,7 @@ from typing import Callable
 import numpy as np
 
 from ran_jax.data import tfds_prep
-from ran_jax.data.core import ArraySplit, DataError, DataSource, RecordSplit
+from ran_jax.data.source import ArraySplit, DataError, DataSource, RecordSplit, read_records
 
 log = logging.getLogger("ran_jax")
 
@@ -83,7 +83,7 @@ def _resize_uint8(x: np.ndarray, size: int) -> np.ndarray:
 def _read_all(ds, image_key: str, label_key: str, chunk: int = 4096):
   xs, ys = [], []
   for s in range(0, len(ds), chunk):
-    recs = tfds_prep.read_records(ds, range(s, min(s + chunk, len(ds))))
+    recs = read_records(ds, range(s, min(s + chunk, len(ds))))
     xs.append(np.stack([np.asarray(r[image_key]) for r in recs]))
     ys.append(np.asarray([r[label_key] for r in recs], np.int64))
   return np.concatenate(xs), np.concatenate(ys)
@@ -273,7 +273,7 @@ def load_spoken_digit(data_config) -> DataSource:
   size = int(data_config.get("image_size") or 32)
   xs, ys, test = [], [], []
   for s in range(0, len(ds), 1024):
-    for r in tfds_prep.read_records(ds, range(s, min(s + 1024, len(ds)))):
+    for r in read_records(ds, range(s, min(s + 1024, len(ds)))):
       xs.append(sd.log_mel(r["audio"], size=size))
       ys.append(int(r["label"]))
       fname = r["audio/filename"]

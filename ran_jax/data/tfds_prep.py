@@ -19,7 +19,7 @@ import sys
 import tempfile
 from typing import Optional
 
-from ran_jax.data.core import DataError
+from ran_jax.data.source import DataError
 
 log = logging.getLogger("ran_jax")
 
@@ -150,10 +150,3 @@ def data_source(builder, split: str, decoders=None):
                     "array_record: prepare it again into an empty --config.data.data_dir.") from e
 
 
-def read_records(ds, indices) -> list:
-  """Records `indices` of a data source, batched where the source supports it."""
-  idx = [int(i) for i in indices]
-  try:
-    return ds.__getitems__(idx)
-  except TypeError:  # tfds.testing.mock_data's source lacks a working __getitems__
-    return [ds[i] for i in idx]

@@ -33,6 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from ran_jax.models.spec import same_pads
+
 Pads = tuple[tuple[int, int], tuple[int, int]]
 
 
@@ -46,12 +48,7 @@ def conv_pads(in_hw: Sequence[int], kernel: Sequence[int], strides: Sequence[int
     return ((0, 0), (0, 0))
   if padding != "SAME":
     raise ValueError(f"padding must be 'SAME' or 'VALID', got {padding!r}")
-  pads = []
-  for n, k, s in zip(in_hw, kernel, strides):
-    out = -(-n // s)
-    total = max((out - 1) * s + k - n, 0)
-    pads.append((total // 2, total - total // 2))
-  return tuple(pads)
+  return tuple(same_pads(n, k, s) for n, k, s in zip(in_hw, kernel, strides))
 
 
 def _pad_hw(x, pads: Pads):

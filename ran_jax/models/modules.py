@@ -7,6 +7,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ran_jax.models import fast_conv
 from ran_jax.models.spec import ConvSpec, EncoderSpec, PoolSpec, layer_shapes, same_pad_lo
@@ -95,12 +96,24 @@ def _bn(train: bool, name: str, dtype) -> nn.BatchNorm:
       use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name, dtype=dtype)
 
 
+BOTTLENECK_KINDS = ("dense", "conv1x1")
+
+
 class Encoder(nn.Module):
-  """Runs an `EncoderSpec`: conv -> batch-norm -> ReLU, and max-pooling."""
+  """Runs an `EncoderSpec`: conv -> batch-norm -> ReLU, and max-pooling.
+
+  bottleneck_dim > 0 ends the encoder in a learned projection to that many
+  channels ('dense': flat features [B, d]; 'conv1x1': [B, h, w, d]), without ReLU,
+  bounded by tanh. `bounded` (implied by a bottleneck) puts the features through
+  tanh, so that noise of a given scale means the same whatever the weights.
+  """
 
   spec: EncoderSpec
   dtype: jnp.dtype = jnp.float32
   conv_impl: str = "auto"
+  bottleneck_dim: int = 0
+  bottleneck_kind: str = "dense"
+  bounded: bool = False
 
   @nn.compact
   def __call__(self, x, train: bool):  # x: [B, H, W, C] -> [B, h, w, c]
@@ -118,6 +131,14 @@ class Encoder(nn.Module):
         x = fast_conv.max_pool(x, layer.window, layer.strides)
       else:
         x = nn.max_pool(x, layer.window, layer.strides, padding="VALID")
+    if self.bottleneck_dim:
+      if self.bottleneck_kind == "dense":
+        x = nn.Dense(self.bottleneck_dim, name="bottleneck", dtype=self.dtype)(
+            x.reshape((x.shape[0], -1)))                                   # [B, d]
+      else:
+        x = nn.Conv(self.bottleneck_dim, (1, 1), name="bottleneck", dtype=self.dtype)(x)
+    if self.bottleneck_dim or self.bounded:
+      x = jnp.tanh(x)
     return x
 
 
@@ -159,15 +180,28 @@ class Decoder(nn.Module):
   value_range: tuple[float, float] = (0.0, 1.0)
   dtype: jnp.dtype = jnp.float32
   conv_impl: str = "auto"
+  bottleneck_dim: int = 0          # the encoder's bottleneck, mirrored by the first layer
+  bottleneck_kind: str = "dense"
+  width_mult: int = 1              # hidden channels x width_mult (a wider decoder family)
 
   @nn.compact
-  def __call__(self, z, train: bool):  # z: [B, h, w, c] -> [B, H, W, C]
+  def __call__(self, z, train: bool):  # z: [B, h, w, c] (or [B, d]) -> [B, H, W, C]
     fast = resolve_conv_impl(self.conv_impl) == "fast"
     shapes = layer_shapes(self.spec, self.input_shape)
     n = len(self.spec)
+    m = int(self.width_mult)
+    if self.bottleneck_dim:
+      h, w, c = shapes[-1]
+      if self.bottleneck_kind == "dense":
+        z = nn.Dense(h * w * c * m, use_bias=False, name="debottleneck", dtype=self.dtype)(
+            z.reshape((z.shape[0], -1))).reshape((-1, h, w, c * m))
+      else:
+        z = nn.Conv(c * m, (1, 1), use_bias=False, name="debottleneck", dtype=self.dtype)(z)
+      z = nn.relu(_bn(train, "debottleneck_bn", self.dtype)(z))
     pending = None  # an un-pooling folded into the next transposed conv (fast path)
     for i in reversed(range(n)):
       layer, (th, tw, tc) = self.spec[i], shapes[i]
+      tc = tc * m if i > 0 else tc
       if isinstance(layer, PoolSpec):
         nxt = self.spec[i - 1] if i > 0 else None
         if (fast and isinstance(nxt, ConvSpec) and tuple(nxt.strides) == (1, 1)
@@ -202,6 +236,24 @@ class Decoder(nn.Module):
     return (lo + (hi - lo) * nn.sigmoid(z.astype(jnp.float32)))
 
 
+class MLPDecoder(nn.Module):
+  """A fully-connected decoder: [B, ...] features -> [B, H, W, C] in value_range."""
+
+  output_shape: tuple
+  hidden: tuple = (1024, 1024)
+  value_range: tuple = (0.0, 1.0)
+
+  @nn.compact
+  def __call__(self, z, train: bool = False):
+    del train
+    z = z.reshape((z.shape[0], -1)).astype(jnp.float32)
+    for i, w in enumerate(self.hidden, start=1):
+      z = nn.relu(nn.Dense(w, name=f"fc{i}")(z))
+    out = nn.Dense(int(np.prod(self.output_shape)), name="out")(z)
+    lo, hi = self.value_range
+    return (lo + (hi - lo) * nn.sigmoid(out)).reshape((-1,) + tuple(self.output_shape))
+
+
 class Classifier(nn.Module):
   """MLP on the flattened features: hidden Dense+ReLU layers, then logits."""
 
@@ -220,26 +272,72 @@ class Classifier(nn.Module):
     return nn.Dense(self.num_classes, name="logits", dtype=self.dtype)(z).astype(jnp.float32)
 
 
+# Decoder families an adversarial ensemble can hold besides RAN's mirrored decoder.
+EXTRA_DECODERS = ("mlp", "wide")
+
+
 class RANModels:
-  """The three modules of one RAN, built for one input shape and class count."""
+  """The modules of one RAN, built for one input shape and class count.
+
+  encoder (with its bottleneck and bound), classifier, the mirrored decoder D and
+  `adversaries`: extra decoder families trained beside D ('mlp': an MLP decoder,
+  'wide': the mirrored decoder with wider hidden layers). `feature_noise` is the
+  standard deviation of the Gaussian noise added to the released features (see
+  `ran_jax.stages.release`).
+  """
 
   def __init__(self, spec: EncoderSpec, input_shape, num_classes: int, classifier_hidden,
                value_range=(0.0, 1.0), dropout: float = 0.0, dtype=jnp.float32,
-               conv_impl: str = "auto"):
+               conv_impl: str = "auto", bottleneck_dim: int = 0, bottleneck_kind: str = "dense",
+               feature_noise: float = 0.0, extra_decoders=(), mlp_decoder_hidden=(1024,),
+               wide_decoder_mult: int = 2):
     _check_impl(conv_impl)
+    if bottleneck_kind not in BOTTLENECK_KINDS:
+      raise ValueError(f"bottleneck_kind must be one of {BOTTLENECK_KINDS}, got {bottleneck_kind!r}.")
+    unknown = [d for d in extra_decoders if d not in EXTRA_DECODERS]
+    if unknown:
+      raise ValueError(f"Unknown decoder families {unknown}; allowed: {list(EXTRA_DECODERS)}.")
     self.spec = spec
     self.input_shape = tuple(int(d) for d in input_shape)
     self.num_classes = num_classes
     self.conv_impl = conv_impl
-    self.encoder = Encoder(spec, dtype=dtype, conv_impl=conv_impl)
-    self.decoder = Decoder(spec, self.input_shape, tuple(float(v) for v in value_range), dtype=dtype,
-                           conv_impl=conv_impl)
+    self.feature_noise = float(feature_noise)
+    vr = tuple(float(v) for v in value_range)
+    self.value_range = vr
+    bn = dict(bottleneck_dim=int(bottleneck_dim), bottleneck_kind=bottleneck_kind)
+    self.encoder = Encoder(spec, dtype=dtype, conv_impl=conv_impl, bounded=self.feature_noise > 0,
+                           **bn)
+    self.decoder = Decoder(spec, self.input_shape, vr, dtype=dtype, conv_impl=conv_impl, **bn)
     self.classifier = Classifier(tuple(classifier_hidden), num_classes, dropout, dtype=dtype)
+    families = {
+        "mlp": lambda: MLPDecoder(self.input_shape, tuple(mlp_decoder_hidden), vr),
+        "wide": lambda: Decoder(spec, self.input_shape, vr, dtype=dtype, conv_impl=conv_impl,
+                                width_mult=int(wide_decoder_mult), **bn),
+    }
+    self.adversaries = {name: families[name]() for name in extra_decoders}
 
   def init(self, rng):
-    """Returns (params, batch_stats), each a dict over encoder/classifier/decoder."""
+    """Returns (params, batch_stats): dicts over encoder/classifier/decoder (+adversaries)."""
     # One compiled program: op-by-op the fast path's many small slices each compile.
     return jax.jit(self._init)(rng)
+
+  def feature_example(self):
+    """A zero feature batch of one example, as the encoder releases it."""
+    x = jnp.zeros((1,) + self.input_shape, jnp.float32)
+    return jax.eval_shape(lambda: self.encoder.init_with_output(
+        jax.random.PRNGKey(0), x, train=False)[0])
+
+  def init_decoders(self, rng):
+    """Fresh (params, batch_stats) of D and the adversaries: {'decoder', ['adversaries']}."""
+    z = jnp.zeros(self.feature_example().shape, jnp.float32)
+    dv = self.decoder.init(rng, z, train=False)
+    params, stats = {"decoder": dv["params"]}, {"decoder": dv.get("batch_stats", {})}
+    if self.adversaries:
+      av = {name: m.init(jax.random.fold_in(rng, i + 1), z, train=False)
+            for i, (name, m) in enumerate(self.adversaries.items())}
+      params["adversaries"] = {n: v["params"] for n, v in av.items()}
+      stats["adversaries"] = {n: v.get("batch_stats", {}) for n, v in av.items()}
+    return params, stats
 
   def _init(self, rng):
     k_e, k_c, k_d = jax.random.split(rng, 3)
@@ -247,7 +345,7 @@ class RANModels:
     ev = self.encoder.init(k_e, x, train=False)
     z = self.encoder.apply(ev, x, train=False)
     cv = self.classifier.init(k_c, z, train=False)
-    dv = self.decoder.init(k_d, z, train=False)
-    params = {"encoder": ev["params"], "classifier": cv["params"], "decoder": dv["params"]}
-    stats = {"encoder": ev.get("batch_stats", {}), "decoder": dv.get("batch_stats", {})}
+    dp, ds = self.init_decoders(k_d)
+    params = {"encoder": ev["params"], "classifier": cv["params"], **dp}
+    stats = {"encoder": ev.get("batch_stats", {}), **ds}
     return params, stats

@@ -46,11 +46,20 @@ def _out_len(n: int, k: int, s: int, padding: str) -> int:
   return (n - k) // s + 1
 
 
-def same_pad_lo(n: int, k: int, s: int) -> int:
-  """Leading padding XLA/Flax use for a 'SAME' window of size k, stride s."""
+def same_pads(n: int, k: int, s: int) -> tuple[int, int]:
+  """(leading, trailing) padding XLA/Flax use for a 'SAME' window of size k, stride s.
+
+  The one statement of the rule: the fast convs, the mirrored decoder's crop and the
+  PyTorch reference all take it from here.
+  """
   out = -(-n // s)
   total = max((out - 1) * s + k - n, 0)
-  return total // 2
+  return total // 2, total - total // 2
+
+
+def same_pad_lo(n: int, k: int, s: int) -> int:
+  """Leading padding of a 'SAME' window (see `same_pads`)."""
+  return same_pads(n, k, s)[0]
 
 
 def layer_shapes(spec: Sequence[LayerSpec], input_shape: Sequence[int]) -> list[tuple[int, int, int]]:

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from ran_jax.evaluation import attackers as atk
-from ran_jax.evaluation import core, metrics
+from ran_jax.privacy import attackers as atk
+from ran_jax.privacy import protocol, metrics
 
 
 def naive_ssim(x, y, data_range, sigma=1.5, truncate=3.5):
@@ -113,6 +113,6 @@ def test_early_stopping_stops_and_keeps_best():
 def test_worst_case_is_lowest_error():
   by = {"a": {"mse_sum": 5.0, "mse_mean": 0.5, "psnr": 10.0, "ssim": 0.2},
         "b": {"mse_sum": 2.0, "mse_mean": 0.2, "psnr": 12.0, "ssim": 0.1}}
-  w = core.worst_case(by)
+  w = protocol.worst_case(by)
   assert w["attacker"] == "b" and w["mse_sum"] == 2.0
   assert w["psnr"] == 12.0 and w["ssim"] == 0.2

@@ -22,8 +22,8 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from ran_jax.evaluation import attackers as atk
-from ran_jax.evaluation import core
+from ran_jax.privacy import attackers as atk
+from ran_jax.privacy import protocol
 from ran_jax.models import Classifier, Decoder, build_models
 
 
@@ -37,12 +37,12 @@ def _fresh_classifier(trained):
   return Classifier(tuple(c.classifier_hidden), trained.models.num_classes, c.get("dropout", 0.0))
 
 
-def evaluate_trained(trained, data: core.Data, cfg: core.EvalConfig, name: str = "ran"):
+def attack_trained(trained, data: protocol.Data, cfg: protocol.AttackConfig, name: str = "ran"):
   """RAN or DNN: the workdir's frozen encoder, its classifier and its own decoder."""
   enc = jax.jit(trained.encode)
   cls = jax.jit(trained.classify)
   dec = jax.jit(trained.decode)
-  result, art = core.evaluate_features(
+  result, art = protocol.attack_features(
       data, enc, cfg, classify=cls, own_decode=dec, mirrored=_fresh_mirror(trained),
       classifier_module=_fresh_classifier(trained), name=name)
   result["train_step"] = trained.meta.get("step")
@@ -56,7 +56,7 @@ class ResizedEncoder:
   def __init__(self, trained, fit_inputs: np.ndarray, factor: float, n_components: int,
                seed: int = 0, batch: int = 512):
     self.enc = jax.jit(trained.encode)
-    z = core.batched(self.enc, fit_inputs, batch)
+    z = protocol.batched(self.enc, fit_inputs, batch)
     self.shape = z.shape[1:]
     z = z.reshape(len(z), -1).astype(np.float64)
     self.mean = z.mean(0)
@@ -74,17 +74,17 @@ class ResizedEncoder:
     return (p @ self.components + self.mean).reshape((-1,) + self.shape).astype(np.float32)
 
 
-def evaluate_dnn_resized(trained_dnn, data: core.Data, cfg: core.EvalConfig, factor: float,
+def attack_dnn_resized(trained_dnn, data: protocol.Data, cfg: protocol.AttackConfig, factor: float,
                          n_components: int = 8, name: str = "dnn_resized"):
   enc = ResizedEncoder(trained_dnn, data.x_fit, factor, n_components, seed=cfg.seed)
-  result, art = core.evaluate_features(
+  result, art = protocol.attack_features(
       data, enc, cfg, classify=jax.jit(trained_dnn.classify), mirrored=_fresh_mirror(trained_dnn),
       classifier_module=_fresh_classifier(trained_dnn), name=name)
   result.update(noise_factor=float(factor), n_components=enc.k)
   return result, art
 
 
-def evaluate_noisy(model_config, data: core.Data, cfg: core.EvalConfig, factor: float,
+def attack_noisy(model_config, data: protocol.Data, cfg: protocol.AttackConfig, factor: float,
                    name: str = "noisy"):
   """Laplace noise on the raw input; a same-architecture classifier trained on noisy data."""
   lo, hi = data.value_range
@@ -99,9 +99,9 @@ def evaluate_noisy(model_config, data: core.Data, cfg: core.EvalConfig, factor: 
   net = atk.EncoderClassifier(models.encoder, models.classifier)
   f = atk.fit(net, atk.ce_loss, data.x_fit, data.y_fit, x_val_noisy, data.y_val,
               cfg.classifier_fit, input_noise=scale, name=f"{name}/classifier")
-  attack_cfg = core.EvalConfig(**{**cfg.__dict__, "retrain_classifier": False,
+  attack_cfg = protocol.AttackConfig(**{**cfg.__dict__, "retrain_classifier": False,
                                   "attackers": [a for a in cfg.attackers if a != "mirrored_decoder"]})
-  result, art = core.evaluate_features(
+  result, art = protocol.attack_features(
       data, noisy, attack_cfg, classify=lambda z: f.predict(z), identity=True, name=name)
   result.update(noise_factor=float(factor), noise_scale=scale, classifier_epochs=f.epochs)
   return result, art

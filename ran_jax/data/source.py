@@ -40,6 +40,14 @@ class ArraySplit:
       x = self.transform(x)
     return {"image": np.asarray(x, np.float32), "label": self.labels[indices].astype(np.int32)}
 
+def read_records(ds, indices) -> list:
+  """Records `indices` of a data source, batched where the source supports it."""
+  idx = [int(i) for i in indices]
+  try:
+    return ds.__getitems__(idx)
+  except TypeError:  # tfds.testing.mock_data's source lacks a working __getitems__
+    return [ds[i] for i in idx]
+
 
 class RecordSplit:
   """A lazily read split: `records` is random access (e.g. `tfds.data_source`).
@@ -59,13 +67,8 @@ class RecordSplit:
   def __len__(self) -> int:
     return len(self.records)
 
-  def _read(self, indices):
-    from ran_jax.data.tfds_prep import read_records  # pylint: disable=g-import-not-at-top
-
-    return read_records(self.records, indices)
-
   def get(self, indices) -> dict:
-    recs = self._read(np.asarray(indices).reshape(-1))
+    recs = read_records(self.records, np.asarray(indices).reshape(-1))
     if self.workers > 1 and len(recs) > 1:
       if self._pool is None:
         self._pool = concurrent.futures.ThreadPoolExecutor(self.workers)

@@ -1,6 +1,6 @@
 """One evaluation of one frozen feature map: utility, attackers, worst case.
 
-`evaluate_features` is shared by RAN, DNN, DNN(resized) and Noisy so that every
+`attack_features` is shared by RAN, DNN, DNN(resized) and Noisy so that every
 method goes through the same attackers, the same data and the same metrics.
 """
 
@@ -13,8 +13,8 @@ from typing import Callable, Optional, Sequence
 import flax.linen as nn
 import numpy as np
 
-from ran_jax.evaluation import attackers as atk
-from ran_jax.evaluation import metrics
+from ran_jax.privacy import attackers as atk
+from ran_jax.privacy import metrics
 
 log = logging.getLogger("ran_jax")
 
@@ -27,7 +27,7 @@ METRICS = ("mse_sum", "mse_mean", "psnr", "ssim")
 
 
 @dataclasses.dataclass
-class EvalConfig:
+class AttackConfig:
   """How attackers and the retrained classifier are trained and scored."""
 
   attack_train_limit: int = 0      # >0: first N training examples for all fits (0: all)
@@ -63,7 +63,7 @@ class Data:
   value_range: tuple
 
 
-def prepare_data(source, cfg: EvalConfig) -> Data:
+def prepare_data(source, cfg: AttackConfig) -> Data:
   """Train subset (split fit/val by a fixed permutation) and test arrays of a DataSource."""
   n_tr = len(source.train)
   if cfg.attack_train_limit and cfg.attack_train_limit > 0:
@@ -101,7 +101,7 @@ def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
   return float(np.mean(np.argmax(logits, -1) == labels))
 
 
-def evaluate_features(data: Data, encode: Callable, cfg: EvalConfig, *,
+def attack_features(data: Data, encode: Callable, cfg: AttackConfig, *,
                       classify: Optional[Callable] = None,
                       own_decode: Optional[Callable] = None,
                       mirrored: Optional[nn.Module] = None,

@@ -1,13 +1,13 @@
 """Attacker evaluation of the frozen encoder of a finished training run.
 
-  python -m ran_jax.evaluate --workdir=runs/digits [--attack_train_limit=20000]
+  python -m ran_jax.attack --workdir=runs/digits [--attack_train_limit=20000]
 
-Trains the attackers of `ran_jax.evaluation.attackers` from scratch on
+Trains the attackers of `ran_jax.privacy.attackers` from scratch on
 (input, E(input)) pairs of the training split (encoder frozen, early stopping on
 a validation part), scores them on the test split together with RAN's own decoder,
 and reports the service classifier's and a retrained classifier's test accuracy.
 Writes WORKDIR/eval/result.json (and artifacts.npz) and prints a table.
-MSE convention: see `ran_jax.evaluation.metrics`.
+MSE convention: see `ran_jax.privacy.metrics`.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import os
 from absl import app, flags
 
 from ran_jax import export, input_pipeline
-from ran_jax.evaluation import attackers as atk
-from ran_jax.evaluation import core, methods
+from ran_jax.privacy import attackers as atk
+from ran_jax.privacy import protocol, methods
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "A finished training run (holds export/).")
@@ -28,7 +28,7 @@ flags.DEFINE_integer("attack_train_limit", 0, "First N training examples for att
 flags.DEFINE_integer("test_limit", 0, "First N test examples (0: all).")
 flags.DEFINE_integer("max_epochs", 50, "Epoch cap of each early-stopped attacker fit.")
 flags.DEFINE_integer("patience", 3, "Epochs without validation improvement before stopping.")
-flags.DEFINE_list("attackers", list(core.ATTACKERS), "Attacker families to train.")
+flags.DEFINE_list("attackers", list(protocol.ATTACKERS), "Attacker families to train.")
 flags.DEFINE_integer("seed", 0, "Seed of the split and of the attackers.")
 flags.mark_flag_as_required("workdir")
 
@@ -51,17 +51,17 @@ def main(argv):
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
   logging.getLogger("absl").setLevel(logging.WARNING)
   trained = export.load_trained(FLAGS.workdir)
-  cfg = core.EvalConfig(attack_train_limit=FLAGS.attack_train_limit, test_limit=FLAGS.test_limit,
+  cfg = protocol.AttackConfig(attack_train_limit=FLAGS.attack_train_limit, test_limit=FLAGS.test_limit,
                         attackers=tuple(FLAGS.attackers), seed=FLAGS.seed,
                         attacker_fit=atk.FitConfig(max_epochs=FLAGS.max_epochs,
                                                    patience=FLAGS.patience, seed=FLAGS.seed))
-  data = core.prepare_data(input_pipeline.load_dataset(trained.config.data), cfg)
-  result, art = methods.evaluate_trained(trained, data, cfg, name=f"lam={trained.config.ran.lam:g}")
+  data = protocol.prepare_data(input_pipeline.load_dataset(trained.config.data), cfg)
+  result, art = methods.attack_trained(trained, data, cfg, name=f"lam={trained.config.ran.lam:g}")
   result["eval_config"] = cfg.to_dict()
   out = FLAGS.out or os.path.join(FLAGS.workdir, "eval")
-  core.save(out, result, art)
+  protocol.save(out, result, art)
   print(format_table(result))
-  print(f"wrote {out}/{core.RESULT_FILE}")
+  print(f"wrote {out}/{protocol.RESULT_FILE}")
 
 
 if __name__ == "__main__":
