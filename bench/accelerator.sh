@@ -9,7 +9,8 @@
 #   bash bench/accelerator.sh [OUT_DIR]
 # Each step has its own time limit and writes its JSON as it goes, so a step cut short
 # keeps what it measured and the next step still runs. No PyTorch reference here (the
-# reference is a CPU-eager baseline).
+# references, eager and torch.compile, are CPU baselines). The benchmark is `python -m bench`
+# (bench/ran_bench.py), run from the repository root.
 set -uo pipefail
 OUT=${1:-${OUT:-bench_out}}
 mkdir -p "$OUT"
@@ -33,13 +34,13 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null
   | tee -a "$OUT/summary.txt" || true
 JAX_DEFAULT_MATMUL_PRECISION=highest step tests "${TESTS_S:-300}" "$PY" -m pytest -q -x \
   -p no:cacheprovider tests/test_fast_conv.py tests/test_fused.py tests/test_models.py
-step vgg16_bf16 "${VGG_S:-170}" "$PY" -m ran_jax.bench --no-torch --conv-impl=auto \
-  --dtype=bfloat16 --cases=vgg16_imagenet --batch-sizes=64 --rounds=3 --reps=3 \
+step vgg16_bf16 "${VGG_S:-170}" "$PY" -m bench --no-torch --conv-impl=auto \
+  --dtype=bfloat16 --cases=vgg16_imagenet:64 --rounds=3 --reps=3 \
   --out="$OUT/vgg16_bf16.json"
-step vgg16_f32 "${VGG_S:-130}" "$PY" -m ran_jax.bench --no-torch --conv-impl=auto \
-  --dtype=float32 --cases=vgg16_imagenet --batch-sizes=32 --rounds=3 --reps=3 \
+step vgg16_f32 "${VGG_S:-130}" "$PY" -m bench --no-torch --conv-impl=auto \
+  --dtype=float32 --cases=vgg16_imagenet:32 --rounds=3 --reps=3 \
   --out="$OUT/vgg16_f32.json"
-step small "${SMALL_S:-180}" "$PY" -m ran_jax.bench --no-torch --conv-impl=fast \
-  --cases=lenet_mnist,alexnet_cifar --batch-sizes=128,512 --rounds=3 --reps=3 \
+step small "${SMALL_S:-180}" "$PY" -m bench --no-torch --conv-impl=fast \
+  --cases=lenet_mnist:128/512,alexnet_cifar:128/512 --rounds=3 --reps=3 \
   --out="$OUT/small.json"
 cat "$OUT/summary.txt"

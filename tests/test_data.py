@@ -265,21 +265,6 @@ def test_pipeline_is_deterministic_and_resumable(tmp_path):
   assert b["image"].sharding.spec[0] == parallel.DATA_AXIS
 
 
-def test_input_throughput(tmp_path):
-  """The input side alone (compiling the trainer for the ratio is the CLI's job: slow on CI)."""
-  from ran_jax import parallel
-  from ran_jax.data import throughput
-
-  cfg = __import__("configs.har_lenet", fromlist=["x"]).get_config("smoke")
-  cfg.data.manual_dir = str(data_fakes.write_har_npz(tmp_path / "m", n_train=64))
-  cfg.data.data_dir = str(tmp_path / "tfds")
-  cfg.data.train_limit = 0
-  src = ip.load_dataset(cfg.data)
-  pipe = ip.InputPipeline(src, cfg.batch_size, cfg.eval_batch_size, cfg.seed, parallel.make_mesh())
-  rate = throughput.measure_input(pipe, 20)
-  assert rate > 200, rate  # in-memory HAR windows: thousands/s even on a loaded CI machine
-
-
 @pytest.mark.parametrize("config_name", ["mnist_lenet", "cifar10_alexnet", "har_lenet",
                                          "ubisound_lenet"])
 def test_task_configs_load_and_fit_their_encoder(tmp_path, config_name):

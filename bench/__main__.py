@@ -1,0 +1,18 @@
+"""`python -m bench`: the training benchmark; `python -m bench input ...`: input throughput."""
+
+import sys
+
+
+def main():
+  if sys.argv[1:2] == ["input"]:
+    from bench import throughput  # pylint: disable=g-import-not-at-top
+
+    throughput.run([sys.argv[0]] + sys.argv[2:])
+  else:
+    from bench import ran_bench  # pylint: disable=g-import-not-at-top
+
+    ran_bench.main()
+
+
+if __name__ == "__main__":
+  main()

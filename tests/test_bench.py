@@ -1,0 +1,125 @@
+"""The benchmark tools in bench/: the input-rate helper, the engines, the PyTorch reference.
+
+torch is optional: the reference's tests skip when it is not installed.
+"""
+
+import os
+import re
+
+import numpy as np
+import pytest
+
+from tests import data_fakes
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_library_never_imports_the_tools():
+  pattern = re.compile(r"^\s*(from|import)\s+bench\b", re.MULTILINE)
+  offenders = []
+  for dirpath, _, files in os.walk(os.path.join(ROOT, "ran_jax")):
+    for f in files:
+      if f.endswith(".py"):
+        path = os.path.join(dirpath, f)
+        with open(path, encoding="utf-8") as fh:
+          if pattern.search(fh.read()):
+            offenders.append(os.path.relpath(path, ROOT))
+  assert not offenders, offenders
+
+
+def _har_config(tmp_path):
+  cfg = __import__("configs.har_lenet", fromlist=["x"]).get_config("smoke")
+  cfg.data.manual_dir = str(data_fakes.write_har_npz(tmp_path / "m", n_train=64))
+  cfg.data.data_dir = str(tmp_path / "tfds")
+  cfg.data.train_limit = 0
+  return cfg
+
+
+def test_input_rate(tmp_path):
+  """The input side alone, through the benchmark's one input-rate helper."""
+  from bench.engines import input_rate
+  from ran_jax import input_pipeline as ip
+  from ran_jax import parallel
+
+  cfg = _har_config(tmp_path)
+  src = ip.load_dataset(cfg.data)
+  pipe = ip.InputPipeline(src, cfg.batch_size, cfg.eval_batch_size, cfg.seed, parallel.make_mesh())
+  rate = input_rate(pipe, 20)
+  assert rate > 200, rate  # in-memory HAR windows: thousands/s even on a loaded CI machine
+
+
+def test_jax_engine_runs_the_program_fused_and_per_stage(tmp_path):
+  """`bench input`'s report: a real config through build_program, fused and per stage."""
+  from bench import throughput
+  from bench.engines import JaxEngine
+  from ran_jax import parallel
+  from ran_jax.program import InputSpec
+
+  cfg = _har_config(tmp_path)
+  cfg.model.widths = (4, 8)
+  cfg.model.classifier_hidden = (16,)
+  r = throughput.report(cfg, input_steps=5, train_steps=2)
+  assert r["input_examples_per_s"] > 0 and r["trainer_examples_per_s"] > 0
+  batch = {"image": np.random.default_rng(0).random((16, 128, 1, 9), np.float32),
+           "label": np.arange(16, dtype=np.int32) % 6}
+  engine = JaxEngine(cfg, parallel.make_mesh(), InputSpec((128, 1, 9), 6), batch, per_stage=True)
+  engine.run()
+  engine.run_stages()
+  assert int(engine.state.step) == 2
+  assert set(engine.compile_s) == {"iteration", "stages"}
+
+
+# ---------------------------------------------------------------- PyTorch reference
+
+
+def test_torch_losses_follow_ran_jax_losses():
+  torch = pytest.importorskip("torch")
+  from bench import torch_reference as tr
+  from ran_jax import losses
+
+  rng = np.random.default_rng(0)
+  x, xr = rng.random((5, 7, 6, 3), np.float32), rng.random((5, 7, 6, 3), np.float32)
+  logits, y = rng.standard_normal((5, 10)).astype(np.float32), rng.integers(0, 10, 5)
+  t = lambda a: torch.from_numpy(np.ascontiguousarray(a))
+  for red in ("sum", "mean"):
+    np.testing.assert_allclose(float(tr.recon_error(t(x), t(xr), red)),
+                               float(losses.recon_error(x, xr, red)), rtol=1e-5)
+  np.testing.assert_allclose(float(tr.cross_entropy(t(logits), t(y))),
+                             float(losses.cross_entropy(logits, y.astype(np.int32))), rtol=1e-5)
+  np.testing.assert_allclose(float(tr.accuracy(t(logits), t(y))),
+                             float(losses.accuracy(logits, y.astype(np.int32))))
+
+
+@pytest.mark.parametrize("encoder,shape", [("lenet5", (28, 28, 1)), ("lenet5", (128, 1, 9)),
+                                           ("alexnet", (32, 32, 3))])
+def test_torch_networks_have_the_jax_shapes(encoder, shape):
+  torch = pytest.importorskip("torch")
+  from bench import torch_reference as tr
+  from ran_jax.models import build_encoder_spec, layer_shapes
+
+  spec = build_encoder_spec(encoder, shape, (4, 8) if encoder == "lenet5" else None)
+  x = torch.rand(2, shape[2], shape[0], shape[1])
+  with torch.no_grad():
+    z = tr.Encoder(spec, shape)(x)
+    h, w, c = layer_shapes(spec, shape)[-1]
+    assert tuple(z.shape) == (2, c, h, w)
+    assert tuple(tr.Decoder(spec, shape, (0.0, 1.0))(z).shape) == tuple(x.shape)
+
+
+def test_torch_iteration_makes_only_algorithm_1_passes():
+  """k=2: encoder 2k+1 forwards, classifier k+1 (disc, adv), decoder k+1 (gen, adv)."""
+  pytest.importorskip("torch")
+  from bench import torch_reference as tr
+  from ran_jax.models import build_encoder_spec
+
+  shape = (28, 28, 1)
+  ran = tr.TorchRAN(build_encoder_spec("lenet5", shape, (4, 8)), shape, 10, (16,), k=2)
+  calls = {"E": 0, "C": 0, "D": 0}
+  for name in calls:
+    getattr(ran, name).register_forward_hook(
+        lambda *_, name=name: calls.__setitem__(name, calls[name] + 1))
+  x, y = tr.make_batch(4, shape, 10)
+  metrics = ran.iteration(x, y)
+  assert calls == {"E": 5, "C": 3, "D": 3}, calls
+  assert {"disc/ce", "gen/recon_sse", "adv/loss"} <= set(metrics)
+  assert all(p.requires_grad for p in ran.D.parameters())  # unfrozen after adv
