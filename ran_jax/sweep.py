@@ -44,11 +44,15 @@ PAPER_LAMS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 PAPER_NOISE = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 DNN_LAM = 1.0
 
-TRAINED_ATTACKERS = ("mirrored_decoder", "mlp_decoder")
+TRAINED_ATTACKERS = protocol.TRAINED_ATTACKERS
 CSV_COLUMNS = (
-    ["method", "setting", "lam", "noise_factor", "accuracy", "accuracy_retrained"]
+    ["method", "setting", "lam", "noise_factor", "feature_noise", "accuracy", "accuracy_retrained"]
     + [f"{a}_{m}" for a in protocol.ALL_ATTACKERS for m in protocol.METRICS]
     + ["worst_attacker", "worst_mse_sum", "worst_mse_mean", "worst_psnr", "worst_ssim",
+       # Attacker-independent floor for unbiased attackers of a noisy release (privacy/bound.py)
+       "fisher_bound_mse_sum", "fisher_bound_mse_mean",
+       # Attackers that ignore the features: class-mean image (label only), mean image
+       "label_only_mse_sum", "mean_image_mse_sum",
        "n_fit", "n_test", "train_seconds", "eval_seconds"]
     # Trained attackers: epochs run and whether the fit ended on a plateau (True) or at
     # the epoch cap (False: that attacker may be stronger than reported).
@@ -59,29 +63,92 @@ def _key(v: float) -> str:
   return f"{v:g}"
 
 
-METHODS = ("ran", "dnn", "dnn_resized", "noisy")
+METHODS = ("ran", "dnn", "dnn_resized", "noisy", "variant")
+
+
+def parse_variant(text: str) -> tuple[str, dict]:
+  """'name:section.field=value,section.field=value' -> (name, {dotted field: value}).
+
+  Values are Python literals (numbers, strings in quotes, tuples); a variant is a
+  trained encoder with these config overrides, e.g. a defence:
+  'bn64_s0.5:model.bottleneck_dim=64,model.feature_noise=0.5,ran.lam=1.0'.
+  """
+  import ast
+
+  name, _, body = text.partition(":")
+  if not name or not body or "/" in name:
+    raise ValueError(f"Bad variant {text!r}: expected 'name:section.field=value,...'.")
+  overrides = {}
+  for item in _split_top(body):
+    key, eq, value = item.partition("=")
+    if not eq:
+      raise ValueError(f"Bad override {item!r} in variant {name!r}: expected field=value.")
+    try:
+      overrides[key.strip()] = ast.literal_eval(value.strip())
+    except (ValueError, SyntaxError):
+      overrides[key.strip()] = value.strip()   # a bare word: a string value
+  return name, overrides
+
+
+def _split_top(body: str) -> list:
+  """Splits on commas outside parentheses (tuple values stay whole)."""
+  parts, depth, cur = [], 0, ""
+  for ch in body:
+    depth += ch in "([" 
+    depth -= ch in ")]"
+    if ch == "," and depth == 0:
+      parts.append(cur)
+      cur = ""
+    else:
+      cur += ch
+  return [p for p in parts + [cur] if p.strip()]
+
+
+def apply_overrides(config, overrides: dict):
+  """A copy of config with dotted-field overrides applied (unknown fields refused)."""
+  cfg = config.copy_and_resolve_references()
+  for key, value in overrides.items():
+    node, parts = cfg, key.split(".")
+    for part in parts[:-1]:
+      if part not in node:
+        raise ValueError(f"Unknown config field {key!r} in a sweep variant.")
+      node = node[part]
+    if parts[-1] not in node:
+      raise ValueError(f"Unknown config field {key!r} in a sweep variant.")
+    node[parts[-1]] = value
+  return cfg
 
 
 def plan(lams: Sequence[float], noise_factors: Sequence[float],
-         resized_factors: Sequence[float], include: Sequence[str] = METHODS) -> list:
+         resized_factors: Sequence[float], include: Sequence[str] = METHODS,
+         variants: Sequence[str] = ()) -> list:
   """The points of a sweep, in order: (method, setting, point directory name, value)."""
   pts = [("ran", f"lam={_key(lam)}", f"ran_lam{_key(lam)}", float(lam)) for lam in lams]
   pts.append(("dnn", f"lam={_key(DNN_LAM)}", "dnn", DNN_LAM))
   pts += [("dnn_resized", f"factor={_key(f)}", f"dnn_resized_f{_key(f)}", float(f))
           for f in resized_factors]
   pts += [("noisy", f"factor={_key(f)}", f"noisy_f{_key(f)}", float(f)) for f in noise_factors]
+  for text in variants:
+    name, overrides = parse_variant(text)
+    pts.append(("variant", name, f"variant_{name}", overrides))
   unknown = set(include) - set(METHODS)
   if unknown:
     raise ValueError(f"Unknown methods {sorted(unknown)}; allowed: {METHODS}.")
   return [p for p in pts if p[0] in include]
 
 
-def _train_once(config, lam: float, workdir: str, train_fn: Callable) -> float:
-  """Trains unless the workdir already holds an export; returns seconds spent."""
+def _train_once(config, value, workdir: str, train_fn: Callable) -> float:
+  """Trains unless the workdir already holds an export; returns seconds spent.
+
+  value: lambda (RAN, DNN) or a dict of config overrides (a variant).
+  """
   if os.path.exists(os.path.join(workdir, export.EXPORT_DIR, "model.json")):
     return 0.0
-  cfg = config.copy_and_resolve_references()
-  cfg.ran.lam = float(lam)
+  if isinstance(value, dict):
+    cfg = apply_overrides(config, value)
+  else:
+    cfg = config.copy_and_resolve_references()
+    cfg.ran.lam = float(value)
   t0 = time.perf_counter()
   train_fn(cfg, workdir)
   return time.perf_counter() - t0
@@ -89,8 +156,14 @@ def _train_once(config, lam: float, workdir: str, train_fn: Callable) -> float:
 
 def to_row(method: str, setting: str, result: dict) -> dict:
   row = {c: "" for c in CSV_COLUMNS}
+  fb = result.get("fisher_bound", {})
+  ref = result.get("reference", {})
   row.update(method=method, setting=setting, lam=result.get("lam", ""),
              noise_factor=result.get("noise_factor", ""),
+             feature_noise=result.get("feature_noise", ""),
+             fisher_bound_mse_sum=fb.get("mse_sum", ""), fisher_bound_mse_mean=fb.get("mse_mean", ""),
+             label_only_mse_sum=ref.get("label_only", {}).get("mse_sum", ""),
+             mean_image_mse_sum=ref.get("mean_image", {}).get("mse_sum", ""),
              accuracy=result.get("accuracy", ""),
              accuracy_retrained=result.get("accuracy_retrained", ""),
              n_fit=result.get("n_fit", ""), n_test=result.get("n_test", ""),
@@ -127,7 +200,8 @@ def run_sweep(config, out: str, lams: Sequence[float] = PAPER_LAMS,
               resized_factors: Optional[Sequence[float]] = None,
               eval_cfg: Optional[protocol.AttackConfig] = None, n_components: int = 8,
               show_factor: float = 0.5, train_fn: Callable = trainer.train_and_evaluate,
-              make_figures: bool = True, include: Sequence[str] = METHODS) -> list:
+              make_figures: bool = True, include: Sequence[str] = METHODS,
+              variants: Sequence[str] = ()) -> list:
   """Runs (or resumes) the sweep and returns the CSV rows."""
   eval_cfg = eval_cfg or protocol.AttackConfig()
   resized_factors = noise_factors if resized_factors is None else resized_factors
@@ -135,12 +209,14 @@ def run_sweep(config, out: str, lams: Sequence[float] = PAPER_LAMS,
   with open(os.path.join(out, "sweep.json"), "w", encoding="utf-8") as f:
     json.dump({"config": json.loads(config.to_json_best_effort()), "lams": list(lams),
                "noise_factors": list(noise_factors), "resized_factors": list(resized_factors),
-               "n_components": n_components, "eval": eval_cfg.to_dict()}, f, indent=2,
+               "n_components": n_components, "variants": list(variants),
+               "eval": eval_cfg.to_dict()}, f, indent=2,
               default=str)
   data = None
   dnn_trained = None
   rows, arts, value_range = [], {}, None
-  for method, setting, name, value in plan(lams, noise_factors, resized_factors, include):
+  for method, setting, name, value in plan(lams, noise_factors, resized_factors, include,
+                                           variants):
     pdir = os.path.join(out, "points", name)
     result, art = protocol.load(pdir)
     if result is None:
@@ -148,7 +224,7 @@ def run_sweep(config, out: str, lams: Sequence[float] = PAPER_LAMS,
       if data is None:
         data = protocol.prepare_data(input_pipeline.load_dataset(config.data), eval_cfg)
       t_train = 0.0
-      if method in ("ran", "dnn"):
+      if method in ("ran", "dnn", "variant"):
         wd = os.path.join(out, "runs", name)
         t_train = _train_once(config, value, wd, train_fn)
         t0 = time.perf_counter()
@@ -194,6 +270,8 @@ def pick_ran(rows: list, min_accuracy: float = 0.95) -> Optional[dict]:
 
 
 def _point_name(row: dict) -> str:
+  if row["method"] == "variant":
+    return f"variant_{row['setting']}"
   if row["method"] == "ran":
     return f"ran_lam{_key(float(row['lam']))}"
   if row["method"] == "dnn":
@@ -236,6 +314,8 @@ def write_figures(rows: list, arts: dict, out: str, task: str, show_factor: floa
   if ran is not None:
     grid.append((f"RAN λ={_key(float(ran['lam']))}\nown decoder",
                  arts[_point_name(ran)]["rec_own_decoder"]))
+  for row in [r for r in rows if r["method"] == "variant"]:
+    add(row, row["setting"])
   if len(grid) > 1:
     figures.recon_grid(grid, os.path.join(out, "reconstructions.png"), value_range=value_range,
                        title=f"{task}: test inputs and their reconstructions by the strongest "
@@ -269,6 +349,10 @@ def _define_flags():
   flags.DEFINE_float("show_factor", 0.5, "Noise factor shown in the reconstruction grid.")
   flags.DEFINE_integer("seed", 0, "Seed of the attacker split and fits.")
   flags.DEFINE_list("methods", list(METHODS), "Methods to run (DNN(resized) needs DNN's run).")
+  flags.DEFINE_multi_string("variant", [], "A trained encoder with config overrides, e.g. "
+                            "'bn64_s0.5:model.bottleneck_dim=64,model.feature_noise=0.5,ran.lam=1.0' "
+                            "(repeatable).")
+  flags.DEFINE_integer("resnet_width", 64, "Channels of the residual decoder's coarsest stage.")
   flags.mark_flags_as_required(["config", "out"])
 
 
@@ -280,11 +364,13 @@ def main(argv):
   cfit = atk.FitConfig(max_epochs=FLAGS.attack_max_epochs, patience=FLAGS.patience, seed=FLAGS.seed)
   eval_cfg = protocol.AttackConfig(attack_train_limit=FLAGS.attack_train_limit,
                              test_limit=FLAGS.test_limit, attackers=tuple(FLAGS.attackers),
-                             attacker_fit=fit, classifier_fit=cfit, seed=FLAGS.seed)
+                             attacker_fit=fit, classifier_fit=cfit, seed=FLAGS.seed,
+                             resnet_width=FLAGS.resnet_width)
   resized = [float(v) for v in FLAGS.resized_factors] if FLAGS.resized_factors else None
   rows = run_sweep(FLAGS.config, FLAGS.out, [float(v) for v in FLAGS.lams],
                    [float(v) for v in FLAGS.noise_factors], resized, eval_cfg,
-                   FLAGS.n_components, FLAGS.show_factor, include=tuple(FLAGS.methods))
+                   FLAGS.n_components, FLAGS.show_factor, include=tuple(FLAGS.methods),
+                   variants=tuple(FLAGS.variant))
   for r in rows:
     print(f"{r['method']:12s} {r['setting']:12s} acc {float(r['accuracy']):.4f}  worst "
           f"{r['worst_attacker']:16s} mse_sum {float(r['worst_mse_sum']):9.4g}")

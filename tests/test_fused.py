@@ -1,4 +1,4 @@
-"""The fused Algorithm-1 iteration equals the per-stage loop (trainer.make_iteration)."""
+"""The fused Algorithm-1 iteration equals the per-stage loop (program.build_program)."""
 
 import chex
 import jax
@@ -6,9 +6,11 @@ import jax.numpy as jnp
 import ml_collections
 import pytest
 
-from ran_jax import parallel, stages, trainer
+from configs import common
+from ran_jax import parallel, stages
 from ran_jax.models import build_encoder_spec
 from ran_jax.models.modules import RANModels
+from ran_jax.program import InputSpec, build_program
 
 
 def _ran(fused: bool, k: int = 2):
@@ -16,21 +18,37 @@ def _ran(fused: bool, k: int = 2):
                                      "recon_reduction": "sum", "fused": fused})
 
 
-@pytest.mark.parametrize("conv_impl", ["fast", "xla"])
-def test_fused_iteration_equals_per_stage_loop(conv_impl):
+def _config(fused, conv_impl, **defences):
+  c = common.get_base_config()
+  c.model.widths = (4, 8)
+  c.model.classifier_hidden = (16,)
+  c.model.dropout = 0.1
+  c.model.conv_impl = conv_impl
+  c.ran.k = 2
+  c.ran.fused = fused
+  for key, value in defences.items():
+    section, field = key.split("__")
+    c[section][field] = value
+  return c
+
+
+DEFENDED = dict(model__bottleneck_dim=12, model__feature_noise=0.2, ran__extra_decoders=("mlp",),
+                ran__reinit_every_steps=2, ran__compactness=0.1, ran__mlp_decoder_hidden=(32,))
+
+
+@pytest.mark.parametrize("conv_impl,defences", [("fast", {}), ("xla", {}), ("fast", DEFENDED)])
+def test_fused_iteration_equals_per_stage_loop(conv_impl, defences):
   mesh = parallel.make_mesh()
-  spec = build_encoder_spec("lenet5", (28, 28, 1), (4, 8))
-  models = RANModels(spec, (28, 28, 1), 10, (16,), dropout=0.1, conv_impl=conv_impl)
-  optimizers = stages.make_optimizers(_ran(True))
   host = {"image": jax.random.uniform(jax.random.PRNGKey(1), (8, 28, 28, 1)),
           "label": jnp.arange(8, dtype=jnp.int32) % 10}
   batch = parallel.to_global(jax.device_get(host), mesh)
   results = []
   for fused in (True, False):
-    iteration = trainer.make_iteration(models, optimizers, _ran(fused), mesh)
-    state = trainer.create_state(models, optimizers, 0, mesh)
+    program = build_program(_config(fused, conv_impl, **defences), mesh,
+                            InputSpec((28, 28, 1), 10))
+    state = program.create_state(0)
     for _ in range(2):
-      state, metrics = iteration(state, batch)
+      state, metrics = program.iteration(state, batch)
     results.append((jax.device_get(state), jax.device_get(metrics)))
   (sf, mf), (sp, mp) = results
   assert int(sf.step) == int(sp.step) == 2

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ran_jax import parallel, stages
+from ran_jax import losses, parallel, stages
 from tests.helpers import tiny_setup
 
 
@@ -19,9 +19,9 @@ def _eval_objectives(models, state, batch, lam, red="sum"):
                        batch["image"], True)
   logits = stages.classify(models, state.params["classifier"], z, False)
   x_rec, _ = stages.decode(models, state.params["decoder"], state.batch_stats["decoder"], z, True)
-  ce = stages.cross_entropy(logits, batch["label"])
-  rec = stages.recon_error(batch["image"], x_rec, red)
-  return float(ce), float(rec), float(stages.adversarial_objective(ce, rec, lam))
+  ce = losses.cross_entropy(logits, batch["label"])
+  rec = losses.recon_error(batch["image"], x_rec, red)
+  return float(ce), float(rec), float(losses.adversarial_objective(ce, rec, lam))
 
 
 def _sub(tree, keys):
@@ -46,7 +46,7 @@ def test_discriminative_lowers_ce_and_freezes_decoder(setup):
   chex.assert_trees_all_equal(s.batch_stats["decoder"], state.batch_stats["decoder"])
   chex.assert_trees_all_equal(_sub(s.opt_state, ["gen", "adv"]), _sub(state.opt_state, ["gen", "adv"]))
   assert int(s.step) == 0  # only the adversarial stage ends an iteration
-  assert set(m) == {"disc/loss", "disc/ce", "disc/recon_mse", "disc/accuracy"}
+  assert set(m) == {"disc/loss", "disc/ce", "disc/accuracy"}
   chex.assert_tree_all_finite(m)
 
 
@@ -63,7 +63,7 @@ def test_generative_lowers_mse_and_freezes_encoder_classifier(setup):
                               _sub(state.params, ["encoder", "classifier"]))
   chex.assert_trees_all_equal(s.batch_stats["encoder"], state.batch_stats["encoder"])
   chex.assert_trees_all_equal(_sub(s.opt_state, ["disc", "adv"]), _sub(state.opt_state, ["disc", "adv"]))
-  assert set(m) == {"gen/loss", "gen/ce", "gen/recon_mse", "gen/accuracy"}
+  assert set(m) == {"gen/loss", "gen/recon_sse"}
 
 
 def test_adversarial_lowers_its_objective_and_freezes_decoder(setup):
@@ -80,7 +80,7 @@ def test_adversarial_lowers_its_objective_and_freezes_decoder(setup):
   chex.assert_trees_all_equal(_sub(s.opt_state, ["disc", "gen"]), _sub(state.opt_state, ["disc", "gen"]))
   assert int(s.step) == 5
   np.testing.assert_allclose(
-      float(m["adv/loss"]), ran.lam * float(m["adv/ce"]) - (1 - ran.lam) * float(m["adv/recon_mse"]),
+      float(m["adv/loss"]), ran.lam * float(m["adv/ce"]) - (1 - ran.lam) * float(m["adv/recon_sse"]),
       rtol=1e-5)
 
 
@@ -101,8 +101,8 @@ def test_adversarial_raises_reconstruction_error_when_lambda_small():
 def test_recon_reduction_conventions():
   x = jnp.zeros((2, 4, 4, 1))
   y = jnp.ones((2, 4, 4, 1)) * 0.5
-  assert float(stages.recon_error(x, y, "sum")) == pytest.approx(16 * 0.25)
-  assert float(stages.recon_error(x, y, "mean")) == pytest.approx(0.25)
+  assert float(losses.recon_error(x, y, "sum")) == pytest.approx(16 * 0.25)
+  assert float(losses.recon_error(x, y, "mean")) == pytest.approx(0.25)
 
 
 def test_each_stage_compiles_once():

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from configs import digits_lenet
-from ran_jax import export, parallel, stages, sweep, trainer
+from ran_jax import export, input_pipeline, parallel, sweep
+from ran_jax.program import InputSpec, build_program
 from ran_jax.privacy import attackers as atk
 from ran_jax.privacy import protocol, methods
 
@@ -18,9 +19,9 @@ def fake_train(calls):
 
   def train_fn(cfg, workdir):
     calls.append((os.path.basename(workdir), float(cfg.ran.lam)))
-    source, models, _, opts = trainer.build(cfg, parallel.make_mesh())
-    state = stages.init_state(models, opts, jax.random.PRNGKey(0))
-    export.export_trained(workdir, state, cfg, source)
+    source = input_pipeline.load_dataset(cfg.data)
+    program = build_program(cfg, parallel.make_mesh(), InputSpec.of(source))
+    export.export_trained(workdir, program.create_state(0), cfg, program.input_spec, source.name)
     return {}
 
   return train_fn

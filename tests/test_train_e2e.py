@@ -56,12 +56,12 @@ def test_outputs_written(reference):
   records = [json.loads(line) for line in open(wd / "metrics.jsonl")]
   train = [r for r in records if r["kind"] == "train"]
   test = [r for r in records if r["kind"] == "test"]
-  for stage in ("disc", "gen", "adv"):
-    for m in ("loss", "ce", "recon_mse", "accuracy"):
-      assert f"{stage}/{m}" in train[-1]
+  for name in ("disc/loss", "disc/ce", "disc/accuracy", "gen/loss", "gen/recon_sse", "adv/loss",
+               "adv/ce", "adv/recon_sse", "adv/accuracy"):
+    assert name in train[-1]
   assert "examples_per_sec" in train[-1]
   assert [r["step"] for r in test] == [3, 6, 9, 12]  # evaluated at every epoch end
-  assert 0.0 <= test[-1]["accuracy"] <= 1.0 and test[-1]["recon_mse_sum"] > 0
+  assert 0.0 <= test[-1]["accuracy"] <= 1.0 and test[-1]["recon_sse"] > 0
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(wd / "tensorboard"))
   final = json.load(open(wd / "final_metrics.json"))
   assert final["step"] == 12

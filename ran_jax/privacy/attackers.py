@@ -15,6 +15,8 @@ architectures"):
                     a fresh instance of `ran_jax.models.Decoder`.
   mlp_decoder       a larger decoder of another shape: flattened features ->
                     Dense(1024)-ReLU-Dense(1024)-ReLU-Dense(H*W*C), sigmoid to range.
+  resnet_decoder    a deep conv decoder with residual up-sampling blocks
+                    (`ResNetDecoder`), more capacity than any decoder used in training.
   ridge             closed-form ridge regression from flattened features (+bias)
                     to input values, the penalty chosen on the validation part,
                     outputs clipped to the value range.
@@ -34,7 +36,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from ran_jax import losses
+from ran_jax.models import MLPDecoder  # noqa: F401 - an attacker family, re-exported
+
 log = logging.getLogger("ran_jax")
+
+NOISE_KINDS = ("laplace", "gaussian")
 
 
 @dataclasses.dataclass
@@ -51,22 +58,46 @@ class FitConfig:
   seed: int = 0
 
 
-class MLPDecoder(nn.Module):
-  """A larger fully-connected decoder: [B, ...] features -> [B, H, W, C] in value_range."""
+class ResNetDecoder(nn.Module):
+  """A deep conv decoder with residual up-sampling blocks, the highest-capacity attacker.
+
+  Features -> Dense to a coarse grid (the input's size / 4 on every axis longer
+  than 1) with `width` channels -> per stage: nearest up-sampling x2, a 3x3 conv
+  halving the channels, and `blocks` residual blocks (conv-BN-ReLU-conv-BN + skip)
+  -> a 3x3 conv to the input's channels, cropped to its size, sigmoid into the
+  value range. No part of it is used in RAN training.
+  """
 
   output_shape: tuple
-  hidden: tuple = (1024, 1024)
   value_range: tuple = (0.0, 1.0)
+  width: int = 64
+  blocks: int = 1
+  stages: int = 2
 
   @nn.compact
   def __call__(self, z, train: bool = False):
-    del train
+    h, w, c = self.output_shape
+    f = 2 ** self.stages
+    gh, gw = (-(-h // f) if h > 1 else 1), (-(-w // f) if w > 1 else 1)
     z = z.reshape((z.shape[0], -1)).astype(jnp.float32)
-    for i, w in enumerate(self.hidden, start=1):
-      z = nn.relu(nn.Dense(w, name=f"fc{i}")(z))
-    out = nn.Dense(int(np.prod(self.output_shape)), name="out")(z)
+    y = nn.Dense(gh * gw * self.width, name="grid")(z).reshape((-1, gh, gw, self.width))
+    y = nn.relu(nn.BatchNorm(use_running_average=not train, name="grid_bn")(y))
+    ch = self.width
+    for s_ in range(self.stages):
+      y = jnp.repeat(y, 2, axis=1) if h > 1 else y
+      y = jnp.repeat(y, 2, axis=2) if w > 1 else y
+      ch = max(ch // 2, 8)
+      y = nn.Conv(ch, (3, 3), name=f"up{s_}")(y)
+      y = nn.relu(nn.BatchNorm(use_running_average=not train, name=f"up{s_}_bn")(y))
+      for b in range(self.blocks):
+        r = nn.Conv(ch, (3, 3), use_bias=False, name=f"res{s_}_{b}a")(y)
+        r = nn.relu(nn.BatchNorm(use_running_average=not train, name=f"res{s_}_{b}a_bn")(r))
+        r = nn.Conv(ch, (3, 3), use_bias=False, name=f"res{s_}_{b}b")(r)
+        r = nn.BatchNorm(use_running_average=not train, name=f"res{s_}_{b}b_bn")(r)
+        y = nn.relu(y + r)
+    y = nn.Conv(c, (3, 3), name="out")(y)[:, :h, :w, :]
     lo, hi = self.value_range
-    return (lo + (hi - lo) * nn.sigmoid(out)).reshape((-1,) + tuple(self.output_shape))
+    return lo + (hi - lo) * nn.sigmoid(y)
 
 
 class EncoderClassifier(nn.Module):
@@ -80,17 +111,15 @@ class EncoderClassifier(nn.Module):
     return self.classifier(self.encoder(x, train=train), train=train)
 
 
-# ---------------------------------------------------------------- losses
+# ---------------------------------------------------------------- losses (ran_jax.losses)
 
 
 def recon_loss(pred, target):
   """Per example summed squared error, averaged over the batch (the paper's convention)."""
-  se = jnp.square(pred.astype(jnp.float32) - target.astype(jnp.float32))
-  return se.reshape(se.shape[0], -1).sum(-1).mean()
+  return losses.recon_error(target, pred, "sum")
 
 
-def ce_loss(logits, labels):
-  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+ce_loss = losses.cross_entropy
 
 
 # ---------------------------------------------------------------- early-stopped fit
@@ -121,12 +150,15 @@ def _predict_fn(module):
 
 def fit(module: nn.Module, loss: Callable, inputs: np.ndarray, targets: np.ndarray,
         val_inputs: np.ndarray, val_targets: np.ndarray, cfg: FitConfig,
-        input_noise: float = 0.0, name: str = "model") -> Fitted:
+        input_noise: float = 0.0, noise_kind: str = "laplace", name: str = "model") -> Fitted:
   """Trains `module` from scratch to minimise `loss` with early stopping on the val part.
 
-  input_noise > 0 adds fresh Laplace noise of that scale to every training batch
-  (the validation inputs are expected to carry their own fixed noise).
+  input_noise > 0 adds fresh noise of that scale ('laplace' or 'gaussian' std) to
+  every training batch: the attacker of a noisy release, who holds the encoder,
+  draws new noise each time (the validation inputs carry their own fixed noise).
   """
+  if noise_kind not in NOISE_KINDS:
+    raise ValueError(f"noise_kind must be one of {NOISE_KINDS}, got {noise_kind!r}.")
   t0 = time.perf_counter()
   rng = jax.random.PRNGKey(cfg.seed)
   rng, k_init = jax.random.split(rng)
@@ -139,7 +171,8 @@ def fit(module: nn.Module, loss: Callable, inputs: np.ndarray, targets: np.ndarr
   def train_step(params, stats, opt, xb, tb, key):
     k_noise, k_drop = jax.random.split(key)
     if input_noise > 0:
-      xb = xb + input_noise * jax.random.laplace(k_noise, xb.shape, xb.dtype)
+      draw = jax.random.laplace if noise_kind == "laplace" else jax.random.normal
+      xb = xb + input_noise * draw(k_noise, xb.shape, xb.dtype)
 
     def lf(p):
       v = {"params": p, **({"batch_stats": stats} if stats else {})}

@@ -56,6 +56,20 @@ def pareto(rows: list, path: str, title: str = "") -> None:
             fillstyle="none", label="Noisy, |I - noisy I|² (paper)")
     ax.plot([_f(r["accuracy"]) for r in nz], [_log(r["worst_mse_sum"]) for r in nz], "r-d",
             label="Noisy, worst case (incl. denoising attackers)")
+  markers = iter("oDPXv<>^sph*")
+  for r in by("variant"):
+    mk = next(markers, "o")
+    ax.plot(_f(r["accuracy"]), _log(r["worst_mse_sum"]), mk, color="tab:purple", ms=8,
+            label=f"{r['setting']}, worst case")
+    if not math.isnan(_f(r.get("fisher_bound_mse_sum"))):
+      ax.plot(_f(r["accuracy"]), _log(r["fisher_bound_mse_sum"]), mk, color="tab:purple", ms=8,
+              fillstyle="none", alpha=0.6, label=f"{r['setting']}, Fisher bound (unbiased)")
+  # Where privacy saturates: attackers that ignore the features.
+  for col, style, label in (("label_only_mse_sum", "--", "label only (class-mean image)"),
+                            ("mean_image_mse_sum", ":", "mean image")):
+    vals = [_f(r.get(col)) for r in rows if not math.isnan(_f(r.get(col)))]
+    if vals:
+      ax.axhline(_log(vals[0]), color="gray", ls=style, lw=1, label=label)
   ax.set_xlabel("test accuracy (service classifier)")
   ax.set_ylabel("log10 reconstruction error  (Σ over pixels of (I-I')², mean over test)")
   ax.set_title(title or "Privacy-utility trade-off (cf. Fig. 3)")

@@ -23,13 +23,17 @@ import jax
 import numpy as np
 
 from ran_jax.privacy import attackers as atk
+from ran_jax.privacy import bound
 from ran_jax.privacy import protocol
 from ran_jax.models import Classifier, Decoder, build_models
 
 
 def _fresh_mirror(trained):
+  """A fresh decoder mirroring the released encoder (its bottleneck included)."""
   m = trained.models
-  return Decoder(m.spec, m.input_shape, tuple(float(v) for v in trained.meta["value_range"]))
+  d = m.decoder
+  return Decoder(m.spec, m.input_shape, tuple(float(v) for v in trained.meta["value_range"]),
+                 bottleneck_dim=d.bottleneck_dim, bottleneck_kind=d.bottleneck_kind)
 
 
 def _fresh_classifier(trained):
@@ -37,16 +41,24 @@ def _fresh_classifier(trained):
   return Classifier(tuple(c.classifier_hidden), trained.models.num_classes, c.get("dropout", 0.0))
 
 
+BOUND_EXAMPLES = 512   # test inputs over which E[tr(J^T J)] is estimated
+BOUND_PROBES = 8
+
+
 def attack_trained(trained, data: protocol.Data, cfg: protocol.AttackConfig, name: str = "ran"):
-  """RAN or DNN: the workdir's frozen encoder, its classifier and its own decoder."""
-  enc = jax.jit(trained.encode)
-  cls = jax.jit(trained.classify)
-  dec = jax.jit(trained.decode)
+  """RAN, DNN or a defended encoder: the workdir's frozen encoder as released (noise
+  included), its classifier and its own decoder, plus the Fisher bound when noisy."""
+  feats = jax.jit(trained.features)
   result, art = protocol.attack_features(
-      data, enc, cfg, classify=cls, own_decode=dec, mirrored=_fresh_mirror(trained),
+      data, feats, cfg, feature_noise=trained.feature_noise, classify=jax.jit(trained.classify),
+      own_decode=jax.jit(trained.decode), mirrored=_fresh_mirror(trained),
       classifier_module=_fresh_classifier(trained), name=name)
   result["train_step"] = trained.meta.get("step")
   result["lam"] = float(trained.config.ran.lam)
+  if trained.feature_noise:
+    result["fisher_bound"] = bound.fisher_mse_bound(
+        trained.features, data.x_test[:BOUND_EXAMPLES], trained.feature_noise,
+        jax.random.PRNGKey(cfg.seed), BOUND_PROBES)
   return result, art
 
 
@@ -55,7 +67,7 @@ class ResizedEncoder:
 
   def __init__(self, trained, fit_inputs: np.ndarray, factor: float, n_components: int,
                seed: int = 0, batch: int = 512):
-    self.enc = jax.jit(trained.encode)
+    self.enc = jax.jit(trained.features)
     z = protocol.batched(self.enc, fit_inputs, batch)
     self.shape = z.shape[1:]
     z = z.reshape(len(z), -1).astype(np.float64)

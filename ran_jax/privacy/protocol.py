@@ -13,16 +13,19 @@ from typing import Callable, Optional, Sequence
 import flax.linen as nn
 import numpy as np
 
+from ran_jax import losses
 from ran_jax.privacy import attackers as atk
 from ran_jax.privacy import metrics
 
 log = logging.getLogger("ran_jax")
 
-ATTACKERS = ("mirrored_decoder", "mlp_decoder", "ridge")
+ATTACKERS = ("mirrored_decoder", "mlp_decoder", "resnet_decoder", "ridge")
 # Every attacker name that may appear in results (fixed CSV schema):
 #   own_decoder  the decoder trained with the encoder (RAN's D; none for Noisy)
 #   identity     the released data itself taken as the reconstruction (Noisy: |I - noisy I|^2)
-ALL_ATTACKERS = ("own_decoder", "mirrored_decoder", "mlp_decoder", "ridge", "identity")
+ALL_ATTACKERS = ("own_decoder", "mirrored_decoder", "mlp_decoder", "resnet_decoder", "ridge",
+                 "identity")
+TRAINED_ATTACKERS = ("mirrored_decoder", "mlp_decoder", "resnet_decoder")
 METRICS = ("mse_sum", "mse_mean", "psnr", "ssim")
 
 
@@ -39,6 +42,8 @@ class AttackConfig:
       default_factory=lambda: atk.FitConfig(max_epochs=30, patience=3))
   retrain_classifier: bool = True
   mlp_hidden: Sequence[int] = (1024, 1024)
+  resnet_width: int = 64
+  resnet_blocks: int = 1
   n_show: int = 8                  # test images whose reconstructions are kept for figures
   n_scatter: int = 2000            # test features kept (3-D PCA) for the scatter figure
   encode_batch: int = 512
@@ -98,17 +103,52 @@ def pca3(features: np.ndarray) -> np.ndarray:
 
 
 def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
-  return float(np.mean(np.argmax(logits, -1) == labels))
+  return float(losses.accuracy(np.asarray(logits), np.asarray(labels)))
+
+
+def add_release_noise(z: np.ndarray, sigma: float, seed: Sequence[int]) -> np.ndarray:
+  """The released copy of clean features z: z + N(0, sigma^2), from an explicit seed."""
+  if not sigma:
+    return z
+  noise = np.random.default_rng(list(seed)).standard_normal(z.shape).astype(np.float32)
+  return (z + sigma * noise).astype(np.float32)
+
+
+def reference_levels(data: Data) -> dict:
+  """Errors of attackers that ignore the features: where privacy saturates.
+
+  label_only  each test input replaced by the mean training input of its class: the
+              best an attacker who learns only the label can do (under squared error).
+  mean_image  every test input replaced by the mean training input.
+  """
+  x_fit = data.x_fit.astype(np.float64)
+  mean = x_fit.mean(0)
+  class_means = np.stack([x_fit[data.y_fit == c].mean(0) if np.any(data.y_fit == c) else mean
+                          for c in range(data.num_classes)])
+  return {
+      "label_only": metrics.reconstruction_metrics(data.x_test, class_means[data.y_test],
+                                                   data.value_range),
+      "mean_image": metrics.reconstruction_metrics(
+          data.x_test, np.broadcast_to(mean, data.x_test.shape), data.value_range),
+  }
 
 
 def attack_features(data: Data, encode: Callable, cfg: AttackConfig, *,
-                      classify: Optional[Callable] = None,
-                      own_decode: Optional[Callable] = None,
-                      mirrored: Optional[nn.Module] = None,
-                      classifier_module: Optional[nn.Module] = None,
-                      identity: bool = False,
-                      name: str = "") -> tuple[dict, dict]:
+                    feature_noise: float = 0.0,
+                    classify: Optional[Callable] = None,
+                    own_decode: Optional[Callable] = None,
+                    mirrored: Optional[nn.Module] = None,
+                    classifier_module: Optional[nn.Module] = None,
+                    identity: bool = False,
+                    name: str = "") -> tuple[dict, dict]:
   """Scores one frozen feature map `encode` (numpy [B, ...] -> numpy features).
+
+  feature_noise > 0: `encode` gives the clean features and the server receives them
+  plus N(0, feature_noise^2). The validation and test releases carry fixed noise
+  (explicit seeds); every trained attacker and the retrained classifier see fresh
+  noise on each training batch (an attacker holding the encoder can draw it), ridge
+  one fixed noisy copy. Every figure and number is then about what the server
+  really receives.
 
   classify: the service-side classifier on features (utility as deployed).
   own_decode: the decoder trained together with the encoder, scored as one more attacker.
@@ -119,13 +159,16 @@ def attack_features(data: Data, encode: Callable, cfg: AttackConfig, *,
   Returns (result, artifacts): result is JSON-able (accuracy, per-attacker metrics,
   worst case); artifacts are arrays for the figures (reconstructions, 3-D features).
   """
+  sigma = float(feature_noise)
   z_fit = batched(encode, data.x_fit, cfg.encode_batch)
-  z_val = batched(encode, data.x_val, cfg.encode_batch)
-  z_test = batched(encode, data.x_test, cfg.encode_batch)
+  z_val = add_release_noise(batched(encode, data.x_val, cfg.encode_batch), sigma, (cfg.seed, 1))
+  z_test = add_release_noise(batched(encode, data.x_test, cfg.encode_batch), sigma, (cfg.seed, 2))
   if not (np.all(np.isfinite(z_fit)) and np.all(np.isfinite(z_test))):
     raise FloatingPointError(f"{name}: the encoder produced non-finite features.")
+  noise = dict(input_noise=sigma, noise_kind="gaussian") if sigma else {}
   result = {"name": name, "n_fit": len(z_fit), "n_val": len(z_val), "n_test": len(z_test),
             "feature_shape": list(z_test.shape[1:]), "attackers": {},
+            "feature_noise": sigma, "reference": reference_levels(data),
             "value_range": [float(v) for v in data.value_range]}
   art = {"x_show": data.x_test[:cfg.n_show], "y_scatter": data.y_test[:cfg.n_scatter],
          "z3": pca3(z_test[:cfg.n_scatter])}
@@ -135,7 +178,7 @@ def attack_features(data: Data, encode: Callable, cfg: AttackConfig, *,
     result["accuracy"] = accuracy(batched(classify, z_test, cfg.encode_batch), data.y_test)
   if cfg.retrain_classifier and classifier_module is not None:
     f = atk.fit(classifier_module, atk.ce_loss, z_fit, data.y_fit, z_val, data.y_val,
-                cfg.classifier_fit, name=f"{name}/retrained_classifier")
+                cfg.classifier_fit, name=f"{name}/retrained_classifier", **noise)
     result["accuracy_retrained"] = accuracy(f.predict(z_test), data.y_test)
     result["retrained_classifier_epochs"] = f.epochs
 
@@ -152,19 +195,22 @@ def attack_features(data: Data, encode: Callable, cfg: AttackConfig, *,
     score("own_decoder", batched(own_decode, z_test, cfg.encode_batch))
   if identity:
     score("identity", z_test.reshape(data.x_test.shape))
-  if "mirrored_decoder" in cfg.attackers and mirrored is not None:
-    f = atk.fit(mirrored, atk.recon_loss, z_fit, data.x_fit, z_val, data.x_val, cfg.attacker_fit,
-                name=f"{name}/mirrored_decoder")
-    score("mirrored_decoder", f.predict(z_test), epochs=f.epochs, best_epoch=f.best_epoch,
-          lr_cuts=f.lr_cuts, converged=f.converged)
-  if "mlp_decoder" in cfg.attackers:
-    mlp = atk.MLPDecoder(data.input_shape, tuple(cfg.mlp_hidden), data.value_range)
-    f = atk.fit(mlp, atk.recon_loss, z_fit, data.x_fit, z_val, data.x_val, cfg.attacker_fit,
-                name=f"{name}/mlp_decoder")
-    score("mlp_decoder", f.predict(z_test), epochs=f.epochs, best_epoch=f.best_epoch,
+  families = {
+      "mirrored_decoder": mirrored,
+      "mlp_decoder": atk.MLPDecoder(data.input_shape, tuple(cfg.mlp_hidden), data.value_range),
+      "resnet_decoder": atk.ResNetDecoder(data.input_shape, data.value_range, cfg.resnet_width,
+                                          cfg.resnet_blocks),
+  }
+  for attacker in TRAINED_ATTACKERS:
+    if attacker not in cfg.attackers or families[attacker] is None:
+      continue
+    f = atk.fit(families[attacker], atk.recon_loss, z_fit, data.x_fit, z_val, data.x_val,
+                cfg.attacker_fit, name=f"{name}/{attacker}", **noise)
+    score(attacker, f.predict(z_test), epochs=f.epochs, best_epoch=f.best_epoch,
           lr_cuts=f.lr_cuts, converged=f.converged)
   if "ridge" in cfg.attackers:
-    r = atk.fit_ridge(z_fit, data.x_fit, z_val, data.x_val, data.value_range)
+    z_ridge = add_release_noise(z_fit, sigma, (cfg.seed, 0))
+    r = atk.fit_ridge(z_ridge, data.x_fit, z_val, data.x_val, data.value_range)
     score("ridge", r.predict(z_test), alpha=r.alpha)
 
   result["worst"] = worst_case(result["attackers"])
