@@ -1,85 +1,284 @@
-"""Config validation: every bad value stops the run before any compute."""
+"""Config validation: every field is checked before any data is loaded or anything compiled.
+
+Each problem reads `<field>=<value>: <what is allowed>`, e.g.
+`model.conv_impl='cudnn': allowed values are ['auto', 'fast', 'xla']`, and all problems
+are reported together in one ConfigError. The known fields are those of
+`configs/common.py::get_base_config()`; a field missing from a config takes its default
+there. Importing this module loads no JAX; the allowed-value tuples are read from the
+modules that define them when `validate_config` runs.
+"""
 
 from __future__ import annotations
 
-from ran_jax.losses import RECON_REDUCTIONS
-
-DTYPES = ("float32", "bfloat16")
+import ast
+import difflib
+import math
+import re
+from typing import Any, Callable, Mapping
 
 
 class ConfigError(ValueError):
   """A config value outside what RAN accepts; the message names field and allowed values."""
 
 
-def _get(config, dotted, default=None):
-  node = config
-  for part in dotted.split("."):
-    if node is None or part not in node:
-      return default
-    node = node[part]
-  return node
+# ---------------------------------------------------------------- field paths
+
+
+def flatten(config: Mapping, prefix: str = "") -> dict[str, Any]:
+  """{'ran.lam': 0.5, ...}: the leaf fields of a (nested) ConfigDict or dict."""
+  out = {}
+  for key, value in config.items():
+    path = f"{prefix}{key}"
+    if isinstance(value, Mapping) or hasattr(value, "to_dict"):
+      out.update(flatten(value, path + "."))
+    else:
+      out[path] = value
+  return out
+
+
+def known_fields() -> dict[str, Any]:
+  """Every valid field and its default, from configs/common.py."""
+  from configs import common
+
+  return flatten(common.get_base_config())
+
+
+def nearest_fields(path: str, known, n: int = 3) -> list[str]:
+  """The valid field names closest to a misspelt `path` (by whole path or last part)."""
+  leaf = path.rsplit(".", 1)[-1]
+
+  def score(name):
+    return max(difflib.SequenceMatcher(None, path, name).ratio(),
+               difflib.SequenceMatcher(None, leaf, name.rsplit(".", 1)[-1]).ratio())
+
+  scores = {k: score(k) for k in known}
+  top = max(scores.values(), default=0.0)
+  close = [k for k in known if scores[k] >= max(0.6, top - 0.1)]
+  return sorted(close, key=lambda k: (-scores[k], k))[:n]
+
+
+def fields_at_level(path: str, known) -> list[str]:
+  """The valid names beside `path` (`ran.*` for a section), or the top level's."""
+  parent = path.rsplit(".", 1)[0] + "." if "." in path else ""
+  if not any(k.startswith(parent) for k in known):
+    parent = ""
+  rest = (k[len(parent):] for k in known if k.startswith(parent))
+  return sorted({parent + r.split(".", 1)[0] + (".*" if "." in r else "") for r in rest})
+
+
+def unknown_field_message(path: str, value, known) -> str:
+  """`<path>=<value>: unknown field; ...` naming the nearest valid names."""
+  near = nearest_fields(path, known)
+  if near:
+    return f"{path}={value!r}: unknown field; nearest valid names: {near}."
+  return (f"{path}={value!r}: unknown field; no similar name, the valid names there are "
+          f"{fields_at_level(path, known)}.")
+
+
+def unknown_override(argv) -> str | None:
+  """The message for the first `--config.<field>=...` in `argv` naming no known field.
+
+  ml_collections (configs are loaded with lock_config=True) raises a bare
+  AttributeError/KeyError for such an override while absl parses the flags; the
+  entry point turns it into this ConfigError message. None if every override is known.
+  """
+  known = known_fields()
+  sections = {p.rsplit(".", 1)[0] for p in known if "." in p}
+  for i, arg in enumerate(argv):
+    m = re.match(r"^--?(?:no)?config\.([^=]+)(?:=(.*))?$", arg, re.S)
+    if not m or m.group(1) in known or m.group(1) in sections:
+      continue
+    raw = m.group(2)
+    if raw is None and i + 1 < len(argv) and not argv[i + 1].startswith("-"):
+      raw = argv[i + 1]
+    try:
+      value = ast.literal_eval(raw) if raw is not None else True
+    except (ValueError, SyntaxError):
+      value = raw
+    return format_problems([unknown_field_message(m.group(1), value, known)])
+  return None
+
+
+def format_problems(problems) -> str:
+  return "Invalid config:\n  - " + "\n  - ".join(dict.fromkeys(problems))
+
+
+# ---------------------------------------------------------------- value rules
+
+
+def _is_int(v) -> bool:
+  return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+  return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _int_at_least(lo: int):
+  return (lambda v: _is_int(v) and v >= lo), f"an integer >= {lo}"
+
+
+def _number(lo: float, hi: float = math.inf, lo_open: bool = False, hi_open: bool = False,
+            text: str = ""):
+  def ok(v):
+    return (_is_number(v) and (v > lo if lo_open else v >= lo)
+            and (v < hi if hi_open else v <= hi))
+
+  if not text:
+    if hi == math.inf:
+      text = f"a finite number {'>' if lo_open else '>='} {lo:g}"
+    else:
+      text = f"a number in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+  return ok, text
+
+
+def _one_of(allowed):
+  allowed = list(allowed)
+  return (lambda v: isinstance(v, str) and v in allowed), f"allowed values are {allowed}"
+
+
+def _optional_str():
+  return ((lambda v: v is None or (isinstance(v, str) and v != "")),
+          "None or a non-empty path string")
+
+
+def _positive_ints(what: str):
+  return ((lambda v: isinstance(v, (tuple, list)) and all(_is_int(h) and h > 0 for h in v)),
+          f"a tuple of positive integers ({what})")
+
+
+def _names_from(allowed):
+  allowed = list(allowed)
+
+  def ok(v):
+    return (isinstance(v, (tuple, list)) and all(isinstance(d, str) and d in allowed for d in v)
+            and len(set(v)) == len(v))
+
+  return ok, f"a tuple of names from {allowed}, without duplicates"
+
+
+Rule = tuple[Callable[[Any], bool], str]
+
+
+def _rules() -> dict[str, Rule]:
+  """Field -> (check, what is allowed). Allowed names come from where they are defined."""
+  from ran_jax.input_pipeline import known_datasets
+  from ran_jax.losses import RECON_REDUCTIONS
+  from ran_jax.models import BOTTLENECK_KINDS, COMPUTE_DTYPES, ENCODERS, EXTRA_DECODERS
+  from ran_jax.models.modules import CONV_IMPLS
+  from ran_jax.stages import ADVERSARY_REDUCTIONS
+
+  datasets = known_datasets()
+  return {
+      "seed": _int_at_least(0),
+      "batch_size": (_int_at_least(1)[0], "the global batch size, an integer >= 1"),
+      "eval_batch_size": _int_at_least(1),
+      "num_epochs": _int_at_least(1),
+      "max_steps": ((lambda v: _is_int(v) and (v == -1 or v >= 1)),
+                    "-1 (num_epochs decides) or an integer >= 1"),
+      "log_every_steps": _int_at_least(1),
+      "checkpoint_every_steps": ((lambda v: _is_int(v) and v >= 0),
+                                 "0 (every epoch) or an integer >= 1"),
+      "keep_checkpoints": _int_at_least(1),
+
+      "data.name": ((lambda v: v in datasets), f"unknown dataset; allowed: {sorted(datasets)}"),
+      "data.data_dir": _optional_str(),
+      "data.manual_dir": _optional_str(),
+      "data.image_size": ((lambda v: _is_int(v) and v >= 0),
+                          "0 (the dataset's own size) or an integer >= 1"),
+      "data.train_limit": ((lambda v: _is_int(v) and v >= 0), "0 (all) or an integer >= 1"),
+      "data.test_limit": ((lambda v: _is_int(v) and v >= 0), "0 (all) or an integer >= 1"),
+      "data.num_classes": ((lambda v: v is None or (_is_int(v) and v >= 1)),
+                           "None (the dataset's) or an integer >= 1"),
+      "data.decode_workers": _int_at_least(1),
+
+      "model.encoder": ((lambda v: v in ENCODERS),
+                        f"unknown encoder; allowed: {sorted(ENCODERS)}"),
+      "model.widths": ((lambda v: v is None or _positive_ints("")[0](v)),
+                       "None (the paper's widths) or a tuple of positive integers, one per conv "
+                       "(lenet5) or block (alexnet, vgg16) of the encoder"),
+      "model.classifier_hidden": _positive_ints("layer widths, e.g. (120, 84)"),
+      "model.dropout": _number(0.0, 1.0, hi_open=True),
+      "model.dtype": _one_of(COMPUTE_DTYPES),
+      "model.conv_impl": _one_of(CONV_IMPLS),
+      "model.bottleneck_dim": ((lambda v: _is_int(v) and v >= 0),
+                               "0 (no bottleneck) or an integer >= 1"),
+      "model.bottleneck_kind": _one_of(BOTTLENECK_KINDS),
+      "model.feature_noise": _number(0.0),
+
+      "ran.k": (_int_at_least(1)[0], "an integer >= 1 (the paper uses k=3)"),
+      "ran.lam": _number(0.0, 1.0, text="lambda must be a number in [0, 1] (Eq. 4 weighs "
+                         "lambda*CE against (1-lambda)*reconstruction error)"),
+      "ran.l1": _number(0.0, lo_open=True, text="learning rates must be finite numbers > 0"),
+      "ran.l2": _number(0.0, lo_open=True, text="learning rates must be finite numbers > 0"),
+      "ran.l3": _number(0.0, lo_open=True, text="learning rates must be finite numbers > 0"),
+      "ran.recon_reduction": _one_of(RECON_REDUCTIONS),
+      "ran.fused": ((lambda v: isinstance(v, bool)), "True or False"),
+      "ran.extra_decoders": _names_from(EXTRA_DECODERS),
+      "ran.adversary_reduce": _one_of(ADVERSARY_REDUCTIONS),
+      "ran.softmin_temperature": _number(0.0, lo_open=True),
+      "ran.mlp_decoder_hidden": _positive_ints("hidden widths, e.g. (1024,)"),
+      "ran.wide_decoder_mult": _int_at_least(1),
+      "ran.warmup_steps": ((lambda v: _is_int(v) and v >= 0), "0 (none) or an integer >= 1"),
+      "ran.reinit_every_steps": ((lambda v: _is_int(v) and v >= 0),
+                                 "0 (never) or an integer >= 1"),
+      "ran.target_psnr": _number(0.0, text="0 (off) or a finite number of dB > 0"),
+      "ran.compactness": _number(0.0),
+  }
+
+
+# ---------------------------------------------------------------- validation
+
+
+def _widths_problem(encoder: str, widths) -> str | None:
+  """The encoder builder's own count check (lenet5 takes 2 widths, alexnet and vgg16 5)."""
+  from ran_jax.models import ENCODERS
+
+  try:
+    ENCODERS[encoder]((32, 32, 3), tuple(widths))  # the count does not depend on the shape
+  except ValueError as e:
+    return str(e)
+  return None
 
 
 def validate_config(config, num_devices: int | None = None) -> None:
-  """Raises ConfigError listing every problem found in `config`."""
-  from ran_jax import input_pipeline
+  """Raises ConfigError listing every problem found in `config`.
+
+  Checks that every field is one of configs/common.py's (naming the nearest valid
+  names otherwise), each value against its allowed values, the encoder's width count,
+  and (given `num_devices`) that the batch sizes split evenly over the devices.
+  """
   from ran_jax.models import ENCODERS
 
+  known = known_fields()
+  given = flatten(config)
+  sections = {p.rsplit(".", 1)[0] for p in known if "." in p}
   problems = []
+  for path, v in given.items():
+    if path in sections:
+      problems.append(f"{path}={v!r}: a section of fields ({path}.*), not a value.")
+    elif path not in known:
+      problems.append(unknown_field_message(path, v, known))
+  values = {p: given.get(p, default) for p, default in known.items()}
 
-  def need(cond, msg):
-    if not cond:
-      problems.append(msg)
+  for path, (ok, allowed) in _rules().items():
+    v = values.get(path)
+    if not ok(v):
+      problems.append(f"{path}={v!r}: {allowed}.")
 
-  lam = _get(config, "ran.lam")
-  need(isinstance(lam, (int, float)) and 0.0 <= lam <= 1.0,
-       f"ran.lam={lam!r}: lambda must be a number in [0, 1] (Eq. 4 weighs lambda*CE against (1-lambda)*MSE).")
-  k = _get(config, "ran.k")
-  need(isinstance(k, int) and not isinstance(k, bool) and k >= 1,
-       f"ran.k={k!r}: k must be an integer >= 1 (the paper uses k=3).")
-  for lr in ("l1", "l2", "l3"):
-    v = _get(config, f"ran.{lr}")
-    need(isinstance(v, (int, float)) and v > 0, f"ran.{lr}={v!r}: learning rates must be > 0.")
-  red = _get(config, "ran.recon_reduction")
-  need(red in RECON_REDUCTIONS, f"ran.recon_reduction={red!r}: allowed values are {list(RECON_REDUCTIONS)}.")
+  enc, widths = values.get("model.encoder"), values.get("model.widths")
+  if enc in ENCODERS and widths is not None and _positive_ints("")[0](widths):
+    msg = _widths_problem(enc, widths)
+    if msg:
+      problems.append(f"model.widths={widths!r}: {msg}")
 
-  bs = _get(config, "batch_size")
-  need(isinstance(bs, int) and bs > 0, f"batch_size={bs!r}: the global batch size must be an integer > 0.")
-  ebs = _get(config, "eval_batch_size")
-  need(isinstance(ebs, int) and ebs > 0, f"eval_batch_size={ebs!r}: must be an integer > 0.")
-  if num_devices and isinstance(bs, int) and bs > 0:
-    need(bs % num_devices == 0,
-         f"batch_size={bs} is not divisible by the {num_devices} devices: each device must get an "
-         f"equal share; use a multiple of {num_devices}.")
-  if num_devices and isinstance(ebs, int) and ebs > 0:
-    need(ebs % num_devices == 0,
-         f"eval_batch_size={ebs} is not divisible by the {num_devices} devices; use a multiple of {num_devices}.")
-  ne = _get(config, "num_epochs")
-  need(isinstance(ne, int) and ne >= 1, f"num_epochs={ne!r}: must be an integer >= 1.")
-  for name in ("log_every_steps",):
-    v = _get(config, name)
-    need(isinstance(v, int) and v >= 1, f"{name}={v!r}: must be an integer >= 1.")
-  ms = _get(config, "max_steps", -1)
-  need(isinstance(ms, int) and (ms == -1 or ms >= 1), f"max_steps={ms!r}: -1 (no limit) or an integer >= 1.")
-  ce = _get(config, "checkpoint_every_steps", 0)
-  need(isinstance(ce, int) and ce >= 0, f"checkpoint_every_steps={ce!r}: 0 (every epoch) or an integer >= 1.")
-  keep = _get(config, "keep_checkpoints", 2)
-  need(isinstance(keep, int) and keep >= 1, f"keep_checkpoints={keep!r}: must be an integer >= 1.")
-
-  enc = _get(config, "model.encoder")
-  need(enc in ENCODERS, f"model.encoder={enc!r}: unknown encoder; allowed: {sorted(ENCODERS)}.")
-  hidden = _get(config, "model.classifier_hidden")
-  need(hidden is not None and all(isinstance(h, int) and h > 0 for h in hidden),
-       f"model.classifier_hidden={hidden!r}: a tuple of positive layer widths, e.g. (120, 84).")
-  dropout = _get(config, "model.dropout", 0.0)
-  need(isinstance(dropout, (int, float)) and 0.0 <= dropout < 1.0,
-       f"model.dropout={dropout!r}: must be in [0, 1).")
-  dtype = _get(config, "model.dtype", "float32")
-  need(dtype in DTYPES, f"model.dtype={dtype!r}: allowed values are {list(DTYPES)}.")
-
-  ds = _get(config, "data.name")
-  known = input_pipeline.known_datasets()
-  need(ds in known, f"data.name={ds!r}: unknown dataset; allowed: {sorted(known)}.")
+  if num_devices:
+    for name in ("batch_size", "eval_batch_size"):
+      bs = values.get(name)
+      if _is_int(bs) and bs > 0 and bs % num_devices:
+        problems.append(f"{name}={bs} is not divisible by the {num_devices} devices: each "
+                        f"device must get an equal share; use a multiple of {num_devices}.")
 
   if problems:
-    raise ConfigError("Invalid config:\n  - " + "\n  - ".join(problems))
+    raise ConfigError(format_problems(problems))
+
