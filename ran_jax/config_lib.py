@@ -1,10 +1,12 @@
-"""Config validation: every field is checked before any data is loaded or anything compiled.
+"""The config schema and its validation: every field is checked before any data is loaded.
+
+`base_config()` defines every field a RAN config may have, with its default and the
+allowed values in comments (configs/common.py builds the task configs on it).
 
 Each problem reads `<field>=<value>: <what is allowed>`, e.g.
 `model.conv_impl='cudnn': allowed values are ['auto', 'fast', 'xla']`, and all problems
 are reported together in one ConfigError. The known fields are those of
-`configs/common.py::get_base_config()`; a field missing from a config takes its default
-there. Importing this module loads no JAX; the allowed-value tuples are read from the
+`base_config()`; a field missing from a config takes its default there. Importing this module loads no JAX; the allowed-value tuples are read from the
 modules that define them when `validate_config` runs.
 """
 
@@ -15,6 +17,9 @@ import difflib
 import math
 import re
 from typing import Any, Callable, Mapping
+
+import ml_collections
+from ml_collections import config_dict
 
 
 class ConfigError(ValueError):
@@ -36,11 +41,67 @@ def flatten(config: Mapping, prefix: str = "") -> dict[str, Any]:
   return out
 
 
-def known_fields() -> dict[str, Any]:
-  """Every valid field and its default, from configs/common.py."""
-  from configs import common
+def base_config() -> ml_collections.ConfigDict:
+  """Every field a RAN config may have, with its default (the paper's RAN, defences off)."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0                   # integer >= 0: parameter init, shuffling, dropout
+  c.batch_size = 64            # global, split over all devices (a multiple of their count)
+  c.eval_batch_size = 256      # global, a multiple of the device count
+  c.num_epochs = 10            # >= 1
+  c.max_steps = -1             # -1: num_epochs * steps_per_epoch
+  c.log_every_steps = 50       # >= 1
+  c.checkpoint_every_steps = 0  # 0: at the end of every epoch
+  c.keep_checkpoints = 2       # >= 1
 
-  return flatten(common.get_base_config())
+  c.data = ml_collections.ConfigDict()
+  c.data.name = "digits"       # a built-in name (input_pipeline.DATASETS) or any TFDS name
+  c.data.data_dir = config_dict.placeholder(str)    # prepared TFDS data_dir (local or gs://)
+  c.data.manual_dir = config_dict.placeholder(str)  # raw files for offline preparation
+  c.data.image_size = 28       # resize to this square size; 0: the dataset's own size
+  c.data.train_limit = 0       # >0: use only the first N examples (tests)
+  c.data.test_limit = 0
+  c.data.decode_workers = 4    # threads decoding JPEG batches (imagenet2012, large TFDS sets)
+  c.data.num_classes = config_dict.placeholder(int)  # expected class count (None: the dataset's)
+
+  c.model = ml_collections.ConfigDict()
+  c.model.encoder = "lenet5"   # 'lenet5', 'alexnet' or 'vgg16' (ran_jax.models.ENCODERS)
+  # None: the paper's widths; else positive ints, lenet5: 2 (per conv), alexnet/vgg16: 5 (per block)
+  c.model.widths = config_dict.placeholder(tuple)
+  c.model.classifier_hidden = (120, 84)  # hidden widths of the classifier MLP (positive ints)
+  c.model.dropout = 0.0        # classifier dropout rate, in [0, 1)
+  c.model.dtype = "float32"    # 'bfloat16' computes in bf16 with f32 params (accelerators)
+  # 'fast': matmul / sub-pixel convs (CPU); 'xla': Flax's; 'auto': chosen by backend and layer
+  c.model.conv_impl = "auto"
+  # Defences (docs/privacy.md); all off by default, which is the paper's RAN.
+  c.model.bottleneck_dim = 0   # >0: encoder ends in a learned projection to d tanh-bounded channels
+  c.model.bottleneck_kind = "dense"  # 'dense' (flat [d] features) or 'conv1x1' ([h, w, d])
+  c.model.feature_noise = 0.0  # std (>= 0) of Gaussian noise on the released (tanh-bounded)
+                               # features, in training AND at inference; part of the phone-side E
+
+  c.ran = ml_collections.ConfigDict()
+  c.ran.k = 3                  # >= 1 inner (discriminative, generative) pairs per mini-batch
+  c.ran.lam = 0.5              # lambda of Eq. 4, in [0, 1]
+  c.ran.l1 = 1e-3              # Adam learning rate (> 0), discriminative stage
+  c.ran.l2 = 1e-3              # generative stage (decoder)
+  c.ran.l3 = 1e-3              # adversarial stage
+  c.ran.recon_reduction = "sum"  # 'sum' per example (paper) or 'mean' per value
+  c.ran.fused = True           # one jitted function per Algorithm-1 iteration (False: per stage)
+  # Defences in training (docs/privacy.md); defaults reproduce Algorithm 1 exactly.
+  c.ran.extra_decoders = ()    # decoder families trained beside D: 'mlp', 'wide' (each once)
+  c.ran.adversary_reduce = "min"  # the adversarial stage fights the strongest: 'min' or 'softmin'
+  c.ran.softmin_temperature = 1.0  # 'softmin' temperature (> 0), in reconstruction-error units
+  c.ran.mlp_decoder_hidden = (1024,)  # hidden widths of the 'mlp' family
+  c.ran.wide_decoder_mult = 2  # hidden-channel multiplier (>= 1) of the 'wide' family
+  c.ran.warmup_steps = 0       # iterations before the adversarial term is switched on
+  c.ran.reinit_every_steps = 0  # >0: re-initialise every decoder (and its Adam state) this often
+  c.ran.target_psnr = 0.0      # >0 dB: stop pushing once the strongest decoder's PSNR is below it
+  c.ran.compactness = 0.0      # weight (>= 0) of the within-class feature variance penalty
+  return c
+
+
+def known_fields() -> dict[str, Any]:
+  """Every valid field and its default (`base_config`)."""
+  return flatten(base_config())
 
 
 def nearest_fields(path: str, known, n: int = 3) -> list[str]:
@@ -244,7 +305,7 @@ def _widths_problem(encoder: str, widths) -> str | None:
 def validate_config(config, num_devices: int | None = None) -> None:
   """Raises ConfigError listing every problem found in `config`.
 
-  Checks that every field is one of configs/common.py's (naming the nearest valid
+  Checks that every field is one of base_config()'s (naming the nearest valid
   names otherwise), each value against its allowed values, the encoder's width count,
   and (given `num_devices`) that the batch sizes split evenly over the devices.
   """
