@@ -116,3 +116,42 @@ def test_worst_case_is_lowest_error():
   w = protocol.worst_case(by)
   assert w["attacker"] == "b" and w["mse_sum"] == 2.0
   assert w["psnr"] == 12.0 and w["ssim"] == 0.2
+
+
+# ---------------------------------------------------------------- Fisher bound
+
+
+def test_fisher_bound_of_a_linear_encoder_matches_closed_form_and_holds():
+  from ran_jax.privacy import bound
+
+  rng = np.random.default_rng(0)
+  w = rng.normal(size=(16, 24)).astype(np.float32)
+  fn = lambda x: x.reshape(x.shape[0], -1) @ w
+  x = _images(256)
+  sigma = 0.7
+  got = bound.fisher_mse_bound(fn, x, sigma, num_probes=32)
+  exact = sigma ** 2 * 16 / float(np.sum(w.astype(np.float64) ** 2))
+  assert got["mse_mean"] == pytest.approx(exact, rel=0.03)
+  assert got["mse_sum"] == pytest.approx(16 * got["mse_mean"])
+  # The unbiased least-squares attacker on z = W^T x + noise cannot beat the bound.
+  z = x.reshape(256, -1) @ w + sigma * rng.normal(size=(256, 24))
+  x_hat = np.linalg.lstsq(w.T.astype(np.float64), z.T, rcond=None)[0].T
+  ls_mse = float(np.mean((x_hat - x.reshape(256, -1)) ** 2))
+  assert ls_mse >= exact
+  assert bound.fisher_mse_bound(fn, x, 0.0)["mse_mean"] == 0.0
+
+
+def test_attackers_see_the_release_noise():
+  """An identity 'encoder' with noise: attackers train and score on noisy copies, so the
+  release is far harder to invert than without noise."""
+  x = _images(1200)
+  data = protocol.Data(x[:900], np.zeros(900, np.int32), x[900:1000], np.zeros(100, np.int32),
+                       x[1000:], np.zeros(200, np.int32), (4, 4, 1), 1, (0.0, 1.0))
+  cfg = protocol.AttackConfig(attackers=("ridge",), retrain_classifier=False, n_show=2,
+                              n_scatter=10)
+  clean, _ = protocol.attack_features(data, lambda a: a, cfg, name="clean")
+  noisy, _ = protocol.attack_features(data, lambda a: a, cfg, feature_noise=0.5, name="noisy")
+  assert clean["worst"]["mse_mean"] < 1e-4
+  assert noisy["worst"]["mse_mean"] > 0.02 and noisy["feature_noise"] == 0.5
+  # the reference levels: the mean image scores the data's variance (uniform(0.05, 0.95))
+  assert noisy["reference"]["mean_image"]["mse_mean"] == pytest.approx(0.9 ** 2 / 12, rel=0.15)
