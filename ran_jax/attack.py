@@ -51,7 +51,8 @@ def main(argv):
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
   logging.getLogger("absl").setLevel(logging.WARNING)
   trained = export.load_trained(FLAGS.workdir)
-  cfg = protocol.AttackConfig(attack_train_limit=FLAGS.attack_train_limit, test_limit=FLAGS.test_limit,
+  cfg = protocol.AttackConfig(attack_train_limit=FLAGS.attack_train_limit,
+                              test_limit=FLAGS.test_limit,
                         attackers=tuple(FLAGS.attackers), seed=FLAGS.seed,
                         attacker_fit=atk.FitConfig(max_epochs=FLAGS.max_epochs,
                                                    patience=FLAGS.patience, seed=FLAGS.seed))

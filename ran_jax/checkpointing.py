@@ -80,8 +80,10 @@ class Checkpointer:
       got = np.asarray(jax.device_get(leaf_sums(state)), np.float64)
       expected = np.asarray(expected, np.float64)
       if got.shape != expected.shape or not np.allclose(got, expected, rtol=1e-5, atol=1e-6):
-        bad = int(np.argmax(~np.isclose(got, expected, rtol=1e-5, atol=1e-6))) if got.shape == expected.shape else -1
-        raise CheckpointError(f"step {step}: restored content does not match the sums saved with it "
+        same_shape = got.shape == expected.shape
+        bad = int(np.argmax(~np.isclose(got, expected, rtol=1e-5, atol=1e-6))) if same_shape else -1
+        raise CheckpointError(f"step {step}: restored content does not match the sums saved "
+                              "with it "
                               f"(first differing leaf #{bad}); the files are damaged.")
     return state
 

@@ -6,7 +6,8 @@ allowed values in comments (configs/common.py builds the task configs on it).
 Each problem reads `<field>=<value>: <what is allowed>`, e.g.
 `model.conv_impl='cudnn': allowed values are ['auto', 'fast', 'xla']`, and all problems
 are reported together in one ConfigError. The known fields are those of
-`base_config()`; a field missing from a config takes its default there. Importing this module loads no JAX; the allowed-value tuples are read from the
+`base_config()`; a field missing from a config takes its default there. Importing this
+module loads no JAX; the allowed-value tuples are read from the
 modules that define them when `validate_config` runs.
 """
 

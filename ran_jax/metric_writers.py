@@ -34,7 +34,8 @@ class MetricWriter:
     if not self.active:
       return
     clean = {k: float(v) for k, v in metrics.items()}
-    self._jsonl.write(json.dumps({"step": int(step), "kind": kind, "time": time.time(), **clean}) + "\n")
+    record = {"step": int(step), "kind": kind, "time": time.time(), **clean}
+    self._jsonl.write(json.dumps(record) + "\n")
     self._jsonl.flush()
     if self._tb is not None:
       for k, v in clean.items():

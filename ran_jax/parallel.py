@@ -41,7 +41,8 @@ def process_slice(global_batch: int) -> slice:
 def to_global(batch: dict, mesh) -> dict:
   """Places this process's slice of a batch as global arrays sharded on 'data'."""
   sharding = data_sharding(mesh)
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+          for k, v in batch.items()}
 
 
 def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,

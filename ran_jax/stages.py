@@ -295,8 +295,8 @@ def adversarial_step(state: TrainState, batch, *, models: RANModels,
     logits = classify(models, ec["classifier"], zr, True, rng)
     outs = decode_all(models, state.params, state.batch_stats, zr, True)
     ce = losses.cross_entropy(logits, y)
-    recon = strongest({n: losses.recon_error(x, xr, recon_reduction) for n, (xr, _) in outs.items()},
-                      adversary_reduce, softmin_temperature)
+    recons = {n: losses.recon_error(x, xr, recon_reduction) for n, (xr, _) in outs.items()}
+    recon = strongest(recons, adversary_reduce, softmin_temperature)
     term = recon
     if target_recon is not None:
       term = jnp.minimum(recon, target_recon)  # no gradient once the target is reached

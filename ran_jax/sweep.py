@@ -94,7 +94,7 @@ def _split_top(body: str) -> list:
   """Splits on commas outside parentheses (tuple values stay whole)."""
   parts, depth, cur = [], 0, ""
   for ch in body:
-    depth += ch in "([" 
+    depth += ch in "(["
     depth -= ch in ")]"
     if ch == "," and depth == 0:
       parts.append(cur)
@@ -161,7 +161,8 @@ def to_row(method: str, setting: str, result: dict) -> dict:
   row.update(method=method, setting=setting, lam=result.get("lam", ""),
              noise_factor=result.get("noise_factor", ""),
              feature_noise=result.get("feature_noise", ""),
-             fisher_bound_mse_sum=fb.get("mse_sum", ""), fisher_bound_mse_mean=fb.get("mse_mean", ""),
+             fisher_bound_mse_sum=fb.get("mse_sum", ""),
+             fisher_bound_mse_mean=fb.get("mse_mean", ""),
              label_only_mse_sum=ref.get("label_only", {}).get("mse_sum", ""),
              mean_image_mse_sum=ref.get("mean_image", {}).get("mse_sum", ""),
              accuracy=result.get("accuracy", ""),
@@ -350,7 +351,8 @@ def _define_flags():
   flags.DEFINE_integer("seed", 0, "Seed of the attacker split and fits.")
   flags.DEFINE_list("methods", list(METHODS), "Methods to run (DNN(resized) needs DNN's run).")
   flags.DEFINE_multi_string("variant", [], "A trained encoder with config overrides, e.g. "
-                            "'bn64_s0.5:model.bottleneck_dim=64,model.feature_noise=0.5,ran.lam=1.0' "
+                            "'bn64_s0.5:model.bottleneck_dim=64,model.feature_noise=0.5,"
+                            "ran.lam=1.0' "
                             "(repeatable).")
   flags.DEFINE_integer("resnet_width", 64, "Channels of the residual decoder's coarsest stage.")
   flags.mark_flags_as_required(["config", "out"])

@@ -188,9 +188,11 @@ def test_fast_decoder_keeps_exact_shapes(encoder, shape):
   for impl in ("fast", "xla"):
     enc, dec = Encoder(spec, conv_impl=impl), Decoder(spec, shape, conv_impl=impl)
     x = jax.ShapeDtypeStruct((2,) + shape, jnp.float32)
-    z = jax.eval_shape(lambda x: enc.init_with_output(jax.random.PRNGKey(0), x, False)[0], x)
+    z = jax.eval_shape(lambda x, enc=enc: enc.init_with_output(jax.random.PRNGKey(0), x, False)[0],
+                       x)
     assert z.shape == (2,) + feat
-    y = jax.eval_shape(lambda z: dec.init_with_output(jax.random.PRNGKey(0), z, False)[0], z)
+    y = jax.eval_shape(lambda z, dec=dec: dec.init_with_output(jax.random.PRNGKey(0), z, False)[0],
+                       z)
     assert y.shape == (2,) + shape, (impl, y.shape)
 
 

@@ -82,5 +82,6 @@ def test_batchnorm_train_vs_eval():
   z_eval = m.encoder.apply(v, x, train=False)
   # train mode normalises with batch statistics and moves the running averages
   assert not np.allclose(z_train, z_eval)
-  moved = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), upd["batch_stats"], stats["encoder"])
+  moved = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), upd["batch_stats"],
+                       stats["encoder"])
   assert max(jax.tree.leaves(moved)) > 0

@@ -22,7 +22,8 @@ def naive_ssim(x, y, data_range, sigma=1.5, truncate=3.5):
       ma, mb = (w * a).sum(), (w * b).sum()
       va, vb = (w * a * a).sum() - ma ** 2, (w * b * b).sum() - mb ** 2
       cab = (w * a * b).sum() - ma * mb
-      out[i, j] = ((2 * ma * mb + c1) * (2 * cab + c2)) / ((ma ** 2 + mb ** 2 + c1) * (va + vb + c2))
+      out[i, j] = (((2 * ma * mb + c1) * (2 * cab + c2))
+                   / ((ma ** 2 + mb ** 2 + c1) * (va + vb + c2)))
   return out.mean()
 
 

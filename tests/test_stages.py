@@ -44,7 +44,8 @@ def test_discriminative_lowers_ce_and_freezes_decoder(setup):
   assert ce1 < ce0 * 0.8, (ce0, ce1)
   chex.assert_trees_all_equal(s.params["decoder"], state.params["decoder"])
   chex.assert_trees_all_equal(s.batch_stats["decoder"], state.batch_stats["decoder"])
-  chex.assert_trees_all_equal(_sub(s.opt_state, ["gen", "adv"]), _sub(state.opt_state, ["gen", "adv"]))
+  chex.assert_trees_all_equal(_sub(s.opt_state, ["gen", "adv"]),
+                              _sub(state.opt_state, ["gen", "adv"]))
   assert int(s.step) == 0  # only the adversarial stage ends an iteration
   assert set(m) == {"disc/loss", "disc/ce", "disc/accuracy"}
   chex.assert_tree_all_finite(m)
@@ -62,7 +63,8 @@ def test_generative_lowers_mse_and_freezes_encoder_classifier(setup):
   chex.assert_trees_all_equal(_sub(s.params, ["encoder", "classifier"]),
                               _sub(state.params, ["encoder", "classifier"]))
   chex.assert_trees_all_equal(s.batch_stats["encoder"], state.batch_stats["encoder"])
-  chex.assert_trees_all_equal(_sub(s.opt_state, ["disc", "adv"]), _sub(state.opt_state, ["disc", "adv"]))
+  chex.assert_trees_all_equal(_sub(s.opt_state, ["disc", "adv"]),
+                              _sub(state.opt_state, ["disc", "adv"]))
   assert set(m) == {"gen/loss", "gen/recon_sse"}
 
 
@@ -77,10 +79,12 @@ def test_adversarial_lowers_its_objective_and_freezes_decoder(setup):
   assert oa1 < oa0, (oa0, oa1)
   chex.assert_trees_all_equal(s.params["decoder"], state.params["decoder"])
   chex.assert_trees_all_equal(s.batch_stats["decoder"], state.batch_stats["decoder"])
-  chex.assert_trees_all_equal(_sub(s.opt_state, ["disc", "gen"]), _sub(state.opt_state, ["disc", "gen"]))
+  chex.assert_trees_all_equal(_sub(s.opt_state, ["disc", "gen"]),
+                              _sub(state.opt_state, ["disc", "gen"]))
   assert int(s.step) == 5
   np.testing.assert_allclose(
-      float(m["adv/loss"]), ran.lam * float(m["adv/ce"]) - (1 - ran.lam) * float(m["adv/recon_sse"]),
+      float(m["adv/loss"]),
+      ran.lam * float(m["adv/ce"]) - (1 - ran.lam) * float(m["adv/recon_sse"]),
       rtol=1e-5)
 
 
@@ -134,7 +138,8 @@ def test_each_stage_compiles_once():
 def test_same_seed_same_result_and_other_seed_differs():
   def run(seed):
     models, opts, ran, state, batch = tiny_setup(seed=seed)
-    it = jax.jit(functools.partial(stages.ran_iteration, stages=stages.bind_stages(models, opts, ran), k=2))
+    fns = stages.bind_stages(models, opts, ran)
+    it = jax.jit(functools.partial(stages.ran_iteration, stages=fns, k=2))
     for _ in range(2):
       state, _ = it(state, batch)
     return state.params

@@ -3,7 +3,6 @@
 import csv
 import os
 
-import jax
 import numpy as np
 import pytest
 
@@ -29,7 +28,8 @@ def fake_train(calls):
 
 def eval_cfg():
   fit = atk.FitConfig(batch_size=16, max_epochs=1, patience=1)
-  return protocol.AttackConfig(attackers=("mlp_decoder", "ridge"), attacker_fit=fit, classifier_fit=fit,
+  return protocol.AttackConfig(attackers=("mlp_decoder", "ridge"), attacker_fit=fit,
+                               classifier_fit=fit,
                          retrain_classifier=False, mlp_hidden=(16,), n_show=4, n_scatter=40)
 
 

@@ -8,8 +8,8 @@ from ran_jax.models.spec import ConvSpec, PoolSpec, ShapeError, feature_shape, l
 __all__ = [
     "ENCODERS", "build_encoder_spec", "Classifier", "Decoder", "Encoder", "RANModels",
     "MLPDecoder", "BOTTLENECK_KINDS", "EXTRA_DECODERS",
-    "ConvSpec", "PoolSpec", "ShapeError", "feature_shape", "layer_shapes", "build_models", "compute_dtype",
-    "COMPUTE_DTYPES",
+    "ConvSpec", "PoolSpec", "ShapeError", "feature_shape", "layer_shapes", "build_models",
+    "compute_dtype", "COMPUTE_DTYPES",
 ]
 
 

@@ -93,7 +93,8 @@ class FastConvTranspose(nn.Module):
 
 def _bn(train: bool, name: str, dtype) -> nn.BatchNorm:
   return nn.BatchNorm(
-      use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name, dtype=dtype)
+      use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name,
+      dtype=dtype)
 
 
 BOTTLENECK_KINDS = ("dense", "conv1x1")
@@ -293,7 +294,8 @@ class RANModels:
                wide_decoder_mult: int = 2):
     _check_impl(conv_impl)
     if bottleneck_kind not in BOTTLENECK_KINDS:
-      raise ValueError(f"bottleneck_kind must be one of {BOTTLENECK_KINDS}, got {bottleneck_kind!r}.")
+      raise ValueError(f"bottleneck_kind must be one of {BOTTLENECK_KINDS}, "
+                       f"got {bottleneck_kind!r}.")
     unknown = [d for d in extra_decoders if d not in EXTRA_DECODERS]
     if unknown:
       raise ValueError(f"Unknown decoder families {unknown}; allowed: {list(EXTRA_DECODERS)}.")

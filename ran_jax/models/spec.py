@@ -62,7 +62,8 @@ def same_pad_lo(n: int, k: int, s: int) -> int:
   return same_pads(n, k, s)[0]
 
 
-def layer_shapes(spec: Sequence[LayerSpec], input_shape: Sequence[int]) -> list[tuple[int, int, int]]:
+def layer_shapes(spec: Sequence[LayerSpec],
+                 input_shape: Sequence[int]) -> list[tuple[int, int, int]]:
   """Returns the [H, W, C] shape entering each layer, plus the final output shape.
 
   Raises ShapeError naming the layer when the input is too small or malformed.
@@ -78,7 +79,8 @@ def layer_shapes(spec: Sequence[LayerSpec], input_shape: Sequence[int]) -> list[
       kh, kw = layer.kernel
       sh, sw = layer.strides
       if layer.padding not in ("SAME", "VALID"):
-        raise ShapeError(f"Layer {layer.name}: padding must be 'SAME' or 'VALID', got {layer.padding!r}.")
+        raise ShapeError(f"Layer {layer.name}: padding must be 'SAME' or 'VALID', "
+                         f"got {layer.padding!r}.")
       nh, nw = _out_len(h, kh, sh, layer.padding), _out_len(w, kw, sw, layer.padding)
       c = layer.features
     elif isinstance(layer, PoolSpec):

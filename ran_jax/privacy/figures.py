@@ -32,7 +32,8 @@ def pareto(rows: list, path: str, title: str = "") -> None:
   ran = sorted(by("ran"), key=lambda r: _f(r["lam"]))
   if ran:
     x = [_f(r["accuracy"]) for r in ran]
-    ax.plot(x, [_log(r["worst_mse_sum"]) for r in ran], "g-o", label="RAN, worst case over attackers")
+    ax.plot(x, [_log(r["worst_mse_sum"]) for r in ran], "g-o",
+            label="RAN, worst case over attackers")
     ax.plot(x, [_log(r["own_decoder_mse_sum"]) for r in ran], "g--x", alpha=0.7,
             label="RAN, its own decoder")
     ind = [min(_f(r[f"{a}_mse_sum"]) for a in ("mirrored_decoder", "mlp_decoder", "ridge")

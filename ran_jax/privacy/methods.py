@@ -112,7 +112,8 @@ def attack_noisy(model_config, data: protocol.Data, cfg: protocol.AttackConfig, 
   f = atk.fit(net, atk.ce_loss, data.x_fit, data.y_fit, x_val_noisy, data.y_val,
               cfg.classifier_fit, input_noise=scale, name=f"{name}/classifier")
   attack_cfg = protocol.AttackConfig(**{**cfg.__dict__, "retrain_classifier": False,
-                                  "attackers": [a for a in cfg.attackers if a != "mirrored_decoder"]})
+                                  "attackers": [a for a in cfg.attackers
+                                                if a != "mirrored_decoder"]})
   result, art = protocol.attack_features(
       data, noisy, attack_cfg, classify=lambda z: f.predict(z), identity=True, name=name)
   result.update(noise_factor=float(factor), noise_scale=scale, classifier_epochs=f.epochs)

@@ -1,18 +1,23 @@
 """Two Algorithm-1 iterations of the paper's RAN (defaults), state leaves saved by path."""
 import sys
-import jax, jax.numpy as jnp, numpy as np, ml_collections
+import jax
+import jax.numpy as jnp
+import numpy as np
+import ml_collections
 from ran_jax import stages
 from ran_jax.models import RANModels, build_encoder_spec
 
 spec = build_encoder_spec("lenet5", (28, 28, 1), (4, 8))
 models = RANModels(spec, (28, 28, 1), 10, (16,), dropout=0.1)
-ran = ml_collections.ConfigDict(dict(k=2, lam=0.3, l1=1e-3, l2=1e-3, l3=1e-3, recon_reduction="sum"))
+ran = ml_collections.ConfigDict(dict(k=2, lam=0.3, l1=1e-3, l2=1e-3, l3=1e-3,
+                                     recon_reduction="sum"))
 opts = stages.make_optimizers(ran)
 state = jax.jit(lambda r: stages.init_state(models, opts, r))(jax.random.PRNGKey(0))
 rng = np.random.default_rng(0)
 batch = {"image": jnp.asarray(rng.uniform(0, 1, (16, 28, 28, 1)), jnp.float32),
          "label": jnp.asarray(rng.integers(0, 10, 16), jnp.int32)}
-it = jax.jit(lambda s, b: stages.ran_iteration(s, b, stages=stages.bind_stages(models, opts, ran), k=2))
+fns = stages.bind_stages(models, opts, ran)
+it = jax.jit(lambda s, b: stages.ran_iteration(s, b, stages=fns, k=2))
 for _ in range(2):
   state, _ = it(state, batch)
 flat = jax.tree_util.tree_flatten_with_path(jax.device_get(state))[0]
