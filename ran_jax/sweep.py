@@ -25,6 +25,7 @@ values per example, averaged over the test examples; images in [0, 1]).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
 import os
@@ -154,6 +155,12 @@ def _train_once(config, value, workdir: str, train_fn: Callable) -> float:
   return time.perf_counter() - t0
 
 
+def _missing_attackers(result: dict, eval_cfg) -> list:
+  """Trained-attacker families requested now that a saved point does not have yet."""
+  have = set(result.get("attackers", {}))
+  return [a for a in eval_cfg.attackers if a in protocol.ATTACKERS and a not in have]
+
+
 def to_row(method: str, setting: str, result: dict) -> dict:
   row = {c: "" for c in CSV_COLUMNS}
   fb = result.get("fisher_bound", {})
@@ -241,6 +248,23 @@ def run_sweep(config, out: str, lams: Sequence[float] = PAPER_LAMS,
         result, art = methods.attack_noisy(config.model, data, eval_cfg, value, name=name)
       result.update(method=method, setting=setting, train_seconds=t_train,
                     eval_seconds=time.perf_counter() - t0, eval_config=eval_cfg.to_dict())
+      protocol.save(pdir, result, art)
+    elif method in ("ran", "dnn", "variant") and _missing_attackers(result, eval_cfg):
+      # A finished point asked for more attacker families: train only those, and the
+      # worst case is taken over all of them.
+      missing = _missing_attackers(result, eval_cfg)
+      log.info("=== sweep point %s %s: adding attackers %s", method, setting, missing)
+      if data is None:
+        data = protocol.prepare_data(input_pipeline.load_dataset(config.data), eval_cfg)
+      extra_cfg = dataclasses.replace(eval_cfg, attackers=tuple(missing), retrain_classifier=False)
+      t0 = time.perf_counter()
+      extra, extra_art = methods.attack_trained(
+          export.load_trained(os.path.join(out, "runs", name)), data, extra_cfg, name=name)
+      result["attackers"].update({a: extra["attackers"][a] for a in missing})
+      result["worst"] = protocol.worst_case(result["attackers"])
+      result["eval_seconds"] = result.get("eval_seconds", 0.0) + time.perf_counter() - t0
+      result.setdefault("added_attackers", []).extend(missing)
+      art.update({k: v for k, v in extra_art.items() if k.startswith("rec_")})
       protocol.save(pdir, result, art)
     else:
       log.info("=== sweep point %s %s: done, skipped", method, setting)

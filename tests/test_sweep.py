@@ -95,3 +95,44 @@ def test_plan_order_and_methods_filter():
   assert [p[2] for p in sweep.plan([0.1], [0.3], [0.3], include=("ran",))] == ["ran_lam0.1"]
   with pytest.raises(ValueError):
     sweep.plan([0.1], [0.3], [0.3], include=("gan",))
+
+
+def test_variants_parse_train_with_overrides_and_take_added_attackers(tmp_path):
+  name, ov = sweep.parse_variant(
+      'bn8_s0.5:model.bottleneck_dim=8,model.feature_noise=0.5,ran.extra_decoders=("mlp",)')
+  assert name == "bn8_s0.5"
+  assert ov == {"model.bottleneck_dim": 8, "model.feature_noise": 0.5,
+                "ran.extra_decoders": ("mlp",)}
+  with pytest.raises(ValueError, match="Bad variant"):
+    sweep.parse_variant("no_overrides")
+  config = digits_lenet.get_config("smoke")
+  with pytest.raises(ValueError, match="Unknown config field 'model.bottleneck'"):
+    sweep.apply_overrides(config, {"model.bottleneck": 8})
+
+  out = str(tmp_path / "sweep")
+  calls = []
+  variant = "bn8_s0.5:model.bottleneck_dim=8,model.feature_noise=0.5,ran.lam=1.0"
+  rows = sweep.run_sweep(config, out, lams=[], noise_factors=[], eval_cfg=eval_cfg(),
+                         train_fn=fake_train(calls), include=("variant",), variants=[variant],
+                         make_figures=False)
+  assert calls == [("variant_bn8_s0.5", 1.0)]
+  (row,) = rows
+  assert row["method"] == "variant" and float(row["feature_noise"]) == 0.5
+  assert float(row["fisher_bound_mse_sum"]) > 0      # a noisy release has a bound
+  assert float(row["label_only_mse_sum"]) < float(row["mean_image_mse_sum"])
+  trained = export.load_trained(os.path.join(out, "runs", "variant_bn8_s0.5"))
+  assert trained.feature_noise == 0.5 and trained.models.encoder.bottleneck_dim == 8
+
+  # asking for one more attacker family trains only that one and re-takes the worst case
+  more = protocol.AttackConfig(**{**eval_cfg().__dict__,
+                                  "attackers": ("mlp_decoder", "ridge", "mirrored_decoder")})
+  rows2 = sweep.run_sweep(config, out, lams=[], noise_factors=[], eval_cfg=more,
+                          train_fn=fake_train(calls), include=("variant",), variants=[variant],
+                          make_figures=False)
+  (row2,) = rows2
+  assert row2["mirrored_decoder_mse_sum"] and not row["mirrored_decoder_mse_sum"]
+  assert row2["mlp_decoder_mse_sum"] == row["mlp_decoder_mse_sum"]
+  errs = [float(row2[f"{a}_mse_sum"]) for a in ("own_decoder", "mirrored_decoder",
+                                                 "mlp_decoder", "ridge")]
+  assert float(row2["worst_mse_sum"]) == pytest.approx(min(errs))
+  assert len(calls) == 1

@@ -38,6 +38,7 @@ import optax
 
 from ran_jax import losses
 from ran_jax.models import MLPDecoder  # noqa: F401 - an attacker family, re-exported
+from ran_jax.models.modules import FastConv, resolve_conv_impl
 
 log = logging.getLogger("ran_jax")
 
@@ -76,6 +77,8 @@ class ResNetDecoder(nn.Module):
 
   @nn.compact
   def __call__(self, z, train: bool = False):
+    # The CPU fast convolutions (same parameters as nn.Conv) where they are faster.
+    conv = FastConv if resolve_conv_impl("auto") == "fast" else nn.Conv
     h, w, c = self.output_shape
     f = 2 ** self.stages
     gh, gw = (-(-h // f) if h > 1 else 1), (-(-w // f) if w > 1 else 1)
@@ -87,15 +90,15 @@ class ResNetDecoder(nn.Module):
       y = jnp.repeat(y, 2, axis=1) if h > 1 else y
       y = jnp.repeat(y, 2, axis=2) if w > 1 else y
       ch = max(ch // 2, 8)
-      y = nn.Conv(ch, (3, 3), name=f"up{s_}")(y)
+      y = conv(ch, (3, 3), name=f"up{s_}")(y)
       y = nn.relu(nn.BatchNorm(use_running_average=not train, name=f"up{s_}_bn")(y))
       for b in range(self.blocks):
-        r = nn.Conv(ch, (3, 3), use_bias=False, name=f"res{s_}_{b}a")(y)
+        r = conv(ch, (3, 3), use_bias=False, name=f"res{s_}_{b}a")(y)
         r = nn.relu(nn.BatchNorm(use_running_average=not train, name=f"res{s_}_{b}a_bn")(r))
-        r = nn.Conv(ch, (3, 3), use_bias=False, name=f"res{s_}_{b}b")(r)
+        r = conv(ch, (3, 3), use_bias=False, name=f"res{s_}_{b}b")(r)
         r = nn.BatchNorm(use_running_average=not train, name=f"res{s_}_{b}b_bn")(r)
         y = nn.relu(y + r)
-    y = nn.Conv(c, (3, 3), name="out")(y)[:, :h, :w, :]
+    y = conv(c, (3, 3), name="out")(y)[:, :h, :w, :]
     lo, hi = self.value_range
     return lo + (hi - lo) * nn.sigmoid(y)
 
