@@ -10,7 +10,7 @@ DNN(resized) and Noisy at each noise factor) is evaluated by the same attackers
 into OUT/points/<point>/result.json. The sweep resumes: a point with a
 result.json is neither retrained nor re-evaluated, a run with an export is not
 retrained (and an interrupted run resumes from its checkpoint). Finally it writes
-OUT/results.csv (schema: `CSV_COLUMNS`), OUT/pareto.png, OUT/reconstructions.png
+OUT/results.csv (schema: `ran_jax.privacy.results.CSV_COLUMNS`), OUT/pareto.png, OUT/reconstructions.png
 and OUT/features3d.png.
 
 `--methods=ran,dnn` (etc.) computes only some of the points and `--attackers`
@@ -24,7 +24,6 @@ values per example, averaged over the test examples; images in [0, 1]).
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import logging
@@ -37,32 +36,14 @@ from ml_collections import config_flags
 
 from ran_jax import export, input_pipeline, trainer
 from ran_jax.privacy import attackers as atk
-from ran_jax.privacy import protocol, figures, methods
+from ran_jax.privacy import figures, methods, protocol, results
+from ran_jax.privacy.results import setting_key as _key
 
 log = logging.getLogger("ran_jax")
 
 PAPER_LAMS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 PAPER_NOISE = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 DNN_LAM = 1.0
-
-TRAINED_ATTACKERS = protocol.TRAINED_ATTACKERS
-CSV_COLUMNS = (
-    ["method", "setting", "lam", "noise_factor", "feature_noise", "accuracy", "accuracy_retrained"]
-    + [f"{a}_{m}" for a in protocol.ALL_ATTACKERS for m in protocol.METRICS]
-    + ["worst_attacker", "worst_mse_sum", "worst_mse_mean", "worst_psnr", "worst_ssim",
-       # Attacker-independent floor for unbiased attackers of a noisy release (privacy/bound.py)
-       "fisher_bound_mse_sum", "fisher_bound_mse_mean",
-       # Attackers that ignore the features: class-mean image (label only), mean image
-       "label_only_mse_sum", "mean_image_mse_sum",
-       "n_fit", "n_test", "train_seconds", "eval_seconds"]
-    # Trained attackers: epochs run and whether the fit ended on a plateau (True) or at
-    # the epoch cap (False: that attacker may be stronger than reported).
-    + [f"{a}_{m}" for a in TRAINED_ATTACKERS for m in ("epochs", "converged")])
-
-
-def _key(v: float) -> str:
-  return f"{v:g}"
-
 
 METHODS = ("ran", "dnn", "dnn_resized", "noisy", "variant")
 
@@ -161,48 +142,6 @@ def _missing_attackers(result: dict, eval_cfg) -> list:
   return [a for a in eval_cfg.attackers if a in protocol.ATTACKERS and a not in have]
 
 
-def to_row(method: str, setting: str, result: dict) -> dict:
-  row = {c: "" for c in CSV_COLUMNS}
-  fb = result.get("fisher_bound", {})
-  ref = result.get("reference", {})
-  row.update(method=method, setting=setting, lam=result.get("lam", ""),
-             noise_factor=result.get("noise_factor", ""),
-             feature_noise=result.get("feature_noise", ""),
-             fisher_bound_mse_sum=fb.get("mse_sum", ""),
-             fisher_bound_mse_mean=fb.get("mse_mean", ""),
-             label_only_mse_sum=ref.get("label_only", {}).get("mse_sum", ""),
-             mean_image_mse_sum=ref.get("mean_image", {}).get("mse_sum", ""),
-             accuracy=result.get("accuracy", ""),
-             accuracy_retrained=result.get("accuracy_retrained", ""),
-             n_fit=result.get("n_fit", ""), n_test=result.get("n_test", ""),
-             train_seconds=result.get("train_seconds", ""),
-             eval_seconds=result.get("eval_seconds", ""))
-  for a, m in result["attackers"].items():
-    for k in protocol.METRICS:
-      row[f"{a}_{k}"] = m[k]
-    if a in TRAINED_ATTACKERS:
-      row[f"{a}_epochs"] = m.get("epochs", "")
-      row[f"{a}_converged"] = m.get("converged", "")
-  w = result.get("worst", {})
-  row.update(worst_attacker=w.get("attacker", ""), worst_mse_sum=w.get("mse_sum", ""),
-             worst_mse_mean=w.get("mse_mean", ""), worst_psnr=w.get("psnr", ""),
-             worst_ssim=w.get("ssim", ""))
-  return row
-
-
-def write_csv(rows: list, path: str) -> None:
-  with open(path, "w", newline="", encoding="utf-8") as f:
-    w = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
-    w.writeheader()
-    for r in rows:
-      w.writerow(r)
-
-
-def read_csv(path: str) -> list:
-  with open(path, newline="", encoding="utf-8") as f:
-    return list(csv.DictReader(f))
-
-
 def run_sweep(config, out: str, lams: Sequence[float] = PAPER_LAMS,
               noise_factors: Sequence[float] = PAPER_NOISE,
               resized_factors: Optional[Sequence[float]] = None,
@@ -268,90 +207,18 @@ def run_sweep(config, out: str, lams: Sequence[float] = PAPER_LAMS,
       protocol.save(pdir, result, art)
     else:
       log.info("=== sweep point %s %s: done, skipped", method, setting)
-    rows.append(to_row(method, setting, result))
+    rows.append(results.to_row(method, setting, result))
     arts[name] = art
     if value_range is None and result.get("value_range"):
       value_range = tuple(result["value_range"])
-  write_csv(rows, os.path.join(out, "results.csv"))
+  results.write_csv(rows, os.path.join(out, "results.csv"))
   if make_figures:
     if value_range is None:  # points saved before results recorded it: the images' span
       xs = [a["x_show"] for a in arts.values() if "x_show" in a]
       value_range = ((min(0.0, float(min(x.min() for x in xs))),
                       max(1.0, float(max(x.max() for x in xs)))) if xs else (0.0, 1.0))
-    write_figures(rows, arts, out, config.data.name, show_factor, value_range)
+    figures.write_figures(rows, arts, out, config.data.name, show_factor, value_range)
   return rows
-
-
-def pick_ran(rows: list, min_accuracy: float = 0.95) -> Optional[dict]:
-  """The RAN point shown in figures: highest worst-case error with accuracy >= min_accuracy,
-  else the most accurate one."""
-  ran = [r for r in rows if r["method"] == "ran"]
-  if not ran:
-    return None
-  ok = [r for r in ran if float(r["accuracy"]) >= min_accuracy]
-  if ok:
-    return max(ok, key=lambda r: float(r["worst_mse_sum"]))
-  return max(ran, key=lambda r: float(r["accuracy"]))
-
-
-def _point_name(row: dict) -> str:
-  if row["method"] == "variant":
-    return f"variant_{row['setting']}"
-  if row["method"] == "ran":
-    return f"ran_lam{_key(float(row['lam']))}"
-  if row["method"] == "dnn":
-    return "dnn"
-  return f"{row['method']}_f{_key(float(row['noise_factor']))}"
-
-
-def _closest(rows, method, factor):
-  c = [r for r in rows if r["method"] == method]
-  return min(c, key=lambda r: abs(float(r["noise_factor"]) - factor)) if c else None
-
-
-def write_figures(rows: list, arts: dict, out: str, task: str, show_factor: float = 0.5,
-                  value_range=(0.0, 1.0)) -> None:
-  figures.pareto(rows, os.path.join(out, "pareto.png"),
-                 f"{task}: privacy-utility trade-off (cf. Fig. 3)")
-  grid, panels = [], []
-  first = next(iter(arts.values()), {})
-  if "x_show" in first:
-    grid.append(("raw", first["x_show"]))
-
-  def add(row, label):
-    if row is None:
-      return
-    art = arts[_point_name(row)]
-    att = row["worst_attacker"]
-    grid.append((f"{label}\n{att}\nacc {float(row['accuracy']):.3f}\n"
-                 f"mse {float(row['worst_mse_sum']):.3g}", art[f"rec_{att}"]))
-
-  nz = _closest(rows, "noisy", show_factor)
-  if nz is not None:
-    grid.append((f"noisy f={_key(float(nz['noise_factor']))}",
-                 arts[_point_name(nz)]["rec_identity"]))
-  dnn = next((r for r in rows if r["method"] == "dnn"), None)
-  add(dnn, "from DNN")
-  rs = _closest(rows, "dnn_resized", show_factor)
-  add(rs, f"DNN(resized)\nf={_key(float(rs['noise_factor']))}" if rs else "")
-  ran = pick_ran(rows)
-  add(ran, f"from RAN λ={_key(float(ran['lam']))}" if ran else "")
-  if ran is not None:
-    grid.append((f"RAN λ={_key(float(ran['lam']))}\nown decoder",
-                 arts[_point_name(ran)]["rec_own_decoder"]))
-  for row in [r for r in rows if r["method"] == "variant"]:
-    add(row, row["setting"])
-  if len(grid) > 1:
-    figures.recon_grid(grid, os.path.join(out, "reconstructions.png"), value_range=value_range,
-                       title=f"{task}: test inputs and their reconstructions by the strongest "
-                             "attacker of each method (cf. Fig. 6)")
-  for row, label in ((dnn, "DNN features"), (ran, "RAN features")):
-    if row is not None:
-      a = arts[_point_name(row)]
-      lab = label + (f" (λ={_key(float(row['lam']))})" if row["method"] == "ran" else "")
-      panels.append((lab, a["z3"], a["y_scatter"]))
-  if panels:
-    figures.scatter3d(panels, os.path.join(out, "features3d.png"))
 
 
 # ---------------------------------------------------------------- CLI

@@ -10,7 +10,7 @@ from configs import digits_lenet
 from ran_jax import export, input_pipeline, parallel, sweep
 from ran_jax.program import InputSpec, build_program
 from ran_jax.privacy import attackers as atk
-from ran_jax.privacy import protocol, methods
+from ran_jax.privacy import methods, protocol, results
 
 
 def fake_train(calls):
@@ -44,7 +44,7 @@ def test_sweep_csv_figures_and_resume(tmp_path, monkeypatch):
   # ---- schema
   with open(os.path.join(out, "results.csv"), newline="") as f:
     reader = csv.DictReader(f)
-    assert reader.fieldnames == sweep.CSV_COLUMNS
+    assert reader.fieldnames == list(results.CSV_COLUMNS)
     got = list(reader)
   assert [(r["method"], r["setting"]) for r in got] == [
       ("ran", "lam=0.2"), ("dnn", "lam=1"), ("dnn_resized", "factor=0.5"),

@@ -4,12 +4,16 @@
 from __future__ import annotations
 
 import math
+import os
+from typing import Optional
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+from ran_jax.privacy import results  # noqa: E402
 
 
 def _f(v):
@@ -123,3 +127,79 @@ def scatter3d(panels: list, path: str) -> None:
   fig.colorbar(sc, ax=fig.axes, shrink=0.6, label="class")
   fig.savefig(path, dpi=120)
   plt.close(fig)
+
+
+# ---------------------------------------------------------------- a sweep's figures
+
+
+def pick_ran(rows: list, min_accuracy: float = 0.95) -> Optional[dict]:
+  """The RAN point shown in figures: highest worst-case error with accuracy >= min_accuracy,
+  else the most accurate one."""
+  ran = [r for r in rows if r["method"] == "ran"]
+  if not ran:
+    return None
+  ok = [r for r in ran if float(r["accuracy"]) >= min_accuracy]
+  if ok:
+    return max(ok, key=lambda r: float(r["worst_mse_sum"]))
+  return max(ran, key=lambda r: float(r["accuracy"]))
+
+
+def _point_name(row: dict) -> str:
+  if row["method"] == "variant":
+    return f"variant_{row['setting']}"
+  if row["method"] == "ran":
+    return f"ran_lam{results.setting_key(float(row['lam']))}"
+  if row["method"] == "dnn":
+    return "dnn"
+  return f"{row['method']}_f{results.setting_key(float(row['noise_factor']))}"
+
+
+def _closest(rows, method, factor):
+  c = [r for r in rows if r["method"] == method]
+  return min(c, key=lambda r: abs(float(r["noise_factor"]) - factor)) if c else None
+
+
+def write_figures(rows: list, arts: dict, out: str, task: str, show_factor: float = 0.5,
+                  value_range=(0.0, 1.0)) -> None:
+  pareto(rows, os.path.join(out, "pareto.png"),
+                 f"{task}: privacy-utility trade-off (cf. Fig. 3)")
+  grid, panels = [], []
+  first = next(iter(arts.values()), {})
+  if "x_show" in first:
+    grid.append(("raw", first["x_show"]))
+
+  def add(row, label):
+    if row is None:
+      return
+    art = arts[_point_name(row)]
+    att = row["worst_attacker"]
+    grid.append((f"{label}\n{att}\nacc {float(row['accuracy']):.3f}\n"
+                 f"mse {float(row['worst_mse_sum']):.3g}", art[f"rec_{att}"]))
+
+  nz = _closest(rows, "noisy", show_factor)
+  if nz is not None:
+    grid.append((f"noisy f={results.setting_key(float(nz['noise_factor']))}",
+                 arts[_point_name(nz)]["rec_identity"]))
+  dnn = next((r for r in rows if r["method"] == "dnn"), None)
+  add(dnn, "from DNN")
+  rs = _closest(rows, "dnn_resized", show_factor)
+  add(rs, f"DNN(resized)\nf={results.setting_key(float(rs['noise_factor']))}" if rs else "")
+  ran = pick_ran(rows)
+  add(ran, f"from RAN λ={results.setting_key(float(ran['lam']))}" if ran else "")
+  if ran is not None:
+    grid.append((f"RAN λ={results.setting_key(float(ran['lam']))}\nown decoder",
+                 arts[_point_name(ran)]["rec_own_decoder"]))
+  for row in [r for r in rows if r["method"] == "variant"]:
+    add(row, row["setting"])
+  if len(grid) > 1:
+    recon_grid(grid, os.path.join(out, "reconstructions.png"), value_range=value_range,
+                       title=f"{task}: test inputs and their reconstructions by the strongest "
+                             "attacker of each method (cf. Fig. 6)")
+  for row, label in ((dnn, "DNN features"), (ran, "RAN features")):
+    if row is not None:
+      a = arts[_point_name(row)]
+      lam = results.setting_key(float(row["lam"]))
+      lab = label + (f" (λ={lam})" if row["method"] == "ran" else "")
+      panels.append((lab, a["z3"], a["y_scatter"]))
+  if panels:
+    scatter3d(panels, os.path.join(out, "features3d.png"))
