@@ -8,7 +8,7 @@ import pytest
 from configs import common, digits_lenet
 from ran_jax.config_lib import (ConfigError, known_fields, nearest_fields, unknown_override,
                                 validate_config)
-from tests.helpers import run_train
+from tests.helpers import ROOT, run_train
 
 
 def _cfg(**overrides):
@@ -178,10 +178,13 @@ def test_all_problems_reported_together():
 
 def test_task_configs_validate():
   """Every task config, and its smoke variant, has only known fields with valid values."""
+  import glob
   import importlib
 
-  for name in ("digits_lenet", "mnist_lenet", "cifar10_alexnet", "imagenet_vgg",
-               "ubisound_lenet", "har_lenet"):
+  names = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "configs", "*.py"))
+                 if not p.endswith(("common.py", "__init__.py")))
+  assert {"digits_lenet", "mnist_lenet", "mnist_lenet_private", "har_lenet"} <= set(names)
+  for name in names:
     for arg in (None, "smoke"):
       validate_config(importlib.import_module(f"configs.{name}").get_config(arg))
 
