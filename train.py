@@ -25,33 +25,6 @@ flags.DEFINE_integer("process_id", None, "This process's index in a multi-proces
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def _fail(message: str):
-  print(f"error: {message}", file=sys.stderr)
-  sys.exit(2)
-
-
-def parse_flags(argv):
-  """absl's flag parsing, ending like a bad config value (`error: ...`, exit 2) on bad flags."""
-  from ran_jax.config_lib import unknown_override  # no JAX: runs before anything is loaded
-
-  try:
-    args = FLAGS(argv)
-  except (AttributeError, KeyError) as e:
-    # ml_collections raises these (not absl's flags.Error) for an override of a field
-    # the locked config does not have, e.g. --config.ran.lamda=0.3.
-    _fail(unknown_override(argv) or f"unknown config field: {e}")
-  except flags.Error as e:  # e.g. --config.ran.k=abc, a missing flag, a failing config file
-    lines = str(e).strip().splitlines()
-    if len(lines) > 1 and "Traceback" in str(e):  # a config file raised: keep its message
-      lines = [lines[0].split(" Error whilst parsing")[0] + " " + lines[-1].strip()]
-    _fail("\n".join(lines))
-  try:
-    FLAGS.config.get("seed")  # a config file that could not be read fails on first access
-  except OSError as e:
-    _fail(str(e))
-  return args
-
-
 def main(argv):
   del argv
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -74,4 +47,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=parse_flags)
+  from ran_jax.config_lib import parse_flags_or_exit  # no JAX: runs before anything loads
+
+  app.run(main, flags_parser=parse_flags_or_exit)

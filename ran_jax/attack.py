@@ -17,7 +17,8 @@ import os
 
 from absl import app, flags
 
-from ran_jax import export, input_pipeline
+from ran_jax import config_lib, export, input_pipeline
+from ran_jax.checkpointing import CheckpointError
 from ran_jax.privacy import attackers as atk
 from ran_jax.privacy import protocol, methods
 
@@ -50,7 +51,14 @@ def main(argv):
   del argv
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
   logging.getLogger("absl").setLevel(logging.WARNING)
-  trained = export.load_trained(FLAGS.workdir)
+  unknown = sorted(set(FLAGS.attackers) - set(protocol.ATTACKERS))
+  if unknown:
+    config_lib.exit_with_error(f"--attackers: unknown {unknown}; allowed: "
+                               f"{list(protocol.ATTACKERS)}.")
+  try:
+    trained = export.load_trained(FLAGS.workdir)
+  except (FileNotFoundError, CheckpointError) as e:
+    config_lib.exit_with_error(str(e))
   cfg = protocol.AttackConfig(attack_train_limit=FLAGS.attack_train_limit,
                               test_limit=FLAGS.test_limit,
                         attackers=tuple(FLAGS.attackers), seed=FLAGS.seed,
@@ -66,4 +74,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=config_lib.parse_flags_or_exit)

@@ -344,3 +344,42 @@ def validate_config(config, num_devices: int | None = None) -> None:
   if problems:
     raise ConfigError(format_problems(problems))
 
+
+# ---------------------------------------------------------------- command lines
+
+
+def exit_with_error(message: str):
+  """How every command line ends on bad input: `error: ...` on stderr, exit code 2."""
+  import sys
+
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(2)
+
+
+def parse_flags_or_exit(argv):
+  """absl's flag parsing for the command lines (train.py, sweep, attack, search): a bad flag or
+  an unknown config field ends like a bad config value (`error: ...`, exit 2).
+
+  Pass as `app.run(main, flags_parser=parse_flags_or_exit)`.
+  """
+
+  from absl import flags
+
+  FLAGS = flags.FLAGS
+  try:
+    args = FLAGS(argv)
+  except (AttributeError, KeyError) as e:
+    # ml_collections raises these (not absl's flags.Error) for an override of a field
+    # the locked config does not have, e.g. --config.ran.lamda=0.3.
+    exit_with_error(unknown_override(argv) or f"unknown config field: {e}")
+  except flags.Error as e:  # e.g. --config.ran.k=abc, a missing flag, a failing config file
+    lines = str(e).strip().splitlines()
+    if len(lines) > 1 and "Traceback" in str(e):  # a config file raised: keep its message
+      lines = [lines[0].split(" Error whilst parsing")[0] + " " + lines[-1].strip()]
+    exit_with_error("\n".join(lines))
+  try:
+    if "config" in FLAGS and FLAGS.config is not None:
+      FLAGS.config.get("seed")  # a config file that could not be read fails on first access
+  except OSError as e:
+    exit_with_error(str(e))
+  return args

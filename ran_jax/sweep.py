@@ -1,7 +1,8 @@
-"""Privacy-utility sweep: RAN over lambda, the §3.1 baselines, results.csv and figures.
+"""Privacy-utility sweep: RAN over lambda, the §3.1 baselines, defences, results.csv, figures.
 
   python -m ran_jax.sweep --config=configs/mnist_lenet.py --out=/tmp/ran_sweeps/mnist \
-      [--lams=0.01,0.1,0.5,0.9] [--noise_factors=0.1,0.5,0.9] [--config.num_epochs=1]
+      [--lams=0.01,0.1,0.5,0.9] [--noise_factors=0.1,0.5,0.9] [--config.num_epochs=1] \
+      [--variant='bn64_s0.5:model.bottleneck_dim=64,model.feature_noise=0.5,ran.lam=1.0']
 
 For every lambda a RAN is trained with `ran_jax.trainer.train_and_evaluate` in
 OUT/runs/ran_lam<lambda>, the DNN baseline (lambda = 1.0, see
@@ -9,9 +10,12 @@ OUT/runs/ran_lam<lambda>, the DNN baseline (lambda = 1.0, see
 DNN(resized) and Noisy at each noise factor) is evaluated by the same attackers
 into OUT/points/<point>/result.json. The sweep resumes: a point with a
 result.json is neither retrained nor re-evaluated, a run with an export is not
-retrained (and an interrupted run resumes from its checkpoint). Finally it writes
-OUT/results.csv (schema: `ran_jax.privacy.results.CSV_COLUMNS`), OUT/pareto.png, OUT/reconstructions.png
-and OUT/features3d.png.
+retrained (and an interrupted run resumes from its checkpoint); a finished point asked
+for more `--attackers` trains only the new families and takes the worst case over all.
+A `--variant` (repeatable) is an encoder trained with config overrides, e.g. a defence
+(docs/privacy.md). Every config to be trained is validated before anything runs. Finally
+it writes OUT/results.csv (schema: `ran_jax.privacy.results.CSV_COLUMNS`), OUT/pareto.png,
+OUT/reconstructions.png and OUT/features3d.png.
 
 `--methods=ran,dnn` (etc.) computes only some of the points and `--attackers`
 chooses the attacker families, so that independent processes can fill one sweep
@@ -34,7 +38,7 @@ from typing import Callable, Optional, Sequence
 from absl import app, flags
 from ml_collections import config_flags
 
-from ran_jax import export, input_pipeline, trainer
+from ran_jax import config_lib, export, input_pipeline, trainer
 from ran_jax.privacy import attackers as atk
 from ran_jax.privacy import figures, methods, protocol, results
 from ran_jax.privacy.results import setting_key as _key
@@ -126,14 +130,19 @@ def _train_once(config, value, workdir: str, train_fn: Callable) -> float:
   """
   if os.path.exists(os.path.join(workdir, export.EXPORT_DIR, "model.json")):
     return 0.0
-  if isinstance(value, dict):
-    cfg = apply_overrides(config, value)
-  else:
-    cfg = config.copy_and_resolve_references()
-    cfg.ran.lam = float(value)
+  cfg = _point_config(config, value)
   t0 = time.perf_counter()
   train_fn(cfg, workdir)
   return time.perf_counter() - t0
+
+
+def _point_config(config, value):
+  """The config a trained point uses: lambda set (RAN, DNN) or overrides applied (variant)."""
+  if isinstance(value, dict):
+    return apply_overrides(config, value)
+  cfg = config.copy_and_resolve_references()
+  cfg.ran.lam = float(value)
+  return cfg
 
 
 def _missing_attackers(result: dict, eval_cfg) -> list:
@@ -159,11 +168,18 @@ def run_sweep(config, out: str, lams: Sequence[float] = PAPER_LAMS,
                "n_components": n_components, "variants": list(variants),
                "eval": eval_cfg.to_dict()}, f, indent=2,
               default=str)
+  points = plan(lams, noise_factors, resized_factors, include, variants)
+  # Every config the sweep will train, checked before anything is trained or loaded.
+  for method, _, name, value in points:
+    if method in ("ran", "dnn", "variant"):
+      try:
+        config_lib.validate_config(_point_config(config, value))
+      except config_lib.ConfigError as e:
+        raise config_lib.ConfigError(f"sweep point {name}: {e}") from None
   data = None
   dnn_trained = None
   rows, arts, value_range = [], {}, None
-  for method, setting, name, value in plan(lams, noise_factors, resized_factors, include,
-                                           variants):
+  for method, setting, name, value in points:
     pdir = os.path.join(out, "points", name)
     result, art = protocol.load(pdir)
     if result is None:
@@ -259,11 +275,18 @@ def main(argv):
                              test_limit=FLAGS.test_limit, attackers=tuple(FLAGS.attackers),
                              attacker_fit=fit, classifier_fit=cfit, seed=FLAGS.seed,
                              resnet_width=FLAGS.resnet_width)
-  resized = [float(v) for v in FLAGS.resized_factors] if FLAGS.resized_factors else None
-  rows = run_sweep(FLAGS.config, FLAGS.out, [float(v) for v in FLAGS.lams],
-                   [float(v) for v in FLAGS.noise_factors], resized, eval_cfg,
-                   FLAGS.n_components, FLAGS.show_factor, include=tuple(FLAGS.methods),
-                   variants=tuple(FLAGS.variant))
+  unknown = sorted(set(FLAGS.attackers) - set(protocol.ATTACKERS))
+  if unknown:
+    config_lib.exit_with_error(f"--attackers: unknown {unknown}; allowed: "
+                               f"{list(protocol.ATTACKERS)}.")
+  try:
+    resized = [float(v) for v in FLAGS.resized_factors] if FLAGS.resized_factors else None
+    rows = run_sweep(FLAGS.config, FLAGS.out, [float(v) for v in FLAGS.lams],
+                     [float(v) for v in FLAGS.noise_factors], resized, eval_cfg,
+                     FLAGS.n_components, FLAGS.show_factor, include=tuple(FLAGS.methods),
+                     variants=tuple(FLAGS.variant))
+  except (config_lib.ConfigError, ValueError) as e:
+    config_lib.exit_with_error(str(e))
   for r in rows:
     print(f"{r['method']:12s} {r['setting']:12s} acc {float(r['accuracy']):.4f}  worst "
           f"{r['worst_attacker']:16s} mse_sum {float(r['worst_mse_sum']):9.4g}")
@@ -272,4 +295,4 @@ def main(argv):
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main)
+  app.run(main, flags_parser=config_lib.parse_flags_or_exit)
