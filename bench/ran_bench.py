@@ -2,6 +2,7 @@
 
   python -m bench                        # default cases, a few minutes on 2 CPU cores
   python -m bench --cases=lenet_mnist:128 --rounds=7 --out=docs/bench_lenet128_cpu.json
+  python -m bench --cases=lenet_mnist:128 --rounds=7 --threads=1   # one core (a shared machine)
   python -m bench --full                 # every case x batch 16..512, plain path too
   python -m bench --cases=vgg16_imagenet:64 --dtype=bfloat16 --no-torch   # GPU
 
@@ -44,7 +45,7 @@ import numpy as np
 
 from bench.engines import JaxEngine, TorchEngine, block, input_rate, median_time, torch_status
 from configs import common
-from ran_jax import input_pipeline, parallel, stages
+from ran_jax import config_lib, input_pipeline, parallel, stages
 from ran_jax.models import ConvSpec, build_encoder_spec, layer_shapes
 from ran_jax.models.modules import resolve_conv_impl
 from ran_jax.program import InputSpec
@@ -86,7 +87,7 @@ PASSES = {
 
 
 def case_config(case: Case, batch: int, k: int, conv_impl: str, dtype: str):
-  """The case as a regular RAN config (`configs/common.py` defaults: lam 0.5, Adam 1e-3)."""
+  """The case as a regular, validated RAN config (`configs/common.py`: lam 0.5, Adam 1e-3)."""
   c = common.get_base_config()
   c.batch_size = batch
   c.data.name = case.dataset
@@ -96,6 +97,7 @@ def case_config(case: Case, batch: int, k: int, conv_impl: str, dtype: str):
   c.model.dtype = dtype
   c.ran.k = k
   c.ran.fused = True
+  config_lib.validate_config(c, num_devices=jax.device_count())
   return c
 
 
@@ -282,6 +284,11 @@ def print_table(report):
       print(f"{r['case']} b={r['batch']}: {key}: {note}")
   if report.get("torch_note"):
     print(report["torch_note"])
+  host = report["host"]
+  start = tuple(round(v, 1) for v in host["load_average_start"])
+  end = tuple(round(v, 1) for v in host.get("load_average_end", ()))
+  print(f"load average (1, 5, 15 min) at start {start}, at end {end}, "
+        f"{host['cpus']} CPUs: above ~0.5 per CPU before the run, other work shared the machine.")
 
 
 def _case_list(args, on_cpu):
@@ -321,6 +328,10 @@ def parse_args(argv=None):
   p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
   p.add_argument("--no-torch", action="store_true", help="no PyTorch reference at all")
   p.add_argument("--no-compile", action="store_true", help="PyTorch eager only")
+  p.add_argument("--threads", type=int, default=0, choices=(0, 1),
+                 help="1: the process pinned to one core, one intra-op thread for XLA:CPU and "
+                      "torch (0: their defaults, all cores). On a machine shared with other jobs "
+                      "1 keeps the ratios fair: multi-threaded engines lose unequally to the load")
   return p.parse_args(argv)
 
 
@@ -331,12 +342,30 @@ def _write(report, path):
   os.replace(tmp, path)
 
 
+def _one_core():
+  """The process on one core, one intra-op thread for XLA:CPU (its flags are read when the
+  backend starts) and torch."""
+  os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+  flags = "--xla_cpu_multi_thread_eigen=false"
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flags).strip()
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+
+    torch.set_num_threads(1)
+  except ImportError:
+    pass
+
+
 def main(argv=None):
   args = parse_args(argv)
+  if args.threads == 1:
+    _one_core()
   mesh = parallel.make_mesh()
   on_cpu = jax.default_backend() == "cpu"
   args.conv_impl = resolve_conv_impl(args.conv_impl)
   cases = _case_list(args, on_cpu)
+  # A user's first torch.compile is cold: no inductor cache from an earlier run.
+  os.environ.setdefault("TORCHINDUCTOR_FORCE_DISABLE_CACHES", "1")
   use_torch, torch_note = (False, "PyTorch references disabled (--no-torch).") if args.no_torch \
       else torch_status()
   if use_torch and not on_cpu:
@@ -354,10 +383,13 @@ def main(argv=None):
                "python": platform.python_version(), "jax": jax.__version__,
                "load_average_start": os.getloadavg()},
       "k": args.k, "rounds": args.rounds, "reps": args.reps, "dtype": args.dtype,
+      "threads": args.threads or "default", "xla_flags": os.environ.get("XLA_FLAGS", ""),
+      "cpu_affinity": sorted(os.sched_getaffinity(0)),
       "conv_impl": args.conv_impl,
       "matmul_ceiling_dtype": args.dtype,
       "passes": PASSES,
       "torch_note": torch_note,
+      "torchinductor_force_disable_caches": os.environ.get("TORCHINDUCTOR_FORCE_DISABLE_CACHES"),
       "complete": False,
       "results": [],
   }
