@@ -101,6 +101,22 @@ def case_config(case: Case, batch: int, k: int, conv_impl: str, dtype: str):
   return c
 
 
+# The full defence of docs/privacy.md, every training-side component on: a 64-d tanh
+# bottleneck, release noise, compactness, an extra MLP decoder in the ensemble, the
+# adversarial term against the strongest decoder with a PSNR target.
+DEFENCE = {"model.bottleneck_dim": 64, "model.feature_noise": 0.5, "ran.compactness": 1.0,
+           "ran.extra_decoders": ("mlp",), "ran.lam": 0.99, "ran.target_psnr": 14.0}
+
+
+def defended_config(config):
+  """The case's config with `DEFENCE` applied (validated)."""
+  from ran_jax.sweep import apply_overrides
+
+  c = apply_overrides(config, DEFENCE)
+  config_lib.validate_config(c, num_devices=jax.device_count())
+  return c
+
+
 def host_batch(case: Case, b: int, seed: int = 0) -> dict:
   rng = np.random.default_rng(seed)
   return {"image": rng.random((b,) + case.input_shape, np.float32),
@@ -179,6 +195,9 @@ def bench_case(name: str, case: Case, b: int, args, mesh, use_torch: bool, compa
   plain = None
   if compare_plain and args.conv_impl != "xla":
     plain = JaxEngine(case_config(case, b, k, "xla", args.dtype), mesh, spec, batch)
+  defended = None
+  if compare_plain or args.defended:
+    defended = JaxEngine(defended_config(config), mesh, spec, batch)
   notes = {}
   eager = compiled = None
   if use_torch:
@@ -190,7 +209,7 @@ def bench_case(name: str, case: Case, b: int, args, mesh, use_torch: bool, compa
       notes["torch_compile"] = "disabled (--no-compile)"
   engines = {"fused": fast.run, "torch": eager and eager.run,
              "torch_compile": compiled and compiled.run, "plain_fused": plain and plain.run,
-             "per_stage": fast.run_stages}
+             "per_stage": fast.run_stages, "defended_fused": defended and defended.run}
   engines.update({st: functools.partial(fast.run_stage, st) for st in stages.STAGES})
   engines = {key: fn for key, fn in engines.items() if fn}
   for _ in range(args.warmup):
@@ -221,6 +240,8 @@ def bench_case(name: str, case: Case, b: int, args, mesh, use_torch: bool, compa
           "fused_over_per_stage": ratio("fused", "per_stage"),
           "fast_over_plain": ratio("fused", "plain_fused"),
           "plain_over_torch": ratio("plain_fused", "torch"),
+          # time of a fully defended iteration over the paper's RAN iteration (cost factor)
+          "defended_cost": ratio("fused", "defended_fused"),
       },
       "compile_s": {"fused": fast.compile_s["iteration"], "stages": fast.compile_s["stages"],
                     **({"plain_fused": plain.compile_s["iteration"]} if plain else {}),
@@ -277,6 +298,11 @@ def print_table(report):
         "ceiling; xlaGF/it: XLA's cost analysis of the compiled iteration (work done, incl. "
         "padding); pipe: input pipeline examples/s.")
   for r in report["results"]:
+    if r["ratios"].get("defended_cost") is not None:
+      print(f"{r['case']} b={r['batch']}: fully defended iteration (bench.ran_bench.DEFENCE) "
+            f"costs {r['ratios']['defended_cost']:.2f}x the paper's RAN iteration "
+            f"({r['examples_per_s']['defended_fused']:.0f} vs {r['examples_per_s']['fused']:.0f} "
+            "examples/s)")
     if "torch_compile_first_iteration" in r["compile_s"]:
       print(f"{r['case']} b={r['batch']}: torch.compile first iteration (compile included) "
             f"{r['compile_s']['torch_compile_first_iteration']:.1f}s")
@@ -328,6 +354,8 @@ def parse_args(argv=None):
   p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
   p.add_argument("--no-torch", action="store_true", help="no PyTorch reference at all")
   p.add_argument("--no-compile", action="store_true", help="PyTorch eager only")
+  p.add_argument("--defended", action="store_true",
+                 help="also time the fully defended iteration (always on the headline case)")
   p.add_argument("--threads", type=int, default=0, choices=(0, 1),
                  help="1: the process pinned to one core, one intra-op thread for XLA:CPU and "
                       "torch (0: their defaults, all cores). On a machine shared with other jobs "

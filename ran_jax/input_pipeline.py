@@ -5,7 +5,7 @@ and reads only its own slice of each global batch (`parallel.process_slice`),
 the random-access equivalent of `tfds.split_for_jax_process`; the slices are
 assembled into global arrays with `jax.make_array_from_process_local_data`.
 A background thread keeps `prefetch` batches ready, so the trainer does not
-wait on input (`python -m ran_jax.data.throughput` measures both rates).
+wait on input (`python -m bench input` measures both rates).
 
 Every source is random-access (`len`, `get(indices)`), so the training order is
 a pure function of (seed, epoch, position): the pipeline can restart at any

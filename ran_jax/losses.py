@@ -1,7 +1,8 @@
 """Every loss and training metric, stated once.
 
-Stages, attackers and the benchmark's reference import these; nothing else
-writes its own cross-entropy, reconstruction error or accuracy.
+Stages and attackers import these; nothing in the library writes its own
+cross-entropy, reconstruction error or accuracy. The benchmark's PyTorch reference
+states the same formulas in torch, and tests/test_bench.py checks they agree.
 
 Reconstruction error convention (Eq. 2-4 of the paper): per example, the squared
 error *summed* over all input values (`reduction='sum'`, metric name `recon_sse`)
