@@ -289,6 +289,10 @@ def run_search(config, workdir: str, *, knob: str = "model.feature_noise",
   def score(name: str, overrides: dict, entry: dict) -> dict:
     """Trains (unless exported) and scores one run on the validation split."""
     nonlocal val_data
+    if name != "reference" and (_config_json(sweep.apply_overrides(base, overrides))
+                                == _config_json(sweep.apply_overrides(base, REFERENCE_OVERRIDES))):
+      name = "reference"   # this candidate is the reference's config: reuse its run
+      entry["same_as_reference"] = True
     run_dir = os.path.join(workdir, "runs", name)
     pdir = os.path.join(workdir, "points", name)
     result, _ = protocol.load(pdir)
@@ -333,8 +337,9 @@ def run_search(config, workdir: str, *, knob: str = "model.feature_noise",
   chosen = max(ok, key=lambda c: c["t"]) if ok else None
   state["chosen"] = None if chosen is None else {"t": chosen["t"], "value": chosen["value"],
                                                  "run": chosen["run"]}
-  state["trainings"] = {"reference": 1, "candidates": len(state["candidates"]),
-                        "max_candidates": max_trainings}
+  state["trainings"] = {"reference": 1, "max_candidates": max_trainings,
+                        "candidates": sum(not c.get("same_as_reference")
+                                          for c in state["candidates"])}
   _write_json(state_path, state)
 
   # ------------------------------------------------------------ confirmation
@@ -487,8 +492,10 @@ def write_report(workdir: str, state: dict, confirm: dict) -> str:
       f"split is used only for the confirmation below); one standard error of an accuracy "
       f"there is about {se:.4f}.",
       f"* Trainings: **{1 + tr['candidates']}** (1 reference + {tr['candidates']} candidates; "
-      f"at most {tr['max_candidates']}). Bisection assumes accuracy falls monotonically as "
-      "the knob gets more private.",
+      f"at most {tr['max_candidates']} candidates"
+      + ("; a candidate equal to the reference reused its run" if len(state["candidates"])
+         > tr["candidates"] else "")
+      + "). Bisection assumes accuracy falls monotonically as the knob gets more private.",
       "",
       "## Explored front (validation split, fast attackers: "
       f"{', '.join(s['fast_eval']['attackers'])})", "",
@@ -518,7 +525,7 @@ def write_report(workdir: str, state: dict, confirm: dict) -> str:
         f"(`ran_jax.export.load_trained('{os.path.join(workdir, 'chosen')}')`). It was trained "
         f"on {s['n_fit']} examples; to retrain on the whole training split, add "
         f"`--config.{knob}={chosen['value']:.6g}` to the training command.", "",
-        "Confirmed on the **test split** with the full attacker set (converging fits):", "",
+        "Confirmed on the **test split** with the full attacker set (early-stopped fits):", "",
         "| | test accuracy | retrained classifier | "
         + " | ".join(f"{a} mse_sum" for a in atts) + " | worst mse_sum | worst PSNR | worst SSIM |",
         "|---|---|---|" + "---|" * (len(atts) + 3),
@@ -534,6 +541,11 @@ def write_report(workdir: str, state: dict, confirm: dict) -> str:
               f"Worst-case error {ratio:.2f}x the reference's at a test accuracy drop of "
               f"{cr['accuracy'] - cc['accuracy']:+.4f} (label-only level: "
               f"{_fmt(cc.get('label_only_mse_sum'))}).", ""]
+    capped = [f"{a} ({label})" for label, r in (("reference", cr), ("chosen", cc))
+              for a, m in sorted(r["attackers"].items()) if m.get("converged") is False]
+    if capped:
+      lines += [f"Stopped at the epoch cap, not on a plateau (these may be stronger than "
+                f"reported; raise --attack_max_epochs): {', '.join(capped)}.", ""]
     if has_recon:
       lines += ["![reconstructions](reconstructions.png)", ""]
   path = os.path.join(workdir, "report.md")

@@ -181,6 +181,19 @@ def test_search_reports_when_nothing_qualifies(tmp_path):
   assert "No setting qualifies" in open(os.path.join(wd, "report.md")).read()
 
 
+def test_a_candidate_equal_to_the_reference_reuses_its_run(tmp_path):
+  cfg = smoke()
+  cfg.ran.lam = 1.0             # no defence left at feature_noise = 0: the reference itself
+  trains = []
+  state = search.run_search(cfg, str(tmp_path / "s"), max_accuracy_drop=BUDGET, max_trainings=2,
+                            train_fn=marker_train(trains), evaluate_fn=synthetic_evaluate([]))
+  assert [n for n, _, _ in trains] == ["reference", "feature_noise1"]
+  c0 = state["candidates"][0]
+  assert c0["value"] == 0.0 and c0["same_as_reference"] and c0["run"] == "runs/reference"
+  assert state["chosen"]["value"] == 0.0
+  assert state["trainings"]["candidates"] == 1
+
+
 def test_search_through_real_exports_and_attackers(tmp_path):
   """Untrained networks exported as the trainer does, scored by the real attackers."""
 
