@@ -1,11 +1,14 @@
 """Attacker evaluation of the frozen encoder of a finished training run.
 
-  python -m ran_jax.attack --workdir=runs/digits [--attack_train_limit=20000]
+  python -m ran_jax.attack --workdir=runs/digits [--attackers=mlp_decoder,ridge] \
+      [--attack_train_limit=20000] [--attack_max_epochs=50]
 
 Trains the attackers of `ran_jax.privacy.attackers` from scratch on
-(input, E(input)) pairs of the training split (encoder frozen, early stopping on
-a validation part), scores them on the test split together with RAN's own decoder,
-and reports the service classifier's and a retrained classifier's test accuracy.
+(input, released E(input)) pairs of the whole training split by default (encoder
+frozen; for a noisy encoder fresh release noise on every batch; early stopping on a
+validation part), scores them on the test split's releases together with RAN's own
+decoder, reports the service classifier's and a retrained classifier's test accuracy,
+the worst case over attackers and, for a noisy release, the Fisher bound.
 Writes WORKDIR/eval/result.json (and artifacts.npz) and prints a table.
 MSE convention: see `ran_jax.privacy.metrics`.
 """
@@ -19,18 +22,12 @@ from absl import app, flags
 
 from ran_jax import config_lib, export, input_pipeline
 from ran_jax.checkpointing import CheckpointError
-from ran_jax.privacy import attackers as atk
-from ran_jax.privacy import protocol, methods
+from ran_jax.privacy import cli, methods, protocol
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "A finished training run (holds export/).")
 flags.DEFINE_string("out", None, "Output directory (default WORKDIR/eval).")
-flags.DEFINE_integer("attack_train_limit", 0, "First N training examples for attackers (0: all).")
-flags.DEFINE_integer("test_limit", 0, "First N test examples (0: all).")
-flags.DEFINE_integer("max_epochs", 50, "Epoch cap of each early-stopped attacker fit.")
-flags.DEFINE_integer("patience", 3, "Epochs without validation improvement before stopping.")
-flags.DEFINE_list("attackers", list(protocol.ATTACKERS), "Attacker families to train.")
-flags.DEFINE_integer("seed", 0, "Seed of the split and of the attackers.")
+cli.define_attack_flags()
 flags.mark_flag_as_required("workdir")
 
 
@@ -51,19 +48,11 @@ def main(argv):
   del argv
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
   logging.getLogger("absl").setLevel(logging.WARNING)
-  unknown = sorted(set(FLAGS.attackers) - set(protocol.ATTACKERS))
-  if unknown:
-    config_lib.exit_with_error(f"--attackers: unknown {unknown}; allowed: "
-                               f"{list(protocol.ATTACKERS)}.")
+  cfg = cli.attack_config_from_flags()
   try:
     trained = export.load_trained(FLAGS.workdir)
   except (FileNotFoundError, CheckpointError) as e:
     config_lib.exit_with_error(str(e))
-  cfg = protocol.AttackConfig(attack_train_limit=FLAGS.attack_train_limit,
-                              test_limit=FLAGS.test_limit,
-                        attackers=tuple(FLAGS.attackers), seed=FLAGS.seed,
-                        attacker_fit=atk.FitConfig(max_epochs=FLAGS.max_epochs,
-                                                   patience=FLAGS.patience, seed=FLAGS.seed))
   data = protocol.prepare_data(input_pipeline.load_dataset(trained.config.data), cfg)
   result, art = methods.attack_trained(trained, data, cfg, name=f"lam={trained.config.ran.lam:g}")
   result["eval_config"] = cfg.to_dict()

@@ -39,8 +39,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from ran_jax import config_lib, export, input_pipeline, trainer
-from ran_jax.privacy import attackers as atk
-from ran_jax.privacy import figures, methods, protocol, results
+from ran_jax.privacy import cli, figures, methods, protocol, results
 from ran_jax.privacy.results import setting_key as _key
 
 log = logging.getLogger("ran_jax")
@@ -249,19 +248,13 @@ def _define_flags():
   flags.DEFINE_list("noise_factors", [_key(v) for v in PAPER_NOISE], "Noisy baseline factors.")
   flags.DEFINE_list("resized_factors", None, "DNN(resized) factors (default: noise_factors).")
   flags.DEFINE_integer("n_components", 8, "Principal components kept by DNN(resized).")
-  flags.DEFINE_integer("attack_train_limit", 0, "First N training examples for attackers (0: all).")
-  flags.DEFINE_integer("test_limit", 0, "First N test examples (0: all).")
-  flags.DEFINE_integer("attack_max_epochs", 50, "Epoch cap of each early-stopped fit.")
-  flags.DEFINE_integer("patience", 3, "Epochs without validation improvement before stopping.")
-  flags.DEFINE_list("attackers", list(protocol.ATTACKERS), "Attacker families.")
+  cli.define_attack_flags()
   flags.DEFINE_float("show_factor", 0.5, "Noise factor shown in the reconstruction grid.")
-  flags.DEFINE_integer("seed", 0, "Seed of the attacker split and fits.")
   flags.DEFINE_list("methods", list(METHODS), "Methods to run (DNN(resized) needs DNN's run).")
   flags.DEFINE_multi_string("variant", [], "A trained encoder with config overrides, e.g. "
                             "'bn64_s0.5:model.bottleneck_dim=64,model.feature_noise=0.5,"
                             "ran.lam=1.0' "
                             "(repeatable).")
-  flags.DEFINE_integer("resnet_width", 64, "Channels of the residual decoder's coarsest stage.")
   flags.mark_flags_as_required(["config", "out"])
 
 
@@ -269,16 +262,7 @@ def main(argv):
   del argv
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
   logging.getLogger("absl").setLevel(logging.WARNING)
-  fit = atk.FitConfig(max_epochs=FLAGS.attack_max_epochs, patience=FLAGS.patience, seed=FLAGS.seed)
-  cfit = atk.FitConfig(max_epochs=FLAGS.attack_max_epochs, patience=FLAGS.patience, seed=FLAGS.seed)
-  eval_cfg = protocol.AttackConfig(attack_train_limit=FLAGS.attack_train_limit,
-                             test_limit=FLAGS.test_limit, attackers=tuple(FLAGS.attackers),
-                             attacker_fit=fit, classifier_fit=cfit, seed=FLAGS.seed,
-                             resnet_width=FLAGS.resnet_width)
-  unknown = sorted(set(FLAGS.attackers) - set(protocol.ATTACKERS))
-  if unknown:
-    config_lib.exit_with_error(f"--attackers: unknown {unknown}; allowed: "
-                               f"{list(protocol.ATTACKERS)}.")
+  eval_cfg = cli.attack_config_from_flags()
   try:
     resized = [float(v) for v in FLAGS.resized_factors] if FLAGS.resized_factors else None
     rows = run_sweep(FLAGS.config, FLAGS.out, [float(v) for v in FLAGS.lams],
