@@ -1,0 +1,215 @@
+"""The phone-side .tflite encoder and the server-side exported classifier against JAX.
+
+One short real training run (digits, a defended encoder: tanh bottleneck of 32 and
+released-feature noise 0.5) is exported once; every test reads that deployment.
+Needs the LiteRT interpreter (ai-edge-litert); skipped without it.
+"""
+
+import dataclasses
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+pytest.importorskip("ai_edge_litert.interpreter",
+                    reason="ai-edge-litert (the LiteRT interpreter) is not installed")
+
+from configs import digits_lenet  # noqa: E402
+from ran_jax import deploy, export, input_pipeline, losses, trainer  # noqa: E402
+from ran_jax.models import build_models  # noqa: E402
+from tests.helpers import ROOT  # noqa: E402
+
+SIGMA = 0.5
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+  """(workdir, trained, test inputs, test labels) of a 1-epoch defended digits run."""
+  wd = str(tmp_path_factory.mktemp("deploy"))
+  c = digits_lenet.get_config()
+  c.num_epochs = 1  # ~0.94 test accuracy: enough for the comparisons to mean something
+  c.model.bottleneck_dim = 32
+  c.model.feature_noise = SIGMA
+  c.ran.lam = 1.0
+  trainer.train_and_evaluate(c, wd)
+  deploy.export_deployment(wd, int8=True)
+  trained = export.load_trained(wd)
+  source = input_pipeline.load_dataset(trained.config.data)
+  te = source.test.get(np.arange(len(source.test)))
+  return wd, trained, np.asarray(te["image"], np.float32), np.asarray(te["label"])
+
+
+def _jax_released(trained, x, eps):
+  return np.asarray(trained.features(x)) + trained.feature_noise * eps
+
+
+def test_float_tflite_matches_jax_on_real_digits(run):
+  wd, trained, x, _ = run
+  enc = deploy.load_encoder(wd)
+  assert enc.noisy and enc.x_shape == (1, 28, 28, 1) and enc.feature_shape == (32,)
+  eps = deploy.draw_eps((len(x), 32), np.random.default_rng(1))
+  got = enc(x, eps)
+  # The JAX reference is the encoder as trained and evaluated (the CPU 'fast' convs).
+  np.testing.assert_allclose(got, _jax_released(trained, x, eps), atol=1e-5, rtol=1e-5)
+  # Built-in ops only: no custom op, no Flex (select-TF) op a phone's LiteRT lacks.
+  ops = deploy.builtin_ops(open(os.path.join(deploy.deploy_dir(wd), deploy.ENCODER_FILE),
+                                "rb").read())
+  assert not [o for o in ops if o.startswith(("CUSTOM", "FLEX", "DELEGATE"))], ops
+
+
+def test_int8_features_close_and_accuracy_within_one_point(run):
+  """Thresholds: the clean features (eps = 0) of the int8 model keep per-example cosine
+  >= 0.99 and SNR >= 25 dB (int8 steps are 1/255 of each activation's range, a few %
+  after four quantized layers; measured ~0.9996 / ~36 dB), and their RMS error stays
+  under a tenth of the release noise sigma, so what the server receives is dominated by
+  the noise the privacy was measured with, not by quantization."""
+  wd, trained, x, y = run
+  enc8 = deploy.load_encoder(wd, int8=True)
+  enc = deploy.load_encoder(wd)
+  assert enc8.bytes < enc.bytes / 2
+  lo, hi = enc8.eps_range
+  assert lo < -5.5 and hi > 5.5  # the Gaussian's tails are not clipped
+  zero = np.zeros((len(x), 32), np.float32)
+  z8, z = enc8(x, zero), np.asarray(trained.features(x))
+  cos = np.sum(z8 * z, 1) / (np.linalg.norm(z8, axis=1) * np.linalg.norm(z, axis=1))
+  assert cos.min() >= 0.99, cos.min()
+  assert 10 * np.log10(np.sum(z ** 2) / np.sum((z8 - z) ** 2)) >= 25
+  assert np.sqrt(np.mean((z8 - z) ** 2)) < 0.1 * SIGMA
+  # End to end through the exported classifier, the same eps for every path.
+  cls = deploy.load_classifier(wd)
+  eps = deploy.draw_eps((len(x), 32), np.random.default_rng(2))
+  acc_jax = float(losses.accuracy(cls(_jax_released(trained, x, eps)), y))
+  acc8 = float(losses.accuracy(cls(enc8(x, eps)), y))
+  assert acc_jax > 0.8  # a trained model, so the comparison means something
+  assert abs(acc8 - acc_jax) <= 0.01, (acc8, acc_jax)
+
+
+def test_exported_classifier_matches_jax_any_batch(run):
+  wd, trained, _, _ = run
+  cls = deploy.load_classifier(wd)
+  rng = np.random.default_rng(3)
+  for n in (1, 7, 64):
+    z = rng.normal(0, 1, (n, 32)).astype(np.float32)
+    np.testing.assert_allclose(cls(z), np.asarray(trained.classify(z)), atol=1e-5, rtol=1e-5)
+
+
+def test_noise_free_encoder_has_one_input(run):
+  wd, trained, x, _ = run
+  mc = ml_collections.ConfigDict(trained.config.to_dict())
+  mc.model.feature_noise = 0.0  # same parameters; the bottleneck keeps its tanh
+  m = trained.meta
+  models = build_models(mc.model, tuple(m["input_shape"]), m["num_classes"],
+                        tuple(m["value_range"]))
+  plain = dataclasses.replace(trained, config=mc, models=models)
+  enc = deploy.TFLiteEncoder.from_bytes(deploy.convert_encoder(plain))
+  assert not enc.noisy
+  np.testing.assert_allclose(enc(x[:32]), np.asarray(plain.features(x[:32])), atol=1e-5,
+                             rtol=1e-5)
+  with pytest.raises(deploy.ArtefactError, match="takes no eps"):
+    enc(x[:2], np.zeros((2, 32), np.float32))
+
+
+def test_client_inputs_noise_and_feature_files(run, tmp_path):
+  wd, trained, x, y = run
+  enc = deploy.load_encoder(wd)
+  np.save(tmp_path / "x.npy", x[:6, ..., 0])  # [N, H, W] grey images are accepted
+  xs, names = deploy.load_inputs(str(tmp_path / "x.npy"), enc.input_shape)
+  np.testing.assert_array_equal(xs, x[:6])
+  from PIL import Image
+
+  Image.fromarray(np.round(x[0, ..., 0] * 255).astype(np.uint8)).save(tmp_path / "a.png")
+  xi, _ = deploy.load_inputs(str(tmp_path / "a.png"), enc.input_shape)
+  assert np.max(np.abs(xi[0] - x[0])) <= 0.5 / 255 + 1e-6
+  a = deploy.encode_to_file(enc, xs, names, str(tmp_path / "a.npz"), seed=5)
+  deploy.encode_to_file(enc, xs, names, str(tmp_path / "b.npz"), seed=5)
+  deploy.encode_to_file(enc, xs, names, str(tmp_path / "c.npz"))
+  fa, fb, fc = (deploy.read_features(str(tmp_path / f))["features"] for f in ("a.npz", "b.npz",
+                                                                              "c.npz"))
+  assert a["bytes_per_example"] == 128
+  np.testing.assert_array_equal(fa, fb)            # a seed reproduces the noise
+  assert np.abs(fa - fc).mean() > 0.1              # no seed: fresh noise every run
+  cls = deploy.load_classifier(wd)
+  manifest = deploy.read_manifest(deploy.deploy_dir(wd))
+  logits, pred, _ = deploy.classify_file(cls, str(tmp_path / "a.npz"), manifest)
+  assert logits.shape == (6, 10) and pred.shape == (6,)
+
+
+def test_commands_encode_and_classify(run, tmp_path):
+  """The client and the server as a user runs them (one subprocess each)."""
+  wd, _, x, y = run
+  np.save(tmp_path / "x.npy", x[:20])
+  np.save(tmp_path / "y.npy", y[:20])
+  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
+  env.pop("XLA_FLAGS", None)
+
+  def cmd(*args):
+    r = subprocess.run([sys.executable, "-m", "ran_jax.deploy", *args], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=120)
+    return r
+
+  r = cmd("encode", f"--workdir={wd}", f"--inputs={tmp_path / 'x.npy'}",
+          f"--out={tmp_path / 'f.npz'}")
+  assert r.returncode == 0, r.stderr[-3000:]
+  r = cmd("classify", f"--workdir={wd}", f"--features={tmp_path / 'f.npz'}",
+          f"--labels={tmp_path / 'y.npy'}")
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert '"accuracy"' in r.stdout
+  r = cmd("classify", f"--workdir={wd}", f"--features={tmp_path / 'missing.npz'}")
+  assert r.returncode != 0 and "No such file" in r.stderr
+
+
+def test_corrupt_and_mismatched_artefacts(run, tmp_path):
+  wd, trained, x, _ = run
+  bad = str(tmp_path / "wd")
+  shutil.copytree(deploy.deploy_dir(wd), os.path.join(bad, deploy.DEPLOY_DIR))
+  d = deploy.deploy_dir(bad)
+  enc_path = os.path.join(d, deploy.ENCODER_FILE)
+  blob = open(enc_path, "rb").read()
+  enc = deploy.load_encoder(bad)
+
+  # Wrong input shape, wrong eps shape.
+  with pytest.raises(deploy.ArtefactError, match=r"takes inputs of shape \[N, 28, 28, 1\]"):
+    enc(np.zeros((2, 32, 32, 1), np.float32))
+  with pytest.raises(deploy.ArtefactError, match="eps must have shape"):
+    enc(x[:2], np.zeros((2, 16), np.float32))
+  # A truncated flatbuffer, standalone.
+  (tmp_path / "cut.tflite").write_bytes(blob[:len(blob) // 3])
+  (tmp_path / "noise.tflite").write_bytes(np.random.default_rng(0).bytes(4096))
+  for name in ("cut.tflite", "noise.tflite"):
+    with pytest.raises(deploy.ArtefactError, match="not a readable LiteRT model"):
+      deploy.load_encoder(model=str(tmp_path / name))
+  # Another model's encoder (perturbed parameters) in this deployment.
+  params = jax.tree.map(lambda p: p * 1.1, trained.params)
+  other = dataclasses.replace(trained, params=params)
+  other_blob = deploy.convert_encoder(other)
+  open(enc_path, "wb").write(other_blob)
+  with pytest.raises(deploy.ArtefactError, match="not the encoder this manifest"):
+    deploy.load_encoder(bad)
+  # ... run standalone, its features are refused by this deployment's server.
+  (tmp_path / "other.tflite").write_bytes(other_blob)
+  foreign = deploy.load_encoder(model=str(tmp_path / "other.tflite"))
+  deploy.encode_to_file(foreign, x[:3], ["a", "b", "c"], str(tmp_path / "f.npz"), seed=0)
+  cls = deploy.load_classifier(wd)
+  manifest = deploy.read_manifest(deploy.deploy_dir(wd))
+  with pytest.raises(deploy.ArtefactError, match="encoded by another encoder"):
+    deploy.classify_file(cls, str(tmp_path / "f.npz"), manifest)
+  # Features of the wrong shape, a corrupt classifier, a broken manifest, a missing export.
+  with pytest.raises(deploy.ArtefactError, match=r"features of shape \[N, 32\]"):
+    cls(np.zeros((2, 400), np.float32))
+  cls_path = os.path.join(d, deploy.CLASSIFIER_FILE)
+  (tmp_path / "c.jaxexport").write_bytes(open(cls_path, "rb").read()[:200])
+  with pytest.raises(deploy.ArtefactError, match="not a readable jax.export"):
+    deploy.load_classifier(path=str(tmp_path / "c.jaxexport"))
+  open(cls_path, "ab").write(b"\0")
+  with pytest.raises(deploy.ArtefactError, match="not the classifier this manifest"):
+    deploy.load_classifier(bad)
+  open(os.path.join(d, deploy.MANIFEST), "w").write("{")
+  with pytest.raises(deploy.ArtefactError, match="not valid JSON"):
+    deploy.load_encoder(bad)
+  with pytest.raises(FileNotFoundError, match="deploy export"):
+    deploy.load_encoder(str(tmp_path / "nowhere"))
