@@ -55,6 +55,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from ran_jax import config_lib
+
 log = logging.getLogger("ran_jax")
 
 STATE_FILE = "search_state.json"
@@ -297,7 +299,7 @@ def run_search(config, workdir: str, *, knob: str = "model.feature_noise",
     pdir = os.path.join(workdir, "points", name)
     result, _ = protocol.load(pdir)
     if result is None:
-      t_train = sweep._train_once(base, overrides, run_dir, train_fn)
+      t_train = sweep.train_point(base, overrides, run_dir, train_fn)
       if val_data is None:
         val_data = protocol.prepare_data(validation_source(source, n_fit, n_val), fast_cfg)
       t0 = time.perf_counter()
@@ -557,7 +559,7 @@ def write_report(workdir: str, state: dict, confirm: dict) -> str:
 
 
 def _define_flags(flags, config_flags):
-  from ran_jax.privacy import protocol
+  from ran_jax.privacy import cli
 
   config_flags.DEFINE_config_file("config", None, "configs/*.py[:smoke]", lock_config=True)
   flags.DEFINE_string("workdir", None, "Search directory (runs/, points/, state, report).")
@@ -569,18 +571,8 @@ def _define_flags(flags, config_flags):
   flags.DEFINE_float("val_fraction", 0.1, "Held-out fraction of the training split.")
   flags.DEFINE_list("fast_attackers", ["ridge", "mlp_decoder"], "Attackers scoring candidates.")
   flags.DEFINE_integer("fast_max_epochs", 10, "Epoch cap of the fast attackers' fits.")
-  flags.DEFINE_list("attackers", list(protocol.ATTACKERS), "Attackers of the confirmation.")
-  flags.DEFINE_integer("attack_max_epochs", 50, "Epoch cap of the confirmation's fits.")
-  flags.DEFINE_integer("patience", 3, "Epochs without validation improvement before stopping.")
-  flags.DEFINE_integer("attack_train_limit", 0, "First N training examples for attackers (0: all).")
-  flags.DEFINE_integer("test_limit", 0, "First N test examples in the confirmation (0: all).")
-  flags.DEFINE_integer("seed", 0, "Seed of the attackers' splits and fits.")
+  cli.define_attack_flags()   # the confirmation's attackers (the full set by default)
   flags.mark_flags_as_required(["config", "workdir"])
-
-
-def _fail(message: str, code: int = 2):
-  print(f"error: {message}", file=sys.stderr)
-  sys.exit(code)
 
 
 def main(argv=None):
@@ -591,21 +583,6 @@ def main(argv=None):
   _define_flags(flags, config_flags)
   argv = list(sys.argv if argv is None else argv)
 
-  def parse(args):
-    from ran_jax.config_lib import unknown_override
-
-    try:
-      rest = flags_(args)
-    except (AttributeError, KeyError) as e:   # an override of a field the config lacks
-      _fail(unknown_override(args) or f"unknown config field: {e}")
-    except flags.Error as e:
-      _fail(str(e).strip().splitlines()[-1])
-    try:
-      flags_.config.get("seed")
-    except OSError as e:
-      _fail(str(e))
-    return rest
-
   def run(rest):
     del rest
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -615,18 +592,14 @@ def main(argv=None):
     from ran_jax.config_lib import ConfigError
     from ran_jax.input_pipeline import DataError
     from ran_jax.models import ShapeError
-    from ran_jax.privacy import attackers as atk
-    from ran_jax.privacy import protocol
+    from ran_jax.privacy import cli, protocol
 
     f = flags_
-    fit = atk.FitConfig(max_epochs=f.attack_max_epochs, patience=f.patience, seed=f.seed)
-    full = protocol.AttackConfig(attackers=tuple(f.attackers), attacker_fit=fit,
-                                 attack_train_limit=f.attack_train_limit,
-                                 test_limit=f.test_limit, seed=f.seed)
-    unknown = sorted(set(f.attackers) - set(protocol.ATTACKERS)) + sorted(
-        set(f.fast_attackers) - set(protocol.ATTACKERS))
+    full = cli.attack_config_from_flags()
+    unknown = sorted(set(f.fast_attackers) - set(protocol.ATTACKERS))
     if unknown:
-      _fail(f"unknown attackers {unknown}; allowed: {list(protocol.ATTACKERS)}.")
+      config_lib.exit_with_error(f"--fast_attackers: unknown {unknown}; allowed: "
+                                 f"{list(protocol.ATTACKERS)}.")
     fast = fast_attack_config(tuple(f.fast_attackers), f.fast_max_epochs, seed=f.seed,
                               attack_train_limit=f.attack_train_limit)
     config_arg = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), "")
@@ -638,7 +611,7 @@ def main(argv=None):
                          command="python -m ran_jax.search " + " ".join(argv[1:]))
     except (SearchError, ConfigError, DataError, ShapeError, CheckpointError,
             trainer.NonFiniteError) as e:
-      _fail(str(e))
+      config_lib.exit_with_error(str(e))
     print(f"report: {os.path.join(f.workdir, 'report.md')}")
     if state["chosen"] is None:
       print("no setting within the budget", file=sys.stderr)
@@ -646,7 +619,7 @@ def main(argv=None):
     print(f"chosen {f.knob}={state['chosen']['value']:.6g} -> "
           f"{os.path.join(f.workdir, 'chosen')}")
 
-  app.run(run, argv=argv, flags_parser=parse)
+  app.run(run, argv=argv, flags_parser=config_lib.parse_flags_or_exit)
 
 
 if __name__ == "__main__":

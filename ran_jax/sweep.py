@@ -122,7 +122,7 @@ def plan(lams: Sequence[float], noise_factors: Sequence[float],
   return [p for p in pts if p[0] in include]
 
 
-def _train_once(config, value, workdir: str, train_fn: Callable) -> float:
+def train_point(config, value, workdir: str, train_fn: Callable) -> float:
   """Trains unless the workdir already holds an export; returns seconds spent.
 
   value: lambda (RAN, DNN) or a dict of config overrides (a variant).
@@ -188,7 +188,7 @@ def run_sweep(config, out: str, lams: Sequence[float] = PAPER_LAMS,
       t_train = 0.0
       if method in ("ran", "dnn", "variant"):
         wd = os.path.join(out, "runs", name)
-        t_train = _train_once(config, value, wd, train_fn)
+        t_train = train_point(config, value, wd, train_fn)
         t0 = time.perf_counter()
         result, art = methods.attack_trained(export.load_trained(wd), data, eval_cfg, name=name)
       elif method == "dnn_resized":
