@@ -581,8 +581,9 @@ def encode_to_file(encoder: TFLiteEncoder, x: np.ndarray, names: Sequence[str], 
 
 
 def read_features(path: str) -> dict:
+  _existing(path)
   try:
-    with np.load(_existing(path), allow_pickle=False) as f:
+    with np.load(path, allow_pickle=False) as f:
       return {k: f[k] for k in f.files}
   except (ValueError, OSError) as e:
     raise ArtefactError(f"{path} is not a features file written by `encode`: {e}") from None
