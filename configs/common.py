@@ -29,6 +29,7 @@ def apply_smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.log_every_steps = 2
   c.data.train_limit = 48
   c.data.test_limit = 40
+  c.export_deployment = False  # the .tflite conversion takes seconds; tests/test_deploy.py has it
   return c
 
 

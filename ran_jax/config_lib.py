@@ -53,6 +53,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.log_every_steps = 50       # >= 1
   c.checkpoint_every_steps = 0  # 0: at the end of every epoch
   c.keep_checkpoints = 2       # >= 1
+  # True: at the end of training also write WORKDIR/deploy/ (the phone-side encoder as a
+  # LiteRT .tflite, the classifier as jax.export; ran_jax.deploy). False: only export/.
+  c.export_deployment = True
 
   c.data = ml_collections.ConfigDict()
   c.data.name = "digits"       # a built-in name (input_pipeline.DATASETS) or any TFDS name
@@ -242,6 +245,7 @@ def _rules() -> dict[str, Rule]:
       "checkpoint_every_steps": ((lambda v: _is_int(v) and v >= 0),
                                  "0 (every epoch) or an integer >= 1"),
       "keep_checkpoints": _int_at_least(1),
+      "export_deployment": ((lambda v: isinstance(v, bool)), "True or False"),
 
       "data.name": ((lambda v: v in datasets), f"unknown dataset; allowed: {sorted(datasets)}"),
       "data.data_dir": _optional_str(),

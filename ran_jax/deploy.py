@@ -741,8 +741,8 @@ def attack_int8(workdir: str, cfg=None) -> dict:
   for name, fn in (("float", jax.jit(trained.features)), ("int8", int8_features)):
     result, _ = protocol.attack_features(
         data, fn, cfg, feature_noise=trained.feature_noise, classify=cls,
-        own_decode=jax.jit(trained.decode), mirrored=methods._fresh_mirror(trained),  # noqa: SLF001
-        classifier_module=methods._fresh_classifier(trained), name=f"deploy/{name}")  # noqa: SLF001
+        own_decode=jax.jit(trained.decode), mirrored=methods.fresh_mirror(trained),  # noqa: SLF001
+        classifier_module=methods.fresh_classifier(trained), name=f"deploy/{name}")  # noqa: SLF001
     result["eval_config"] = cfg.to_dict()
     out[name] = result
   return out

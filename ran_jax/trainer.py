@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from etils import epath
 
-from ran_jax import checkpointing, export, input_pipeline, losses, parallel, stages
+from ran_jax import checkpointing, deploy, export, input_pipeline, losses, parallel, stages
 from ran_jax.config_lib import validate_config
 from ran_jax.metric_writers import MetricWriter
 from ran_jax.program import InputSpec, build_program
@@ -204,6 +204,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     log.info("Nothing to train: checkpoint step %d >= %d planned steps.", start, total)
     final = run_test_split(state, pipeline, program.test_step, config.seed)
   export.export_trained(workdir, state, config, program.input_spec, source.name)
+  if config.get("export_deployment", True):
+    deploy.export_deployment(workdir)  # WORKDIR/deploy/: encoder.tflite + classifier.jaxexport
   _write_text(workdir, "final_metrics.json",
               json.dumps({"step": int(jax.device_get(state.step)), **final}, indent=2))
   return final

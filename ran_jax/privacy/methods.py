@@ -28,7 +28,7 @@ from ran_jax.privacy import protocol
 from ran_jax.models import Classifier, Decoder, build_models
 
 
-def _fresh_mirror(trained):
+def fresh_mirror(trained):
   """A fresh decoder mirroring the released encoder (its bottleneck included)."""
   m = trained.models
   d = m.decoder
@@ -36,7 +36,7 @@ def _fresh_mirror(trained):
                  bottleneck_dim=d.bottleneck_dim, bottleneck_kind=d.bottleneck_kind)
 
 
-def _fresh_classifier(trained):
+def fresh_classifier(trained):
   c = trained.config.model
   return Classifier(tuple(c.classifier_hidden), trained.models.num_classes, c.get("dropout", 0.0))
 
@@ -51,8 +51,8 @@ def attack_trained(trained, data: protocol.Data, cfg: protocol.AttackConfig, nam
   feats = jax.jit(trained.features)
   result, art = protocol.attack_features(
       data, feats, cfg, feature_noise=trained.feature_noise, classify=jax.jit(trained.classify),
-      own_decode=jax.jit(trained.decode), mirrored=_fresh_mirror(trained),
-      classifier_module=_fresh_classifier(trained), name=name)
+      own_decode=jax.jit(trained.decode), mirrored=fresh_mirror(trained),
+      classifier_module=fresh_classifier(trained), name=name)
   result["train_step"] = trained.meta.get("step")
   result["lam"] = float(trained.config.ran.lam)
   if trained.feature_noise:
@@ -90,8 +90,8 @@ def attack_dnn_resized(trained_dnn, data: protocol.Data, cfg: protocol.AttackCon
                          n_components: int = 8, name: str = "dnn_resized"):
   enc = ResizedEncoder(trained_dnn, data.x_fit, factor, n_components, seed=cfg.seed)
   result, art = protocol.attack_features(
-      data, enc, cfg, classify=jax.jit(trained_dnn.classify), mirrored=_fresh_mirror(trained_dnn),
-      classifier_module=_fresh_classifier(trained_dnn), name=name)
+      data, enc, cfg, classify=jax.jit(trained_dnn.classify), mirrored=fresh_mirror(trained_dnn),
+      classifier_module=fresh_classifier(trained_dnn), name=name)
   result.update(noise_factor=float(factor), n_components=enc.k)
   return result, art
 
