@@ -8,6 +8,7 @@ nn.ConvTranspose + crop, nn.max_pool), in float32 at highest matmul precision.
 import chex
 import flax.linen as nn
 import jax
+import ml_collections
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -201,7 +202,7 @@ def test_fast_iteration_equals_xla_iteration():
   spec = build_encoder_spec("lenet5", (28, 28, 1), (4, 8))
   # A schedule gives SGD the update count that the stages fold into their RNG.
   optimizers = {s: optax.sgd(optax.constant_schedule(0.05)) for s in stages.STAGES}
-  ran = type("R", (), {"recon_reduction": "sum", "lam": 0.5})
+  ran = ml_collections.ConfigDict({"recon_reduction": "sum", "lam": 0.5})
   batch = {"image": jax.random.uniform(jax.random.PRNGKey(2), (8, 28, 28, 1)),
            "label": jnp.arange(8) % 10}
   out = []
