@@ -31,7 +31,7 @@ def _log(v):
 
 def pareto(rows: list, path: str, title: str = "") -> None:
   """x: service accuracy; y: log10 of the per-example summed squared error (test)."""
-  fig, ax = plt.subplots(figsize=(7, 5))
+  fig, ax = plt.subplots(figsize=(10, 5))
   by = lambda m: [r for r in rows if r["method"] == m]  # noqa: E731
   ran = sorted(by("ran"), key=lambda r: _f(r["lam"]))
   if ran:
@@ -79,7 +79,7 @@ def pareto(rows: list, path: str, title: str = "") -> None:
   ax.set_ylabel("log10 reconstruction error  (Σ over pixels of (I-I')², mean over test)")
   ax.set_title(title or "Privacy-utility trade-off (cf. Fig. 3)")
   ax.grid(alpha=0.3)
-  ax.legend(fontsize=7, loc="best")
+  ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))  # outside: no point hidden
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
