@@ -10,7 +10,12 @@ in training AND at inference); the classifier and every attacker see the noisy r
 lambda = 1.0 and no compactness: on HAR, compactness bought 1.1x more error for 0.8 more
 points of accuracy, and the adversarial game was not needed (docs/privacy.md).
 
-MEASURED
+Measured (docs/privacy.md, docs/privacy_har.csv; 8 epochs, attackers trained after freezing
+on all 7,415 training windows, worst case over the mirrored, MLP and residual decoders and
+ridge, on the 2,996 test windows' noisy releases): test accuracy 0.9239 vs the undefended
+DNN's 0.9252 (-0.13 points); worst-case reconstruction error (sum over a window's 1,152
+values in [-4, 4]) 693 vs DNN's 142 (4.9x; the label-only ceiling is 783), PSNR 20.3 dB vs
+27.2, SSIM 0.47 vs 0.70.
 Smoke variant for tests: configs/har_lenet_private.py:smoke.
 """
 
