@@ -12,7 +12,13 @@ in the measurements the adversarial game added no privacy beyond noise + compact
 equal accuracy (docs/privacy.md), so it is switched off; the decoder still trains in the
 generative stage and is reported, never used as privacy evidence.
 
-MEASURED
+Measured (docs/privacy.md, docs/privacy_mnist.csv; 3 epochs, about 2 minutes of training
+here; attackers trained after freezing on all 60,000 training images' noisy releases, worst
+case over the mirrored, MLP and residual decoders and ridge on the 10,000 test images):
+test accuracy 0.9840 vs the undefended DNN's 0.9848 (-0.08 points); worst-case
+reconstruction error (sum over 784 pixels in [0, 1]) 39.6 vs DNN's 3.79 (10.4x; the
+label-only ceiling, the class-mean image, is 41.5), PSNR 13.0 dB vs 23.2, SSIM 0.52 vs
+0.96. The attackers rebuild the digit's class, not the writer's digit.
 Smoke variant for tests: configs/mnist_lenet_private.py:smoke.
 """
 
