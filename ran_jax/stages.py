@@ -89,7 +89,7 @@ def _dec(params):
 
 def _dec_update(tree, new):
   """Writes the generative stage's tree (`_dec` layout) back into a params/stats dict."""
-  if isinstance(new, dict) and set(new) == {"decoder", "adversaries"} and "adversaries" in tree:
+  if "adversaries" in tree:  # then `_dec` gave {'decoder', 'adversaries'}
     return {**tree, **new}
   return {**tree, "decoder": new}
 
