@@ -1,4 +1,5 @@
-"""`python -m bench`: the training benchmark; `python -m bench input ...`: input throughput."""
+"""`python -m bench`: the training benchmark; `python -m bench input ...`: input throughput;
+`python -m bench tasks ...`: the paper's accelerator tasks (bench/paper_tasks.py)."""
 
 import sys
 
@@ -8,6 +9,10 @@ def main():
     from bench import throughput  # pylint: disable=g-import-not-at-top
 
     throughput.run([sys.argv[0]] + sys.argv[2:])
+  elif sys.argv[1:2] == ["tasks"]:
+    from bench import paper_tasks  # pylint: disable=g-import-not-at-top
+
+    sys.exit(paper_tasks.main(sys.argv[2:]))
   else:
     from bench import ran_bench  # pylint: disable=g-import-not-at-top
 
