@@ -20,7 +20,8 @@
    less `ran.lam`, less `ran.target_psnr`). The ends are assumed (the least private end
    qualifies, the most private does not) and not trained, except that when every
    candidate so far failed, the last allowed training checks the least private end. At
-   most `max_trainings` candidates are trained (plus the reference). Each candidate is
+   most `max_trainings` candidates are trained (plus the reference), and the bisection
+   stops once the bracket is `resolution` of the interval wide (1/16). Each candidate is
    scored on the validation split by the fast attackers (ridge + a capped MLP decoder by
    default) through `ran_jax.privacy.methods.attack_trained`, so its accuracy is the
    deployed service classifier's on the released (noisy) features.
@@ -96,7 +97,8 @@ class SearchError(ValueError):
 
 
 def check_args(config, knob: str, low: Optional[float], high: Optional[float],
-               max_accuracy_drop: float, max_trainings: int, val_fraction: float):
+               max_accuracy_drop: float, max_trainings: int, val_fraction: float,
+               resolution: float = 0.0):
   """Validates the search arguments (and the config) before any data is loaded.
 
   Returns (low, high) with the knob's defaults filled in. Raises SearchError, or
@@ -118,6 +120,8 @@ def check_args(config, knob: str, low: Optional[float], high: Optional[float],
     problems.append(f"--low={low:g} --high={high:g}: need finite bounds with low < high.")
   if max_trainings < 1:
     problems.append(f"--max_trainings={max_trainings}: at least 1 candidate training.")
+  if not 0 <= resolution < 1:
+    problems.append(f"--resolution={resolution}: a fraction in [0, 1) of the knob's interval.")
   if not 0 < val_fraction < 1:
     problems.append(f"--val_fraction={val_fraction}: a fraction in (0, 1) of the training split.")
   if knob == "ran.target_psnr":
@@ -144,18 +148,25 @@ def knob_value(t: float, knob: str, low: float, high: float) -> float:
   return low + t * (high - low) if up else high - t * (high - low)
 
 
-def next_position(tested: dict, max_trainings: int) -> Optional[float]:
+def next_position(tested: dict, max_trainings: int,
+                  resolution: float = 0.0) -> Optional[float]:
   """The next position to train, or None when the search is over.
 
   tested: {position t: within budget (bool)}. Bisection between the most private
   qualifying position (0 when none) and the least private failing one above it (1 when
   none); a pure function of what was tested, so a resumed search repeats it exactly.
+  It stops after `max_trainings` positions, or once that bracket is at most `resolution`
+  wide (a fraction of the knob's interval): finer steps than the accuracy noise of the
+  validation split resolve nothing and cost a training each.
   """
   if len(tested) >= max_trainings:
     return None
   ok = [t for t, good in tested.items() if good]
   lo = max(ok, default=0.0)
   hi = min((t for t, good in tested.items() if not good and t > lo), default=1.0)
+  if hi - lo <= resolution + 1e-12:
+    # Narrow enough. With nothing qualified yet, the least private end is what is left.
+    return 0.0 if not ok and tested and 0.0 not in tested else None
   if not ok and tested and len(tested) == max_trainings - 1 and 0.0 not in tested:
     return 0.0   # every candidate failed: spend the last training on the least private end
   if not ok and 0.0 in tested:
@@ -260,7 +271,7 @@ def fast_attack_config(attackers=("ridge", "mlp_decoder"), max_epochs: int = 10,
 def run_search(config, workdir: str, *, knob: str = "model.feature_noise",
                low: Optional[float] = None, high: Optional[float] = None,
                max_accuracy_drop: float = 0.005, max_trainings: int = 6,
-               val_fraction: float = 0.1, fast_cfg=None, full_cfg=None,
+               resolution: float = 1 / 16, val_fraction: float = 0.1, fast_cfg=None, full_cfg=None,
                train_fn: Optional[Callable] = None, evaluate_fn: Callable = default_evaluate,
                config_name: str = "", command: str = "") -> dict:
   """Runs (or resumes) the search in `workdir`; returns the final state (see module doc)."""
@@ -268,7 +279,8 @@ def run_search(config, workdir: str, *, knob: str = "model.feature_noise",
   from ran_jax.privacy import protocol
 
   train_fn = train_fn or trainer.train_and_evaluate
-  low, high = check_args(config, knob, low, high, max_accuracy_drop, max_trainings, val_fraction)
+  low, high = check_args(config, knob, low, high, max_accuracy_drop, max_trainings, val_fraction,
+                         resolution)
   fast_cfg = fast_cfg or fast_attack_config()
   full_cfg = full_cfg or protocol.AttackConfig()
   os.makedirs(workdir, exist_ok=True)
@@ -283,7 +295,8 @@ def run_search(config, workdir: str, *, knob: str = "model.feature_noise",
   search = json.loads(json.dumps(search, default=float))   # as it reads back from the file
   state_path = os.path.join(workdir, STATE_FILE)
   state = _load_state(state_path, search)
-  state["budget"] = {"max_accuracy_drop": max_accuracy_drop, "max_trainings": max_trainings}
+  state["budget"] = {"max_accuracy_drop": max_accuracy_drop, "max_trainings": max_trainings,
+                     "resolution": resolution}
   state["command"] = command or state.get("command", "")
 
   val_data = None
@@ -323,7 +336,7 @@ def run_search(config, workdir: str, *, knob: str = "model.feature_noise",
   by_t = {c["t"]: c for c in state["candidates"]}
   while True:
     tested = {t: float(c["accuracy"]) >= threshold - 1e-12 for t, c in by_t.items()}
-    t = next_position(tested, max_trainings)
+    t = next_position(tested, max_trainings, resolution)
     if t is None:
       break
     value = knob_value(t, knob, low, high)
@@ -495,6 +508,8 @@ def write_report(workdir: str, state: dict, confirm: dict) -> str:
       f"there is about {se:.4f}.",
       f"* Trainings: **{1 + tr['candidates']}** (1 reference + {tr['candidates']} candidates; "
       f"at most {tr['max_candidates']} candidates"
+      + (f", stopping at a bracket of {state['budget']['resolution']:g} of the interval"
+         if state.get("budget", {}).get("resolution") else "")
       + ("; a candidate equal to the reference reused its run" if len(state["candidates"])
          > tr["candidates"] else "")
       + "). Bisection assumes accuracy falls monotonically as the knob gets more private.",
@@ -568,6 +583,8 @@ def _define_flags(flags, config_flags):
   flags.DEFINE_float("low", None, "Lower bound of the knob (default per knob).")
   flags.DEFINE_float("high", None, "Upper bound of the knob (default per knob).")
   flags.DEFINE_integer("max_trainings", 6, "Candidate trainings at most (plus the reference).")
+  flags.DEFINE_float("resolution", 1 / 16, "Stop once the bracket is this fraction of the "
+                     "knob's interval (0: only --max_trainings stops).")
   flags.DEFINE_float("val_fraction", 0.1, "Held-out fraction of the training split.")
   flags.DEFINE_list("fast_attackers", ["ridge", "mlp_decoder"], "Attackers scoring candidates.")
   flags.DEFINE_integer("fast_max_epochs", 10, "Epoch cap of the fast attackers' fits.")
@@ -606,6 +623,7 @@ def main(argv=None):
     try:
       state = run_search(f.config, f.workdir, knob=f.knob, low=f.low, high=f.high,
                          max_accuracy_drop=f.max_accuracy_drop, max_trainings=f.max_trainings,
+                         resolution=f.resolution,
                          val_fraction=f.val_fraction, fast_cfg=fast, full_cfg=full,
                          config_name=config_arg,
                          command="python -m ran_jax.search " + " ".join(argv[1:]))

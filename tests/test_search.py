@@ -88,6 +88,15 @@ def test_next_position_is_a_bisection():
   while (t := search.next_position(tested, 3)) is not None:
     tested[t] = True
   assert list(tested) == [0.5, 0.75, 0.875]
+  # a resolution stops the bisection once the bracket is that narrow (here 1/16)
+  tested = {}
+  while (t := search.next_position(tested, 6, 1 / 16)) is not None:
+    tested[t] = t <= 0.3
+  assert list(tested) == [0.5, 0.25, 0.375, 0.3125]
+  tested = {}
+  while (t := search.next_position(tested, 10, 1 / 8)) is not None:
+    tested[t] = False
+  assert list(tested) == [0.5, 0.25, 0.125, 0.0]
   # direction: lambda is more private downwards
   assert search.knob_value(0.25, "ran.lam", 0.0, 1.0) == 0.75
   assert search.knob_value(0.25, "model.feature_noise", 0.0, 2.0) == 0.5
@@ -112,7 +121,7 @@ def test_validation_is_held_out_of_training():
 def test_search_chooses_within_budget_and_resumes_after_a_kill(tmp_path):
   wd = str(tmp_path / "search")
   kw = dict(knob="model.feature_noise", low=0.0, high=2.0, max_accuracy_drop=BUDGET,
-            max_trainings=6)
+            max_trainings=6, resolution=0.0)
   trains, evals = [], []
   with pytest.raises(RuntimeError, match="killed"):
     search.run_search(smoke(), wd, train_fn=marker_train(trains, fail_at=3),
@@ -228,6 +237,7 @@ def test_search_through_real_exports_and_attackers(tmp_path):
     (dict(max_accuracy_drop=-0.01), "budget must be"),
     (dict(low=1.0, high=1.0), "low < high"),
     (dict(max_trainings=0), "at least 1"),
+    (dict(resolution=1.0), "--resolution=1.0"),
     (dict(knob="ran.target_psnr"), "no effect at ran.lam=1.0"),
 ])
 def test_bad_arguments(kw, message):
