@@ -504,7 +504,8 @@ def write_report(workdir: str, state: dict, confirm: dict) -> str:
       f"* Budget: validation accuracy >= reference {ref['accuracy']:.4f} - {drop:g} = "
       f"**{state['threshold']:.4f}**. Validation: the last {s['n_val']} of the "
       f"{s['n_fit'] + s['n_val']} training examples, held out of every training (the test "
-      f"split is used only for the confirmation below); one standard error of an accuracy "
+      f"split scores only the confirmation below: the choice never reads it, although each "
+      f"training logs its own per-epoch test metrics); one standard error of an accuracy "
       f"there is about {se:.4f}.",
       f"* Trainings: **{1 + tr['candidates']}** (1 reference + {tr['candidates']} candidates; "
       f"at most {tr['max_candidates']} candidates"
