@@ -555,10 +555,14 @@ def write_report(workdir: str, state: dict, confirm: dict) -> str:
                    + f" | {_fmt(r['worst']['mse_sum'])} ({r['worst']['attacker']}) | "
                    f"{_fmt(r['worst']['psnr'], '.2f')} | {_fmt(r['worst']['ssim'], '.3f')} |")
     ratio = cc["worst"]["mse_sum"] / max(cr["worst"]["mse_sum"], 1e-12)
+    label_only = cc.get("label_only_mse_sum")
+    of_label = (f", {cc['worst']['mse_sum'] / label_only:.0%} of it: an attacker of the chosen "
+                "encoder does about as well as one who knows only the class"
+                if label_only and cc["worst"]["mse_sum"] >= 0.9 * label_only else "")
     lines += ["",
               f"Worst-case error {ratio:.2f}x the reference's at a test accuracy drop of "
-              f"{cr['accuracy'] - cc['accuracy']:+.4f} (label-only level: "
-              f"{_fmt(cc.get('label_only_mse_sum'))}).", ""]
+              f"{cr['accuracy'] - cc['accuracy']:+.4f} (label-only level, the class-mean "
+              f"image: {_fmt(label_only)}{of_label}).", ""]
     capped = [f"{a} ({label})" for label, r in (("reference", cr), ("chosen", cc))
               for a, m in sorted(r["attackers"].items()) if m.get("converged") is False]
     if capped:
