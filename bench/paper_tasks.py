@@ -142,8 +142,7 @@ def cifar_summary(out: str) -> dict:
       "ran_accuracy_at_least_paper_0.76": bool(ran) and all(
           (p["accuracy"] or 0) >= PAPER_CIFAR_ACCURACY for p in ran),
   }
-  return {"ok": checks["dnn_and_ran_points_attacked"], "checks": checks, "points": points,
-          "results_csv": path}
+  return {"ok": all(checks.values()), "checks": checks, "points": points, "results_csv": path}
 
 
 # ---------------------------------------------------------------- ImageNet / VGG-16 smoke
@@ -224,7 +223,7 @@ def run_imagenet(a, log) -> dict:
         if sent is None and done and max(r["step"] for r in done) >= half:
           proc.send_signal(signal.SIGTERM)
           sent = max(r["step"] for r in done)
-        time.sleep(0.5)
+        time.sleep(0.2)
       res["first_run_s"] = round(time.time() - t0, 1)
       res["first_run_exit"] = proc.returncode
       res["sigterm_after_step"] = sent
