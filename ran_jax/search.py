@@ -515,6 +515,16 @@ def write_report(workdir: str, state: dict, confirm: dict) -> str:
          > tr["candidates"] else "")
       + "). Bisection assumes accuracy falls monotonically as the knob gets more private.",
       "",
+  ]
+  noise = 2 * math.sqrt(2) * se   # two standard errors of a difference of two accuracies
+  if drop < noise:
+    warning = (f"**Warning: the budget ({drop:g}) is below the validation split's resolution**: "
+               f"two standard errors of a difference of two accuracies there are {noise:.4f}, "
+               "so which candidates pass is decided largely by chance. Hold out more "
+               "(--val_fraction), use a larger dataset, or allow a larger budget.")
+    log.warning("search: %s", warning.replace("**", ""))
+    lines += [warning, ""]
+  lines += [
       "## Explored front (validation split, fast attackers: "
       f"{', '.join(s['fast_eval']['attackers'])})", "",
       f"| {knob} | val. accuracy | drop | worst attacker | worst mse_sum | PSNR dB "
@@ -559,10 +569,16 @@ def write_report(workdir: str, state: dict, confirm: dict) -> str:
     of_label = (f", {cc['worst']['mse_sum'] / label_only:.0%} of it: an attacker of the chosen "
                 "encoder does about as well as one who knows only the class"
                 if label_only and cc["worst"]["mse_sum"] >= 0.9 * label_only else "")
+    test_drop = cr["accuracy"] - cc["accuracy"]
     lines += ["",
               f"Worst-case error {ratio:.2f}x the reference's at a test accuracy drop of "
-              f"{cr['accuracy'] - cc['accuracy']:+.4f} (label-only level, the class-mean "
+              f"{test_drop:+.4f} (label-only level, the class-mean "
               f"image: {_fmt(label_only)}{of_label}).", ""]
+    if test_drop > drop:
+      lines += [f"On the test split the chosen point's drop ({test_drop:+.4f}) exceeds the "
+                f"budget ({drop:g}); the choice was made on the validation split"
+                + (", which cannot resolve this budget (see the warning above)."
+                   if drop < noise else "."), ""]
     capped = [f"{a} ({label})" for label, r in (("reference", cr), ("chosen", cc))
               for a, m in sorted(r["attackers"].items()) if m.get("converged") is False]
     if capped:

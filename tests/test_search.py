@@ -160,6 +160,8 @@ def test_search_chooses_within_budget_and_resumes_after_a_kill(tmp_path):
   report = open(os.path.join(wd, "report.md")).read()
   assert "Trainings: **7**" in report and "0.6875 **chosen**" in report
   assert "test split" in report
+  # 5 held-out examples cannot resolve a 5-point budget: the report says so
+  assert "below the validation split's resolution" in report
   for fig in ("front.png", "reconstructions.png"):
     assert os.path.getsize(os.path.join(wd, fig)) > 1000
 
