@@ -30,13 +30,14 @@ steps with the configs' smoke variants and tiny budgets (seconds on a CPU; the t
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+
+from ran_jax.privacy import results
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAPER_CIFAR_ACCURACY = 0.76   # the paper's RAN test accuracy on CIFAR-10
@@ -120,21 +121,17 @@ def cifar_summary(out: str) -> dict:
   path = os.path.join(out, "results.csv")
   if not os.path.exists(path):
     return {"ok": False, "error": f"no {path}: the sweep did not finish"}
-  with open(path) as f:
-    rows = list(csv.DictReader(f))
-  points = []
-  for r in rows:
-    points.append({
-        "method": r["method"], "setting": r["setting"], "lam": r["lam"],
-        "accuracy": float(r["accuracy"]) if r["accuracy"] else None,
-        "worst_attacker": r["worst_attacker"],
-        "worst_mse_sum": float(r["worst_mse_sum"]) if r["worst_mse_sum"] else None,
-        "worst_psnr": float(r["worst_psnr"]) if r["worst_psnr"] else None,
-        "label_only_mse_sum": float(r["label_only_mse_sum"]) if r["label_only_mse_sum"] else None,
-        "attackers_at_cap": [a for a in ("mirrored_decoder", "mlp_decoder", "own_decoder",
-                                         "resnet_decoder")
-                             if r.get(f"{a}_converged") == "False"],
-    })
+  def num(r, key):
+    return float(r[key]) if r[key] else None
+
+  points = [{
+      "method": r["method"], "setting": r["setting"], "lam": r["lam"],
+      "accuracy": num(r, "accuracy"), "worst_attacker": r["worst_attacker"],
+      "worst_mse_sum": num(r, "worst_mse_sum"), "worst_psnr": num(r, "worst_psnr"),
+      "label_only_mse_sum": num(r, "label_only_mse_sum"),
+      "attackers_at_cap": [a for a in results.TRAINED_ATTACKERS
+                           if r.get(f"{a}_converged") == "False"],
+  } for r in results.read_csv(path)]
   dnn = next((p for p in points if p["method"] == "dnn"), None)
   for p in points:
     if dnn and dnn["worst_mse_sum"] and p["worst_mse_sum"] is not None:
@@ -199,7 +196,7 @@ def saved_steps(workdir: str) -> list:
   return sorted(int(n) for n in os.listdir(d) if n.isdigit())
 
 
-def run_imagenet(a, log) -> dict:
+def run_imagenet(a) -> dict:
   root = os.path.join(a.out, "imagenet_smoke")
   workdir = os.path.join(root, "run")
   os.makedirs(root, exist_ok=True)
@@ -385,7 +382,7 @@ def main(argv=None) -> int:
       finish_cifar()
   if "imagenet" in a.steps:
     t0 = time.time()
-    summary["imagenet"] = run_imagenet(a, log)
+    summary["imagenet"] = run_imagenet(a)
     summary["imagenet"]["wall_s"] = round(time.time() - t0, 1)
     write_summary(a, summary)
     log("imagenet:", json.dumps({k: summary["imagenet"].get(k) for k in ("ok", "checks")}))
