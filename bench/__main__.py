@@ -1,5 +1,6 @@
 """`python -m bench`: the training benchmark; `python -m bench input ...`: input throughput;
-`python -m bench tasks ...`: the paper's accelerator tasks (bench/paper_tasks.py)."""
+`python -m bench tasks ...`: the paper's accelerator tasks (bench/paper_tasks.py);
+`python -m bench robustness ...`: a config over seeds and conv paths (bench/robustness.py)."""
 
 import sys
 
@@ -13,6 +14,10 @@ def main():
     from bench import paper_tasks  # pylint: disable=g-import-not-at-top
 
     sys.exit(paper_tasks.main(sys.argv[2:]))
+  elif sys.argv[1:2] == ["robustness"]:
+    from bench import robustness  # pylint: disable=g-import-not-at-top
+
+    sys.exit(robustness.main(sys.argv[2:]))
   else:
     from bench import ran_bench  # pylint: disable=g-import-not-at-top
 

@@ -25,4 +25,5 @@ def get_config(arg=None):
   c.num_epochs = 30
   c.log_every_steps = 22
   c.ran.lam = 0.5
+  common.stable_end(c)         # cosine decay + EMA: an end that does not depend on luck
   return common.finish(c, arg)

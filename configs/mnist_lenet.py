@@ -36,4 +36,5 @@ def get_config(arg=None):
   c.log_every_steps = 100
   c.ran.lam = 0.5
   c.ran.l3 = 1e-4              # adversarial stage; see the docstring
+  common.stable_end(c)         # cosine decay + EMA: an end that does not depend on luck
   return common.finish(c, arg)

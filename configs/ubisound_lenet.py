@@ -28,4 +28,5 @@ def get_config(arg=None):
   c.num_epochs = 12
   c.log_every_steps = 42
   c.ran.lam = 0.5
+  common.stable_end(c)         # cosine decay + EMA: an end that does not depend on luck
   return common.finish(c, arg)

@@ -138,7 +138,7 @@ class Checkpointer:
 
 
 def model_fingerprint(config, input_spec) -> dict:
-  """What must match for a checkpoint to belong to this run (shapes, not schedule).
+  """What must match for a checkpoint to belong to this run (state structure, not values).
 
   Defence fields enter only when set, so checkpoints of the paper's RAN keep their
   digest across versions.
@@ -160,6 +160,10 @@ def model_fingerprint(config, input_spec) -> dict:
     desc["extra_decoders"] = list(r.extra_decoders)
     desc["mlp_decoder_hidden"] = list(r.get("mlp_decoder_hidden", (1024,)))
     desc["wide_decoder_mult"] = int(r.get("wide_decoder_mult", 2))
+  if r.get("schedule", "constant") != "constant":
+    desc["schedule"] = True  # the Adam states carry a schedule count
+  if r.get("ema_decay", 0.0):
+    desc["ema"] = True
   desc["digest"] = hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:16]
   return desc
 

@@ -100,6 +100,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.ran.reinit_every_steps = 0  # >0: re-initialise every decoder (and its Adam state) this often
   c.ran.target_psnr = 0.0      # >0 dB: stop pushing once the strongest decoder's PSNR is below it
   c.ran.compactness = 0.0      # weight (>= 0) of the within-class feature variance penalty
+  # The end of training (docs/training.md). 'constant' is Algorithm 1 as published (the paper
+  # configs); 'cosine' / 'step' decay every stage's learning rate to lr_floor x its peak by
+  # the last step, after a linear warm-up of lr_warmup_steps iterations.
+  c.ran.schedule = "constant"  # 'constant', 'cosine' or 'step' (x sqrt(floor) at 50 % and 75 %)
+  c.ran.lr_warmup_steps = 0    # iterations of linear warm-up from 0 (non-constant schedules)
+  c.ran.lr_floor = 0.0         # final learning rate as a fraction of l1/l2/l3, in [0, 1]
+  # >0: exponential moving average of the encoder and classifier (weights and batch-norm
+  # statistics), used for the test pass, the export and the deployment; in [0, 1).
+  c.ran.ema_decay = 0.0
   return c
 
 
@@ -231,7 +240,7 @@ def _rules() -> dict[str, Rule]:
   from ran_jax.losses import RECON_REDUCTIONS
   from ran_jax.models import BOTTLENECK_KINDS, COMPUTE_DTYPES, ENCODERS, EXTRA_DECODERS
   from ran_jax.models.modules import CONV_IMPLS
-  from ran_jax.stages import ADVERSARY_REDUCTIONS
+  from ran_jax.stages import ADVERSARY_REDUCTIONS, SCHEDULES
 
   datasets = known_datasets()
   return {
@@ -290,6 +299,11 @@ def _rules() -> dict[str, Rule]:
                                  "0 (never) or an integer >= 1"),
       "ran.target_psnr": _number(0.0, text="0 (off) or a finite number of dB > 0"),
       "ran.compactness": _number(0.0),
+      "ran.schedule": _one_of(SCHEDULES),
+      "ran.lr_warmup_steps": ((lambda v: _is_int(v) and v >= 0), "0 (none) or an integer >= 1"),
+      "ran.lr_floor": _number(0.0, 1.0),
+      "ran.ema_decay": _number(0.0, 1.0, hi_open=True,
+                               text="0 (off) or a number in (0, 1), e.g. 0.99"),
   }
 
 

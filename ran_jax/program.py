@@ -67,8 +67,15 @@ def _jit_step(fn, mesh):
   return jax.jit(fn, in_shardings=(repl, dsh), out_shardings=(repl, repl), donate_argnums=0)
 
 
-def build_program(config, mesh, input_spec: InputSpec) -> Program:
+def _with_ema(init_state):
+  return lambda rng: stages.init_ema(init_state(rng))
+
+
+def build_program(config, mesh, input_spec: InputSpec, total_steps: int | None = None) -> Program:
   """Builds models, optimizers, state init and the jitted steps; compiles lazily.
+
+  `total_steps` (the run's Algorithm-1 iterations) sizes a non-constant
+  `ran.schedule`; a constant learning rate does not need it.
 
   `config.ran.fused` (default True): the whole iteration (k unrolled (disc, gen)
   pairs + adv) is one jitted function with the state donated, one dispatch per
@@ -77,13 +84,15 @@ def build_program(config, mesh, input_spec: InputSpec) -> Program:
   """
   models = build_models(config.model, input_spec.input_shape, input_spec.num_classes,
                         input_spec.value_range, config.ran)
-  optimizers = stages.make_optimizers(config.ran)
+  optimizers = stages.make_optimizers(config.ran, total_steps)
   bound = stages.bind_stages(models, optimizers, config.ran)
   repl = parallel.replicated(mesh)
   stage_steps = stages.StageFns(
       **{name: _jit_step(getattr(bound, name), mesh) for name in stages.STAGES},
       reinit=(jax.jit(bound.reinit, in_shardings=repl, out_shardings=repl, donate_argnums=0)
-              if bound.reinit is not None else None))
+              if bound.reinit is not None else None),
+      ema=(jax.jit(bound.ema, in_shardings=repl, out_shardings=repl, donate_argnums=0)
+           if bound.ema is not None else None))
   k = int(config.ran.k)
   if config.ran.get("fused", True):
     iteration = _jit_step(functools.partial(stages.ran_iteration, stages=bound, k=k), mesh)
@@ -91,7 +100,10 @@ def build_program(config, mesh, input_spec: InputSpec) -> Program:
     iteration = functools.partial(stages.ran_iteration, stages=stage_steps, k=k)
   test_step = jax.jit(functools.partial(stages.test_step, models=models),
                       in_shardings=(repl, parallel.data_sharding(mesh), repl), out_shardings=repl)
-  init = jax.jit(functools.partial(stages.init_state, models, optimizers), out_shardings=repl)
+  init_state = functools.partial(stages.init_state, models, optimizers)
+  if bound.ema is not None:
+    init_state = _with_ema(init_state)
+  init = jax.jit(init_state, out_shardings=repl)
   return Program(config=config, mesh=mesh, input_spec=input_spec, models=models,
                  optimizers=optimizers, bound=bound, stage_steps=stage_steps,
                  iteration=iteration, test_step=test_step, _init=init)

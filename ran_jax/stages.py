@@ -22,6 +22,12 @@ Defences (all off by default; then every step computes exactly Algorithm 1):
   privacy target     the reconstruction term is capped at the error of a target PSNR:
                      past it, accuracy no longer pays for privacy.
   compactness        a penalty on the within-class variance of the features.
+
+The end of training (also off by default): learning-rate schedules for the three
+stages (`ran.schedule`, `make_optimizers`) and an exponential moving average of the
+encoder and classifier (`ran.ema_decay`, `update_ema`), which the test pass, the
+export and the deployment use (`eval_view`). The adversarial game oscillates; at a
+constant learning rate where its last step lands is float-rounding luck.
 """
 
 from __future__ import annotations
@@ -41,12 +47,13 @@ from ran_jax.models import RANModels
 STAGES = ("disc", "gen", "adv")
 STAGE_NAMES = {"disc": "discriminative", "gen": "generative", "adv": "adversarial"}
 ADVERSARY_REDUCTIONS = ("min", "softmin")
+SCHEDULES = ("constant", "cosine", "step")
 _STAGE_IDS = {name: i for i, name in enumerate(STAGES)}
 
 
 @functools.partial(
     jax.tree_util.register_dataclass,
-    data_fields=["step", "params", "batch_stats", "opt_state", "rng"],
+    data_fields=["step", "params", "batch_stats", "opt_state", "rng", "ema"],
     meta_fields=[],
 )
 @dataclasses.dataclass
@@ -58,6 +65,8 @@ class TrainState:
   opt_state: one Adam state per stage: 'disc' and 'adv' over {encoder,
     classifier}, 'gen' over the decoder.
   rng: base PRNG key; steps derive theirs with fold_in, never by hand.
+  ema: {} (off), or the moving averages {'params': {encoder, classifier},
+    'batch_stats': {encoder}} that evaluation and export use (`eval_view`).
   """
 
   step: jax.Array
@@ -65,15 +74,51 @@ class TrainState:
   batch_stats: dict
   opt_state: dict
   rng: jax.Array
+  ema: dict = dataclasses.field(default_factory=dict)
 
 
-def make_optimizers(ran_config) -> dict[str, optax.GradientTransformation]:
-  """Adam for every stage (§2.4), at l1 (disc), l2 (gen) and l3 (adv)."""
-  return {
-      "disc": optax.adam(ran_config.l1),
-      "gen": optax.adam(ran_config.l2),
-      "adv": optax.adam(ran_config.l3),
-  }
+def learning_rate(ran_config, stage: str, total_steps: int | None = None):
+  """The learning rate of one stage: a float ('constant') or an optax schedule.
+
+  A schedule counts the stage's own updates: the discriminative and generative
+  stages update k times per Algorithm-1 iteration, the adversarial stage once, so
+  every stage reaches its floor at the last of `total_steps` iterations. 'cosine'
+  decays to `lr_floor` x the peak along a half cosine; 'step' multiplies by
+  sqrt(lr_floor) at 50 % and again at 75 % of training. Both start with a linear
+  warm-up of `lr_warmup_steps` iterations from 0.
+  """
+  peak = float(ran_config[{"disc": "l1", "gen": "l2", "adv": "l3"}[stage]])
+  kind = ran_config.get("schedule", "constant")
+  if kind == "constant":
+    return peak
+  if kind not in SCHEDULES:
+    raise ValueError(f"ran.schedule={kind!r}: allowed values are {list(SCHEDULES)}.")
+  if not total_steps or total_steps < 1:
+    raise ValueError(f"ran.schedule={kind!r} needs the number of training steps (got "
+                     f"{total_steps!r}).")
+  per_iter = int(ran_config.k) if stage in ("disc", "gen") else 1
+  n = per_iter * int(total_steps)
+  warm = min(per_iter * int(ran_config.get("lr_warmup_steps", 0)), n - 1)
+  floor = float(ran_config.get("lr_floor", 0.0))
+  if kind == "cosine":
+    decay = optax.cosine_decay_schedule(peak, max(n - warm, 1), alpha=floor)
+  else:
+    s = math.sqrt(floor)
+    decay = optax.piecewise_constant_schedule(
+        peak, {max((n - warm) // 2, 1): s, max(3 * (n - warm) // 4, 1) + 1: s})
+  if warm <= 0:
+    return decay
+  return optax.join_schedules([optax.linear_schedule(0.0, peak, warm), decay], [warm])
+
+
+def make_optimizers(ran_config, total_steps: int | None = None
+                    ) -> dict[str, optax.GradientTransformation]:
+  """Adam for every stage (§2.4), at l1 (disc), l2 (gen) and l3 (adv), or their schedules.
+
+  `total_steps` (Algorithm-1 iterations of the whole run) is needed by the
+  non-constant `ran.schedule`s.
+  """
+  return {stage: optax.adam(learning_rate(ran_config, stage, total_steps)) for stage in STAGES}
 
 
 def _ec(params):
@@ -103,7 +148,37 @@ def init_state(models: RANModels, optimizers, rng) -> TrainState:
       "adv": optimizers["adv"].init(_ec(params)),
   }
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=stats,
-                    opt_state=opt_state, rng=k_state)
+                    opt_state=opt_state, rng=k_state, ema={})
+
+
+def init_ema(state: TrainState) -> TrainState:
+  """Starts the moving averages at the current encoder and classifier."""
+  ema = {"params": _ec(state.params), "batch_stats": {"encoder": state.batch_stats["encoder"]}}
+  return dataclasses.replace(state, ema=jax.tree.map(jnp.copy, ema))
+
+
+def update_ema(state: TrainState, *, decay: float) -> TrainState:
+  """ema <- d * ema + (1 - d) * current, with d = min(decay, (1 + step) / (10 + step)).
+
+  The warm-up of d lets the average forget the random initialisation quickly;
+  `state.step` is the number of finished iterations. Only `state.ema` changes, so
+  the raw weights (what training continues from) are untouched.
+  """
+  t = state.step.astype(jnp.float32)
+  d = jnp.minimum(jnp.float32(decay), (1.0 + t) / (10.0 + t))
+  cur = {"params": _ec(state.params), "batch_stats": {"encoder": state.batch_stats["encoder"]}}
+  ema = jax.tree.map(lambda e, c: (d * e.astype(jnp.float32) + (1.0 - d) * c).astype(c.dtype),
+                     state.ema, cur)
+  return dataclasses.replace(state, ema=ema)
+
+
+def eval_view(state: TrainState) -> TrainState:
+  """The state evaluation and export use: the moving averages where kept, else the weights."""
+  if not state.ema:
+    return state
+  return dataclasses.replace(
+      state, params={**state.params, **state.ema["params"]},
+      batch_stats={**state.batch_stats, **state.ema["batch_stats"]})
 
 
 # ---------------------------------------------------------------- forward helpers
@@ -112,7 +187,8 @@ def init_state(models: RANModels, optimizers, rng) -> TrainState:
 def _stage_rng(state: TrainState, stage: str):
   # The k inner repetitions share `step`; the stage optimizer's update count
   # tells them apart so each pass draws fresh dropout masks and noise.
-  count = optax.tree_utils.tree_get(state.opt_state[stage], "count")
+  # Adam's own count (a schedule keeps a second one; the first found is Adam's).
+  count = optax.tree_utils.tree_get_all_with_path(state.opt_state[stage], "count")[0][1]
   rng = jax.random.fold_in(state.rng, state.step)
   rng = jax.random.fold_in(rng, _STAGE_IDS[stage])
   return jax.random.fold_in(rng, count)
@@ -346,11 +422,13 @@ def test_step(state: TrainState, batch, key, *, models: RANModels):
   """Sums over a (possibly padded) test batch, in eval mode (running statistics).
 
   `key` draws the released features' noise (if any), so a test pass is reproducible.
+  Uses the moving averages when kept (`eval_view`).
   Returns totals so that batches add up exactly: correct predictions, summed CE,
   summed per-example squared error (sum and per-value mean) of RAN's own decoder,
   and the count.
   """
   x, y, mask = batch["image"], batch["label"], batch["mask"].astype(jnp.float32)
+  state = eval_view(state)
   z, _ = encode(models, state.params["encoder"], state.batch_stats["encoder"], x, False, key)
   logits = classify(models, state.params["classifier"], z, False)
   x_rec, _ = decode(models, state.params["decoder"], state.batch_stats["decoder"], z, False)
@@ -371,13 +449,14 @@ class StageFns:
   """The three stage steps with their static arguments bound (jitted or not).
 
   `reinit` (None unless decoders are re-initialised periodically) runs before each
-  iteration's first stage.
+  iteration's first stage; `ema` (None unless `ran.ema_decay` > 0) after its last.
   """
 
   disc: Any
   gen: Any
   adv: Any
   reinit: Any = None
+  ema: Any = None
 
 
 def target_recon_error(ran_config, input_shape, value_range):
@@ -412,6 +491,8 @@ def bind_stages(models: RANModels, optimizers, ran_config) -> StageFns:
           compactness=compact),
       reinit=(functools.partial(reinit_decoders, models=models, optimizer=optimizers["gen"],
                                 every=every) if every > 0 else None),
+      ema=(functools.partial(update_ema, decay=float(ran_config.ema_decay))
+           if float(ran_config.get("ema_decay", 0.0) or 0.0) > 0 else None),
   )
 
 
@@ -427,6 +508,8 @@ def ran_iteration(state: TrainState, batch, *, stages: StageFns, k: int):
     state, m_d = stages.disc(state, batch)
     state, m_g = stages.gen(state, batch)
   state, m_a = stages.adv(state, batch)
+  if stages.ema is not None:
+    state = stages.ema(state)
   metrics.update(m_d)
   metrics.update(m_g)
   metrics.update(m_a)

@@ -113,7 +113,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
   source = input_pipeline.load_dataset(config.data)
   pipeline = input_pipeline.InputPipeline(source, config.batch_size, config.eval_batch_size,
                                           config.seed, mesh)
-  program = build_program(config, mesh, InputSpec.of(source))
+  spe = pipeline.steps_per_epoch
+  total = config.num_epochs * spe
+  if config.max_steps > 0:
+    total = min(total, config.max_steps)
+  program = build_program(config, mesh, InputSpec.of(source), total_steps=total)
   models = program.models
   epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   _write_text(workdir, "config.json", config.to_json_best_effort(indent=2))
@@ -134,10 +138,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   # ------------------------------------------------------------ compiled steps
   iteration = program.iteration
-  spe = pipeline.steps_per_epoch
-  total = config.num_epochs * spe
-  if config.max_steps > 0:
-    total = min(total, config.max_steps)
   start = int(jax.device_get(state.step))
   writer = MetricWriter(workdir)
   ckpt_every = config.checkpoint_every_steps
@@ -203,7 +203,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if metrics is None:
     log.info("Nothing to train: checkpoint step %d >= %d planned steps.", start, total)
     final = run_test_split(state, pipeline, program.test_step, config.seed)
-  export.export_trained(workdir, state, config, program.input_spec, source.name)
+  export.export_trained(workdir, stages.eval_view(state), config, program.input_spec, source.name)
   if config.get("export_deployment", True):
     deploy.export_deployment(workdir)  # WORKDIR/deploy/: encoder.tflite + classifier.jaxexport
   _write_text(workdir, "final_metrics.json",
