@@ -160,6 +160,10 @@ def model_fingerprint(config, input_spec) -> dict:
     desc["extra_decoders"] = list(r.extra_decoders)
     desc["mlp_decoder_hidden"] = list(r.get("mlp_decoder_hidden", (1024,)))
     desc["wide_decoder_mult"] = int(r.get("wide_decoder_mult", 2))
+  if r.get("attribute_weight", 0.0):
+    desc["attribute_heads"] = [list(r.get("attribute_heads", ())),
+                               list(r.get("attribute_hidden", ())),
+                               int(getattr(input_spec, "num_attributes", 0))]
   if r.get("schedule", "constant") != "constant":
     desc["schedule"] = True  # the Adam states carry a schedule count
   if r.get("ema_decay", 0.0):

@@ -100,6 +100,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.ran.reinit_every_steps = 0  # >0: re-initialise every decoder (and its Adam state) this often
   c.ran.target_psnr = 0.0      # >0 dB: stop pushing once the strongest decoder's PSNR is below it
   c.ran.compactness = 0.0      # weight (>= 0) of the within-class feature variance penalty
+  # The attribute game (docs/privacy_identity.md): attribute heads on the released features
+  # trained beside the decoders, and the encoder pushed to confuse them. Needs data.attribute.
+  c.ran.attribute_weight = 0.0  # >= 0; weight of the heads' confusion loss in O_a (0: off)
+  c.ran.attribute_heads = ("linear", "mlp")  # names from models.ATTRIBUTE_HEADS, each once
+  c.ran.attribute_hidden = (256,)  # hidden widths of the 'mlp' head
   # The end of training (docs/training.md). 'constant' is Algorithm 1 as published (the paper
   # configs); 'cosine' / 'step' decay every stage's learning rate to lr_floor x its peak by
   # the last step, after a linear warm-up of lr_warmup_steps iterations.
@@ -238,7 +243,8 @@ def _rules() -> dict[str, Rule]:
   """Field -> (check, what is allowed). Allowed names come from where they are defined."""
   from ran_jax.input_pipeline import known_datasets
   from ran_jax.losses import RECON_REDUCTIONS
-  from ran_jax.models import BOTTLENECK_KINDS, COMPUTE_DTYPES, ENCODERS, EXTRA_DECODERS
+  from ran_jax.models import (ATTRIBUTE_HEADS, BOTTLENECK_KINDS, COMPUTE_DTYPES, ENCODERS,
+                              EXTRA_DECODERS)
   from ran_jax.models.modules import CONV_IMPLS
   from ran_jax.stages import ADVERSARY_REDUCTIONS, SCHEDULES
 
@@ -299,6 +305,11 @@ def _rules() -> dict[str, Rule]:
                                  "0 (never) or an integer >= 1"),
       "ran.target_psnr": _number(0.0, text="0 (off) or a finite number of dB > 0"),
       "ran.compactness": _number(0.0),
+      "ran.attribute_weight": _number(0.0),
+      "ran.attribute_heads": ((lambda v: _names_from(ATTRIBUTE_HEADS)[0](v) and len(v) > 0),
+                              f"a non-empty tuple of names from {list(ATTRIBUTE_HEADS)}, "
+                              "without duplicates"),
+      "ran.attribute_hidden": _positive_ints("hidden widths, e.g. (256,)"),
       "ran.schedule": _one_of(SCHEDULES),
       "ran.lr_warmup_steps": ((lambda v: _is_int(v) and v >= 0), "0 (none) or an integer >= 1"),
       "ran.lr_floor": _number(0.0, 1.0),
@@ -351,6 +362,12 @@ def validate_config(config, num_devices: int | None = None) -> None:
     msg = _widths_problem(enc, widths)
     if msg:
       problems.append(f"model.widths={widths!r}: {msg}")
+
+  weight = values.get("ran.attribute_weight")
+  if _is_number(weight) and weight > 0 and not values.get("data.attribute"):
+    problems.append(f"ran.attribute_weight={weight!r}: the attribute game needs a sensitive "
+                    "attribute in the data; set data.attribute (e.g. 'subject' for uci_har, "
+                    "'speaker' for spoken_digit).")
 
   if num_devices:
     for name in ("batch_size", "eval_batch_size"):

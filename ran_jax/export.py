@@ -69,6 +69,7 @@ def export_trained(workdir: str, state, config, input_spec, dataset: str) -> str
         "input_shape": list(input_spec.input_shape),
         "num_classes": int(input_spec.num_classes),
         "value_range": [float(v) for v in input_spec.value_range],
+        "num_attributes": int(getattr(input_spec, "num_attributes", 0)),
         "config": json.loads(config.to_json_best_effort()),
     }
     (path / "model.json").write_text(json.dumps(meta, indent=2))
@@ -86,7 +87,8 @@ def load_trained(workdir: str) -> Trained:
   meta = json.loads(meta_path.read_text())
   config = ml_collections.ConfigDict(meta["config"])
   models = build_models(config.model, tuple(meta["input_shape"]), meta["num_classes"],
-                        tuple(meta["value_range"]), config.get("ran"))
+                        tuple(meta["value_range"]), config.get("ran"),
+                        meta.get("num_attributes", 0))
   params, stats = jax.eval_shape(models.init, jax.random.PRNGKey(0))
   tree = checkpointing.restore_networks(path / "networks", {"params": params, "batch_stats": stats})
   return Trained(config, models, tree["params"], tree["batch_stats"], meta)

@@ -12,6 +12,7 @@ batch.
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import optax
 
@@ -69,3 +70,15 @@ def within_class_variance(z, labels, num_classes: int):
   counts = onehot.sum(0)                                              # [K]
   means = (onehot.T @ z) / jnp.maximum(counts, 1.0)[:, None]          # [K, d]
   return jnp.mean(jnp.square(z - onehot @ means))
+
+
+def confusion_loss(logits):
+  """Cross-entropy of the predicted distribution to the uniform one, minus its minimum.
+
+  mean_b [ -1/C sum_c log p_c(b) ] - log C >= 0, zero exactly when every prediction is
+  uniform: the attribute game pushes the encoder towards features from which a head
+  cannot tell the attribute, instead of towards fooling it (a negated cross-entropy is
+  unbounded and rewards confidently wrong heads, which a retrained attacker undoes).
+  """
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  return -jnp.mean(logp) - jnp.log(jnp.float32(logits.shape[-1]))

@@ -22,17 +22,22 @@ from ran_jax.models import RANModels, build_models
 
 @dataclasses.dataclass(frozen=True)
 class InputSpec:
-  """What the models need to know about the data: one example's shape, classes, range."""
+  """What the models need to know about the data: one example's shape, classes, range.
+
+  `num_attributes`: values of the sensitive attribute (`data.attribute`), 0 without one.
+  """
 
   input_shape: tuple
   num_classes: int
   value_range: tuple = (0.0, 1.0)
+  num_attributes: int = 0
 
   @classmethod
   def of(cls, source) -> "InputSpec":
-    """From a `DataSource` (or anything with the same three attributes)."""
+    """From a `DataSource` (or anything with the same attributes)."""
     return cls(tuple(int(d) for d in source.input_shape), int(source.num_classes),
-               tuple(float(v) for v in source.value_range))
+               tuple(float(v) for v in source.value_range),
+               int(getattr(source, "num_attributes", 0) or 0))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,7 +88,7 @@ def build_program(config, mesh, input_spec: InputSpec, total_steps: int | None =
   Both run the same stage functions and give the same results.
   """
   models = build_models(config.model, input_spec.input_shape, input_spec.num_classes,
-                        input_spec.value_range, config.ran)
+                        input_spec.value_range, config.ran, input_spec.num_attributes)
   optimizers = stages.make_optimizers(config.ran, total_steps)
   bound = stages.bind_stages(models, optimizers, config.ran)
   repl = parallel.replicated(mesh)

@@ -22,6 +22,12 @@ Defences (all off by default; then every step computes exactly Algorithm 1):
   privacy target     the reconstruction term is capped at the error of a target PSNR:
                      past it, accuracy no longer pays for privacy.
   compactness        a penalty on the within-class variance of the features.
+  attribute game     the generative stage also trains attribute heads (classifiers of a
+                     sensitive attribute such as the speaker, `batch['attribute']`) on
+                     the released features; the adversarial stage adds
+                     `attribute_weight` x their confusion loss (cross-entropy to the
+                     uniform distribution), so the encoder is pushed to make the
+                     attribute unpredictable rather than to fool one head.
 
 The end of training (also off by default): learning-rate schedules for the three
 stages (`ran.schedule`, `make_optimizers`) and an exponential moving average of the
@@ -125,16 +131,19 @@ def _ec(params):
   return {"encoder": params["encoder"], "classifier": params["classifier"]}
 
 
+_GEN_EXTRAS = ("adversaries", "attribute")
+
+
 def _dec(params):
-  """What the generative stage updates: D alone, or D and the extra decoder families."""
-  if "adversaries" not in params:
+  """What the generative stage updates: D alone, or D with extra decoders / attribute heads."""
+  if not any(k in params for k in _GEN_EXTRAS):
     return params["decoder"]
-  return {"decoder": params["decoder"], "adversaries": params["adversaries"]}
+  return {k: params[k] for k in ("decoder",) + _GEN_EXTRAS if k in params}
 
 
 def _dec_update(tree, new):
   """Writes the generative stage's tree (`_dec` layout) back into a params/stats dict."""
-  if "adversaries" in tree:  # then `_dec` gave {'decoder', 'adversaries'}
+  if any(k in tree for k in _GEN_EXTRAS):  # then `_dec` gave a dict of the parts
     return {**tree, **new}
   return {**tree, "decoder": new}
 
@@ -275,6 +284,19 @@ def _sum(values):
   return functools.reduce(lambda a, b: a + b, values)
 
 
+def _attributes(batch):
+  if "attribute" not in batch:
+    raise ValueError("The attribute game (ran.attribute_weight > 0) needs batches with a "
+                     "sensitive attribute: set data.attribute (e.g. 'speaker', 'subject').")
+  return batch["attribute"]
+
+
+def attribute_logits(models, params, z):
+  """{head: logits [B, num_attributes]} of every attribute head on released features z."""
+  return {n: m.apply({"params": params["attribute"][n]}, z, train=False)
+          for n, m in models.attribute_heads.items()}
+
+
 # ---------------------------------------------------------------- the three stages
 # Batch-norm: every training stage runs the networks in train mode (batch
 # statistics), so the decoder learns on exactly the features the encoder produces
@@ -320,8 +342,11 @@ def generative_step(state: TrainState, batch, *, models: RANModels,
 
   With extra decoder families each one minimises its own reconstruction error on
   the same released features (their losses are summed; they share no parameters).
+  With the attribute game the attribute heads minimise their cross-entropy on the
+  same released features, in the same update.
   """
   x = batch["image"]
+  a = _attributes(batch) if models.attribute_heads else None
   rng = _stage_rng(state, "gen")
   z, _ = encode(models, state.params["encoder"], state.batch_stats["encoder"], x, True,
                 _noise_key(rng))
@@ -334,9 +359,18 @@ def generative_step(state: TrainState, batch, *, models: RANModels,
     new_stats = {"decoder": outs["decoder"][1]}
     if models.adversaries:
       new_stats["adversaries"] = {n: outs[n][1] for n in models.adversaries}
-    return _sum(recons.values()), (recons, new_stats)
+    loss, attr = _sum(recons.values()), {}
+    if models.attribute_heads:
+      logits = attribute_logits(models, params, z)
+      ces = {n: losses.cross_entropy(lg, a) for n, lg in logits.items()}
+      attr = {"attribute_ce": jnp.min(jnp.stack(list(ces.values()))),
+              "attribute_accuracy": jnp.max(jnp.stack([losses.accuracy(lg, a)
+                                                       for lg in logits.values()]))}
+      loss = loss + _sum(ces.values())
+    return loss, (recons, new_stats, attr)
 
-  (loss, (recons, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(_dec(state.params))
+  (loss, (recons, new_stats, attr)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      _dec(state.params))
   updates, opt = optimizer.update(grads, state.opt_state["gen"], _dec(state.params))
   dec_params = optax.apply_updates(_dec(state.params), updates)
   new_state = dataclasses.replace(
@@ -348,6 +382,7 @@ def generative_step(state: TrainState, batch, *, models: RANModels,
   name = losses.recon_metric_name(recon_reduction)
   metrics = {"gen/loss": loss, f"gen/{name}": recons["decoder"]}
   metrics.update({f"gen/{name}_{n}": recons[n] for n in models.adversaries})
+  metrics.update({f"gen/{k}": v for k, v in attr.items()})
   return new_state, metrics
 
 
@@ -355,15 +390,21 @@ def adversarial_step(state: TrainState, batch, *, models: RANModels,
                      optimizer: optax.GradientTransformation, lam: float,
                      recon_reduction: str = "sum", adversary_reduce: str = "min",
                      softmin_temperature: float = 1.0, warmup_steps: int = 0,
-                     target_recon: float | None = None, compactness: float = 0.0):
+                     target_recon: float | None = None, compactness: float = 0.0,
+                     attribute_weight: float = 0.0):
   """Line 8 of Algorithm 1: update theta_e, theta_c minimising O_a (Eq. 4), decoders frozen.
 
   The reconstruction term is the strongest decoder's error (`strongest`), capped at
-  `target_recon` when a privacy target is set, and off during `warmup_steps`.
+  `target_recon` when a privacy target is set, and off during `warmup_steps`. With the
+  attribute game, `attribute_weight` x the attribute heads' mean confusion loss is added
+  (heads frozen; also off during `warmup_steps`).
   Ends the Algorithm-1 iteration, so it advances `state.step`.
   """
   x, y = batch["image"], batch["label"]
   rng = _stage_rng(state, "adv")
+  use_attr = bool(attribute_weight) and bool(models.attribute_heads)
+  if use_attr:
+    _attributes(batch)  # the confusion needs no labels, but a game without them is a mistake
 
   def loss_fn(ec):
     z, enc_stats = features(models, ec["encoder"], state.batch_stats["encoder"], x, True)
@@ -381,10 +422,19 @@ def adversarial_step(state: TrainState, batch, *, models: RANModels,
     loss = losses.adversarial_objective(ce, term, lam)
     if compactness:
       loss = loss + compactness * losses.within_class_variance(z, y, models.num_classes)
-    return loss, (enc_stats, logits, ce, recon)
+    confusion = None
+    if use_attr:
+      heads = attribute_logits(models, state.params, zr)
+      confusion = jnp.mean(jnp.stack([losses.confusion_loss(lg) for lg in heads.values()]))
+      on = confusion
+      if warmup_steps:
+        on = on * (state.step >= warmup_steps).astype(on.dtype)
+      loss = loss + attribute_weight * on
+    return loss, (enc_stats, logits, ce, recon, confusion)
 
   ec = _ec(state.params)
-  (loss, (enc_stats, logits, ce, recon)), grads = jax.value_and_grad(loss_fn, has_aux=True)(ec)
+  (loss, (enc_stats, logits, ce, recon, confusion)), grads = jax.value_and_grad(
+      loss_fn, has_aux=True)(ec)
   updates, opt = optimizer.update(grads, state.opt_state["adv"], ec)
   ec = optax.apply_updates(ec, updates)
   new_state = dataclasses.replace(
@@ -394,9 +444,12 @@ def adversarial_step(state: TrainState, batch, *, models: RANModels,
       batch_stats={**state.batch_stats, "encoder": enc_stats},
       opt_state={**state.opt_state, "adv": opt},
   )
-  return new_state, {"adv/loss": loss, "adv/ce": ce,
-                     f"adv/{losses.recon_metric_name(recon_reduction)}": recon,
-                     "adv/accuracy": losses.accuracy(logits, y)}
+  metrics = {"adv/loss": loss, "adv/ce": ce,
+             f"adv/{losses.recon_metric_name(recon_reduction)}": recon,
+             "adv/accuracy": losses.accuracy(logits, y)}
+  if confusion is not None:
+    metrics["adv/attribute_confusion"] = confusion
+  return new_state, metrics
 
 
 def reinit_decoders(state: TrainState, *, models: RANModels,
@@ -488,7 +541,8 @@ def bind_stages(models: RANModels, optimizers, ran_config) -> StageFns:
           softmin_temperature=float(ran_config.get("softmin_temperature", 1.0)),
           warmup_steps=int(ran_config.get("warmup_steps", 0)),
           target_recon=target_recon_error(ran_config, models.input_shape, models.value_range),
-          compactness=compact),
+          compactness=compact,
+          attribute_weight=float(ran_config.get("attribute_weight", 0.0) or 0.0)),
       reinit=(functools.partial(reinit_decoders, models=models, optimizer=optimizers["gen"],
                                 every=every) if every > 0 else None),
       ema=(functools.partial(update_ema, decay=float(ran_config.ema_decay))

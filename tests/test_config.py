@@ -92,6 +92,15 @@ BAD_VALUES = [
     ("ran.reinit_every_steps", -5, "0 (never) or an integer >= 1"),
     ("ran.target_psnr", -1.0, "0 (off) or a finite number of dB > 0"),
     ("ran.compactness", -0.5, "a finite number >= 0"),
+    ("ran.attribute_weight", -1.0, "a finite number >= 0"),
+    ("ran.attribute_heads", (), "a non-empty tuple of names from ['linear', 'mlp']"),
+    ("ran.attribute_heads", ("svm",), "a non-empty tuple of names from ['linear', 'mlp']"),
+    ("ran.attribute_hidden", (0,), "a tuple of positive integers (hidden widths"),
+    ("ran.schedule", "linear", "allowed values are ['constant', 'cosine', 'step']"),
+    ("ran.lr_warmup_steps", -1, "0 (none) or an integer >= 1"),
+    ("ran.lr_floor", 1.5, "a number in [0, 1]"),
+    ("ran.ema_decay", 1.0, "0 (off) or a number in (0, 1)"),
+    ("ran.ema_decay", -0.5, "0 (off) or a number in (0, 1)"),
 ]
 
 

@@ -1,13 +1,13 @@
 """RAN models: encoder specs, the Flax modules and a builder from config."""
 
 from ran_jax.models.encoders import ENCODERS, build_encoder_spec
-from ran_jax.models.modules import (BOTTLENECK_KINDS, EXTRA_DECODERS, Classifier, Decoder,
-                                    Encoder, MLPDecoder, RANModels)
+from ran_jax.models.modules import (ATTRIBUTE_HEADS, BOTTLENECK_KINDS, EXTRA_DECODERS,
+                                    Classifier, Decoder, Encoder, MLPDecoder, RANModels)
 from ran_jax.models.spec import ConvSpec, PoolSpec, ShapeError, feature_shape, layer_shapes
 
 __all__ = [
     "ENCODERS", "build_encoder_spec", "Classifier", "Decoder", "Encoder", "RANModels",
-    "MLPDecoder", "BOTTLENECK_KINDS", "EXTRA_DECODERS",
+    "MLPDecoder", "ATTRIBUTE_HEADS", "BOTTLENECK_KINDS", "EXTRA_DECODERS",
     "ConvSpec", "PoolSpec", "ShapeError", "feature_shape", "layer_shapes", "build_models",
     "compute_dtype", "COMPUTE_DTYPES",
 ]
@@ -23,10 +23,12 @@ def compute_dtype(model_config):
   return jnp.bfloat16 if model_config.get("dtype", "float32") == "bfloat16" else jnp.float32
 
 
-def build_models(model_config, input_shape, num_classes, value_range, ran_config=None):
+def build_models(model_config, input_shape, num_classes, value_range, ran_config=None,
+                 num_attributes: int = 0):
   """Builds RANModels from the `config.model` section, in its compute dtype.
 
-  `ran_config` (config.ran) adds the extra decoder families trained beside D.
+  `ran_config` (config.ran) adds the extra decoder families trained beside D and, when
+  `ran.attribute_weight` > 0, the attribute heads over `num_attributes` values.
   """
   ran = ran_config if ran_config is not None else {}
   widths = model_config.get("widths", None)
@@ -40,4 +42,14 @@ def build_models(model_config, input_shape, num_classes, value_range, ran_config
                    feature_noise=model_config.get("feature_noise", 0.0),
                    extra_decoders=tuple(ran.get("extra_decoders", ())),
                    mlp_decoder_hidden=tuple(ran.get("mlp_decoder_hidden", (1024,))),
-                   wide_decoder_mult=ran.get("wide_decoder_mult", 2))
+                   wide_decoder_mult=ran.get("wide_decoder_mult", 2),
+                   **attribute_game(ran, num_attributes))
+
+
+def attribute_game(ran_config, num_attributes: int) -> dict:
+  """RANModels' attribute-adversary arguments: none unless `ran.attribute_weight` > 0."""
+  if not float(ran_config.get("attribute_weight", 0.0) or 0.0):
+    return {}
+  return dict(num_attributes=int(num_attributes),
+              attribute_heads=tuple(ran_config.get("attribute_heads", ("linear", "mlp"))),
+              attribute_hidden=tuple(ran_config.get("attribute_hidden", (256,))))

@@ -275,6 +275,9 @@ class Classifier(nn.Module):
 
 # Decoder families an adversarial ensemble can hold besides RAN's mirrored decoder.
 EXTRA_DECODERS = ("mlp", "wide")
+# Attribute adversaries (the attribute game): 'linear' (logistic regression on the released
+# features) and 'mlp' (one hidden layer of `attribute_hidden` units).
+ATTRIBUTE_HEADS = ("linear", "mlp")
 
 
 class RANModels:
@@ -284,14 +287,17 @@ class RANModels:
   `adversaries`: extra decoder families trained beside D ('mlp': an MLP decoder,
   'wide': the mirrored decoder with wider hidden layers). `feature_noise` is the
   standard deviation of the Gaussian noise added to the released features (see
-  `ran_jax.stages.release`).
+  `ran_jax.stages.release`). `attribute_heads` (with `num_attributes` > 0) are the
+  attribute adversaries of the attribute game: classifiers of a sensitive attribute
+  (e.g. the speaker) on the released features, trained beside the decoders.
   """
 
   def __init__(self, spec: EncoderSpec, input_shape, num_classes: int, classifier_hidden,
                value_range=(0.0, 1.0), dropout: float = 0.0, dtype=jnp.float32,
                conv_impl: str = "auto", bottleneck_dim: int = 0, bottleneck_kind: str = "dense",
                feature_noise: float = 0.0, extra_decoders=(), mlp_decoder_hidden=(1024,),
-               wide_decoder_mult: int = 2):
+               wide_decoder_mult: int = 2, num_attributes: int = 0, attribute_heads=(),
+               attribute_hidden=(256,)):
     _check_impl(conv_impl)
     if bottleneck_kind not in BOTTLENECK_KINDS:
       raise ValueError(f"bottleneck_kind must be one of {BOTTLENECK_KINDS}, "
@@ -317,6 +323,16 @@ class RANModels:
                                 width_mult=int(wide_decoder_mult), **bn),
     }
     self.adversaries = {name: families[name]() for name in extra_decoders}
+    bad_heads = [h for h in attribute_heads if h not in ATTRIBUTE_HEADS]
+    if bad_heads:
+      raise ValueError(f"Unknown attribute heads {bad_heads}; allowed: {list(ATTRIBUTE_HEADS)}.")
+    if attribute_heads and int(num_attributes) < 2:
+      raise ValueError("Attribute adversaries need a sensitive attribute with at least 2 values "
+                       f"(got num_attributes={num_attributes}); set data.attribute.")
+    self.num_attributes = int(num_attributes) if attribute_heads else 0
+    heads = {"linear": (), "mlp": tuple(attribute_hidden)}
+    self.attribute_heads = {name: Classifier(heads[name], self.num_attributes, 0.0, dtype=dtype)
+                            for name in attribute_heads}
 
   def init(self, rng):
     """Returns (params, batch_stats): dicts over encoder/classifier/decoder (+adversaries)."""
@@ -330,7 +346,11 @@ class RANModels:
         jax.random.PRNGKey(0), x, train=False)[0])
 
   def init_decoders(self, rng):
-    """Fresh (params, batch_stats) of D and the adversaries: {'decoder', ['adversaries']}."""
+    """Fresh (params, batch_stats) of every adversary the generative stage trains.
+
+    {'decoder', ['adversaries'], ['attribute']}: D, the extra decoder families and the
+    attribute heads (which have no batch statistics).
+    """
     z = jnp.zeros(self.feature_example().shape, jnp.float32)
     dv = self.decoder.init(rng, z, train=False)
     params, stats = {"decoder": dv["params"]}, {"decoder": dv.get("batch_stats", {})}
@@ -339,6 +359,10 @@ class RANModels:
             for i, (name, m) in enumerate(self.adversaries.items())}
       params["adversaries"] = {n: v["params"] for n, v in av.items()}
       stats["adversaries"] = {n: v.get("batch_stats", {}) for n, v in av.items()}
+    if self.attribute_heads:
+      params["attribute"] = {
+          n: m.init(jax.random.fold_in(rng, 0x617474 + i), z, train=False)["params"]
+          for i, (n, m) in enumerate(self.attribute_heads.items())}
     return params, stats
 
   def _init(self, rng):

@@ -1,0 +1,112 @@
+"""The attribute game: attribute heads in the generative stage, confusion in the adversarial."""
+
+import dataclasses
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import common
+from ran_jax import losses, stages
+from ran_jax.models import build_models
+
+
+def _config(**ran):
+  c = common.get_base_config()
+  c.model.widths = (4, 8)
+  c.model.classifier_hidden = (16,)
+  c.model.conv_impl = "xla"
+  c.ran.lam = 1.0
+  c.ran.k = 1
+  c.ran.attribute_hidden = (8,)
+  for key, value in ran.items():
+    c.ran[key] = value
+  return c
+
+
+def _models(c, num_attributes=4):
+  return build_models(c.model, (28, 28, 1), 10, (0.0, 1.0), c.ran, num_attributes)
+
+
+@pytest.fixture(scope="module")
+def game():
+  c = _config(attribute_weight=5.0, l3=3e-3, reinit_every_steps=1)
+  models = _models(c)
+  opts = stages.make_optimizers(c.ran)
+  state = jax.jit(lambda r: stages.init_state(models, opts, r))(jax.random.PRNGKey(0))
+  rng = np.random.default_rng(0)
+  attr = np.arange(16) % 4
+  # The attribute is visible in the input (a bright corner per value), so heads can learn it.
+  x = rng.uniform(0, 0.5, (16, 28, 28, 1))
+  x[np.arange(16), attr * 4, 0, 0] = 1.0
+  batch = {"image": jnp.asarray(x, jnp.float32),
+           "label": jnp.asarray(np.arange(16) % 10, jnp.int32),
+           "attribute": jnp.asarray(attr, jnp.int32)}
+  fns = stages.bind_stages(models, opts, c.ran)
+  gen, adv = jax.jit(fns.gen), jax.jit(fns.adv)
+  trained, first = gen(state, batch)
+  for _ in range(20):
+    trained, last = gen(trained, batch)
+  return dict(c=c, models=models, state=state, batch=batch, fns=fns, gen=gen, adv=adv,
+              trained=trained, gen_first=first, gen_last=last)
+
+
+def test_confusion_loss_is_zero_only_at_uniform():
+  assert float(losses.confusion_loss(jnp.zeros((3, 5)))) == pytest.approx(0.0, abs=1e-6)
+  assert float(losses.confusion_loss(jnp.array([[4.0, 0.0, 0.0]]))) > 0.5
+  g = jax.grad(lambda lg: losses.confusion_loss(lg))(jnp.array([[2.0, 0.0]]))
+  assert float(g[0, 0]) > 0 > float(g[0, 1])  # pushes the confident class down
+
+
+def test_off_by_default_no_heads():
+  c = _config(attribute_weight=0.0)
+  assert not _models(c).attribute_heads
+  params, _ = jax.eval_shape(_models(c).init, jax.random.PRNGKey(0))
+  assert "attribute" not in params
+
+
+def test_generative_stage_trains_heads_and_leaves_the_encoder(game):
+  assert set(game["state"].params["attribute"]) == {"linear", "mlp"}
+  assert float(game["gen_last"]["gen/attribute_ce"]) < float(game["gen_first"]["gen/attribute_ce"])
+  chex.assert_trees_all_equal(game["trained"].params["encoder"], game["state"].params["encoder"])
+
+
+def test_adversarial_stage_pushes_the_encoder_against_frozen_heads(game):
+  s = game["trained"]
+  s2, first = game["adv"](s, game["batch"])
+  assert float(first["adv/attribute_confusion"]) > 0
+  chex.assert_trees_all_equal(s2.params["attribute"], s.params["attribute"])
+  # Without the attribute term the same step moves the encoder differently.
+  adv0 = functools.partial(stages.adversarial_step,
+                           **{**game["fns"].adv.keywords, "attribute_weight": 0.0})
+  s3, m3 = jax.jit(adv0)(s, game["batch"])
+  assert "adv/attribute_confusion" not in m3
+  delta = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), s2.params["encoder"],
+                       s3.params["encoder"])
+  assert max(jax.tree.leaves(delta)) > 0
+  # Played alone against the frozen heads, the encoder makes them unsure.
+  for _ in range(20):
+    s2, last = game["adv"](s2, game["batch"])
+  assert float(last["adv/attribute_confusion"]) < 0.5 * float(first["adv/attribute_confusion"])
+
+
+def test_reinit_restarts_the_heads_too(game):
+  s = dataclasses.replace(game["trained"], step=jnp.asarray(1, jnp.int32))
+  fresh = jax.jit(game["fns"].reinit)(s)
+  moved = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), fresh.params["attribute"],
+                       s.params["attribute"])
+  assert min(jax.tree.leaves(moved)) > 0
+
+
+def test_missing_attribute_in_batch_is_a_clear_error(game):
+  batch = {k: v for k, v in game["batch"].items() if k != "attribute"}
+  with pytest.raises(ValueError, match="set data.attribute"):
+    game["fns"].gen(game["state"], batch)
+
+
+def test_heads_need_an_attribute_with_two_values():
+  with pytest.raises(ValueError, match="at least 2 values"):
+    _models(_config(attribute_weight=1.0), num_attributes=1)
