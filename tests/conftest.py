@@ -5,6 +5,11 @@ subprocesses too (through the environment): the end-to-end tests start many
 processes that compile the same programs, and on 2 CPU cores compilation is most
 of their time. A cached executable is the same program, so results are unchanged.
 Set RAN_TEST_COMPILATION_CACHE=0 to compile everything afresh.
+
+The README's test command runs the tests in two pytest-xdist workers (`-n 2 --dist
+loadfile`: a file stays on one worker, so its module fixtures are built once). On a
+2-core machine most of a test's time is single-threaded XLA compilation, so two workers
+finish in about half the time.
 """
 
 import atexit
@@ -19,8 +24,13 @@ import jax
 jax.config.update("jax_num_cpu_devices", 4)
 
 if os.environ.get("RAN_TEST_COMPILATION_CACHE", "1") != "0":
-  _cache = tempfile.mkdtemp(prefix="ran_jax_test_xla_cache_")
-  atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+  # pytest-xdist workers inherit the directory the controlling process made (it loads this
+  # file first), so the workers and their subprocesses share one cache; its maker removes it.
+  _cache = os.environ.get("RAN_TEST_XLA_CACHE")
+  if not _cache or not os.path.isdir(_cache):
+    _cache = tempfile.mkdtemp(prefix="ran_jax_test_xla_cache_")
+    os.environ["RAN_TEST_XLA_CACHE"] = _cache
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
   os.environ.update(JAX_COMPILATION_CACHE_DIR=_cache,
                     JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                     JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
