@@ -1,0 +1,353 @@
+"""Flax modules of RAN: Encoder E, Classifier C and the mirrored Decoder D."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ran_jax.models import fast_conv
+from ran_jax.models.spec import ConvSpec, EncoderSpec, PoolSpec, layer_shapes, same_pad_lo
+
+BN_MOMENTUM = 0.9
+BN_EPSILON = 1e-5
+# 'fast': convs as row-patches + matmul, transposed convs as cropped sub-pixel
+# stride-1 convs, reshape max-pool (fast_conv.py): the winner on CPU, where XLA's
+# convolutions are slow. 'xla': Flax's nn.Conv / nn.ConvTranspose / nn.max_pool
+# (cuDNN / TPU convs on accelerators). 'auto': 'fast' on CPU, 'xla' elsewhere.
+# All give the same parameters and the same results within float tolerance.
+CONV_IMPLS = ("auto", "fast", "xla")
+
+
+def _check_impl(impl: str) -> None:
+  if impl not in CONV_IMPLS:
+    raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {impl!r}.")
+
+
+def resolve_conv_impl(impl: str) -> str:
+  """'auto' -> 'fast' on the CPU backend, 'xla' on GPU/TPU."""
+  _check_impl(impl)
+  if impl == "auto":
+    return "fast" if jax.default_backend() == "cpu" else "xla"
+  return impl
+
+
+class FastConv(nn.Module):
+  """nn.Conv's parameters ('kernel' [kh, kw, C, O], 'bias'), computed by fast_conv.conv2d."""
+
+  features: int
+  kernel_size: tuple[int, int]
+  strides: tuple[int, int] = (1, 1)
+  padding: str = "SAME"
+  use_bias: bool = True
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):  # [B, H, W, C] -> [B, Ho, Wo, O]
+    kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                        tuple(self.kernel_size) + (x.shape[-1], self.features), jnp.float32)
+    x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
+    y = fast_conv.conv2d(x, kernel, self.strides, self.padding)
+    if self.use_bias:
+      y = y + self.param("bias", nn.initializers.zeros_init(), (self.features,),
+                         jnp.float32).astype(y.dtype)
+    return y
+
+
+class FastConvTranspose(nn.Module):
+  """nn.ConvTranspose(padding='VALID')'s parameters, computed already cropped.
+
+  Returns rows/cols [crop_lo, crop_lo + out_hw) of the full transposed conv
+  (zero past its end), which is what the decoder keeps of it.
+  """
+
+  features: int
+  kernel_size: tuple[int, int]
+  strides: tuple[int, int]
+  crop_lo: tuple[int, int]
+  out_hw: tuple[int, int]
+  use_bias: bool = True
+  dtype: jnp.dtype = jnp.float32
+  # Un-pooling of the input folded into this layer (stride 1 only): z is then the
+  # pooled-size input, and the result equals this layer applied to unpool(z).
+  unpool: tuple[int, int] | None = None
+
+  @nn.compact
+  def __call__(self, z):  # [B, h, w, C] -> [B, out_h, out_w, O]
+    kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                        tuple(self.kernel_size) + (z.shape[-1], self.features), jnp.float32)
+    z, kernel = nn.dtypes.promote_dtype(z, kernel, dtype=self.dtype)
+    if self.unpool is not None:
+      y = fast_conv.unpool_conv_transpose_cropped(z, kernel, self.unpool, self.crop_lo,
+                                                  self.out_hw)
+    else:
+      y = fast_conv.conv_transpose_cropped(z, kernel, self.strides, self.crop_lo, self.out_hw)
+    if self.use_bias:
+      y = y + self.param("bias", nn.initializers.zeros_init(), (self.features,),
+                         jnp.float32).astype(y.dtype)
+    return y
+
+
+def _bn(train: bool, name: str, dtype) -> nn.BatchNorm:
+  return nn.BatchNorm(
+      use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name,
+      dtype=dtype)
+
+
+BOTTLENECK_KINDS = ("dense", "conv1x1")
+
+
+class Encoder(nn.Module):
+  """Runs an `EncoderSpec`: conv -> batch-norm -> ReLU, and max-pooling.
+
+  bottleneck_dim > 0 ends the encoder in a learned projection to that many
+  channels ('dense': flat features [B, d]; 'conv1x1': [B, h, w, d]), without ReLU,
+  bounded by tanh. `bounded` (implied by a bottleneck) puts the features through
+  tanh, so that noise of a given scale means the same whatever the weights.
+  """
+
+  spec: EncoderSpec
+  dtype: jnp.dtype = jnp.float32
+  conv_impl: str = "auto"
+  bottleneck_dim: int = 0
+  bottleneck_kind: str = "dense"
+  bounded: bool = False
+
+  @nn.compact
+  def __call__(self, x, train: bool):  # x: [B, H, W, C] -> [B, h, w, c]
+    fast = resolve_conv_impl(self.conv_impl) == "fast"
+    for layer in self.spec:
+      if isinstance(layer, ConvSpec):
+        conv = FastConv if fast else nn.Conv
+        # No bias: batch-norm removes it, so its gradient is pure float noise that
+        # Adam would turn into lr-sized random steps (and layout-dependent results).
+        x = conv(layer.features, layer.kernel, layer.strides, padding=layer.padding,
+                 use_bias=False, name=layer.name, dtype=self.dtype)(x)
+        x = _bn(train, f"{layer.name}_bn", self.dtype)(x)
+        x = nn.relu(x)
+      elif fast:
+        x = fast_conv.max_pool(x, layer.window, layer.strides)
+      else:
+        x = nn.max_pool(x, layer.window, layer.strides, padding="VALID")
+    if self.bottleneck_dim:
+      if self.bottleneck_kind == "dense":
+        x = nn.Dense(self.bottleneck_dim, name="bottleneck", dtype=self.dtype)(
+            x.reshape((x.shape[0], -1)))                                   # [B, d]
+      else:
+        x = nn.Conv(self.bottleneck_dim, (1, 1), name="bottleneck", dtype=self.dtype)(x)
+    if self.bottleneck_dim or self.bounded:
+      x = jnp.tanh(x)
+    return x
+
+
+def _fit_axis(x, axis: int, start: int, size: int, mode: str):
+  """Takes x[start:start+size] along `axis`, padding at the end if x is short."""
+  n = x.shape[axis]
+  x = jax.lax.slice_in_dim(x, start, min(start + size, n), axis=axis)
+  short = size - x.shape[axis]
+  if short > 0:
+    pad = [(0, 0)] * x.ndim
+    pad[axis] = (0, short)
+    x = jnp.pad(x, pad, mode=mode)
+  return x
+
+
+def unpool(x, strides: Sequence[int], target_hw: Sequence[int]):
+  """Un-pooling without switches: each value fills its pooling block.
+
+  The attacker only sees E(x), never the pooling indices, so the decoder cannot
+  use switch-based un-pooling; nearest-neighbour un-pooling is its mirror.
+  Rows/columns dropped by the floor of a VALID pool are filled from the edge.
+  """
+  sh, sw = strides
+  x = jnp.repeat(jnp.repeat(x, sh, axis=1), sw, axis=2)
+  x = _fit_axis(x, 1, 0, target_hw[0], "edge")
+  return _fit_axis(x, 2, 0, target_hw[1], "edge")
+
+
+class Decoder(nn.Module):
+  """The encoder mirrored layer by layer, read from the encoder's own spec.
+
+  conv(k, s, pad) -> transposed conv(k, s) cropped exactly as the adjoint of that
+  padding; max-pool -> un-pool. Every hidden layer has batch-norm + ReLU; the last
+  maps into the data's value range [lo, hi] through a scaled sigmoid.
+  """
+
+  spec: EncoderSpec
+  input_shape: tuple[int, int, int]
+  value_range: tuple[float, float] = (0.0, 1.0)
+  dtype: jnp.dtype = jnp.float32
+  conv_impl: str = "auto"
+  bottleneck_dim: int = 0          # the encoder's bottleneck, mirrored by the first layer
+  bottleneck_kind: str = "dense"
+  width_mult: int = 1              # hidden channels x width_mult (a wider decoder family)
+
+  @nn.compact
+  def __call__(self, z, train: bool):  # z: [B, h, w, c] (or [B, d]) -> [B, H, W, C]
+    fast = resolve_conv_impl(self.conv_impl) == "fast"
+    shapes = layer_shapes(self.spec, self.input_shape)
+    n = len(self.spec)
+    m = int(self.width_mult)
+    if self.bottleneck_dim:
+      h, w, c = shapes[-1]
+      if self.bottleneck_kind == "dense":
+        z = nn.Dense(h * w * c * m, use_bias=False, name="debottleneck", dtype=self.dtype)(
+            z.reshape((z.shape[0], -1))).reshape((-1, h, w, c * m))
+      else:
+        z = nn.Conv(c * m, (1, 1), use_bias=False, name="debottleneck", dtype=self.dtype)(z)
+      z = nn.relu(_bn(train, "debottleneck_bn", self.dtype)(z))
+    pending = None  # an un-pooling folded into the next transposed conv (fast path)
+    for i in reversed(range(n)):
+      layer, (th, tw, tc) = self.spec[i], shapes[i]
+      tc = tc * m if i > 0 else tc
+      if isinstance(layer, PoolSpec):
+        nxt = self.spec[i - 1] if i > 0 else None
+        if (fast and isinstance(nxt, ConvSpec) and tuple(nxt.strides) == (1, 1)
+            and (th, tw) == (z.shape[1] * layer.strides[0], z.shape[2] * layer.strides[1])):
+          pending = tuple(layer.strides)
+        else:
+          z = unpool(z, layer.strides, (th, tw))
+        continue
+      kh, kw = layer.kernel
+      sh, sw = layer.strides
+      lo_h = same_pad_lo(th, kh, sh) if layer.padding == "SAME" else 0
+      lo_w = same_pad_lo(tw, kw, sw) if layer.padding == "SAME" else 0
+      has_bn = i > 0  # hidden layers are batch-normalised: no bias (see Encoder)
+      if fast and sh <= kh and sw <= kw:
+        # Computes only the kept window: no lhs-dilated zeros, no cropped-away rows,
+        # and no un-pooled tensor when the un-pooling before it is folded in.
+        z = FastConvTranspose(tc, layer.kernel, layer.strides, (lo_h, lo_w), (th, tw),
+                              use_bias=not has_bn, name=f"de{layer.name}", dtype=self.dtype,
+                              unpool=pending)(z)
+        pending = None
+      else:
+        z = nn.ConvTranspose(tc, layer.kernel, layer.strides, padding="VALID",
+                             use_bias=not has_bn, name=f"de{layer.name}", dtype=self.dtype)(z)
+        z = _fit_axis(z, 1, lo_h, th, "constant")
+        z = _fit_axis(z, 2, lo_w, tw, "constant")
+      if has_bn:
+        z = _bn(train, f"de{layer.name}_bn", self.dtype)(z)
+        z = nn.relu(z)
+    if isinstance(self.spec[0], PoolSpec):
+      raise ValueError("An encoder spec must start with a convolution.")
+    lo, hi = self.value_range
+    return (lo + (hi - lo) * nn.sigmoid(z.astype(jnp.float32)))
+
+
+class MLPDecoder(nn.Module):
+  """A fully-connected decoder: [B, ...] features -> [B, H, W, C] in value_range."""
+
+  output_shape: tuple
+  hidden: tuple = (1024, 1024)
+  value_range: tuple = (0.0, 1.0)
+
+  @nn.compact
+  def __call__(self, z, train: bool = False):
+    del train
+    z = z.reshape((z.shape[0], -1)).astype(jnp.float32)
+    for i, w in enumerate(self.hidden, start=1):
+      z = nn.relu(nn.Dense(w, name=f"fc{i}")(z))
+    out = nn.Dense(int(np.prod(self.output_shape)), name="out")(z)
+    lo, hi = self.value_range
+    return (lo + (hi - lo) * nn.sigmoid(out)).reshape((-1,) + tuple(self.output_shape))
+
+
+class Classifier(nn.Module):
+  """MLP on the flattened features: hidden Dense+ReLU layers, then logits."""
+
+  hidden: Sequence[int]
+  num_classes: int
+  dropout: float = 0.0
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, z, train: bool):  # z: [B, ...] -> [B, num_classes]
+    z = z.reshape((z.shape[0], -1))
+    for i, width in enumerate(self.hidden, start=1):
+      z = nn.relu(nn.Dense(width, name=f"fc{i}", dtype=self.dtype)(z))
+      if self.dropout > 0:
+        z = nn.Dropout(self.dropout, deterministic=not train)(z)
+    return nn.Dense(self.num_classes, name="logits", dtype=self.dtype)(z).astype(jnp.float32)
+
+
+# Decoder families an adversarial ensemble can hold besides RAN's mirrored decoder.
+EXTRA_DECODERS = ("mlp", "wide")
+
+
+class RANModels:
+  """The modules of one RAN, built for one input shape and class count.
+
+  encoder (with its bottleneck and bound), classifier, the mirrored decoder D and
+  `adversaries`: extra decoder families trained beside D ('mlp': an MLP decoder,
+  'wide': the mirrored decoder with wider hidden layers). `feature_noise` is the
+  standard deviation of the Gaussian noise added to the released features (see
+  `ran_jax.stages.release`).
+  """
+
+  def __init__(self, spec: EncoderSpec, input_shape, num_classes: int, classifier_hidden,
+               value_range=(0.0, 1.0), dropout: float = 0.0, dtype=jnp.float32,
+               conv_impl: str = "auto", bottleneck_dim: int = 0, bottleneck_kind: str = "dense",
+               feature_noise: float = 0.0, extra_decoders=(), mlp_decoder_hidden=(1024,),
+               wide_decoder_mult: int = 2):
+    _check_impl(conv_impl)
+    if bottleneck_kind not in BOTTLENECK_KINDS:
+      raise ValueError(f"bottleneck_kind must be one of {BOTTLENECK_KINDS}, "
+                       f"got {bottleneck_kind!r}.")
+    unknown = [d for d in extra_decoders if d not in EXTRA_DECODERS]
+    if unknown:
+      raise ValueError(f"Unknown decoder families {unknown}; allowed: {list(EXTRA_DECODERS)}.")
+    self.spec = spec
+    self.input_shape = tuple(int(d) for d in input_shape)
+    self.num_classes = num_classes
+    self.conv_impl = conv_impl
+    self.feature_noise = float(feature_noise)
+    vr = tuple(float(v) for v in value_range)
+    self.value_range = vr
+    bn = dict(bottleneck_dim=int(bottleneck_dim), bottleneck_kind=bottleneck_kind)
+    self.encoder = Encoder(spec, dtype=dtype, conv_impl=conv_impl, bounded=self.feature_noise > 0,
+                           **bn)
+    self.decoder = Decoder(spec, self.input_shape, vr, dtype=dtype, conv_impl=conv_impl, **bn)
+    self.classifier = Classifier(tuple(classifier_hidden), num_classes, dropout, dtype=dtype)
+    families = {
+        "mlp": lambda: MLPDecoder(self.input_shape, tuple(mlp_decoder_hidden), vr),
+        "wide": lambda: Decoder(spec, self.input_shape, vr, dtype=dtype, conv_impl=conv_impl,
+                                width_mult=int(wide_decoder_mult), **bn),
+    }
+    self.adversaries = {name: families[name]() for name in extra_decoders}
+
+  def init(self, rng):
+    """Returns (params, batch_stats): dicts over encoder/classifier/decoder (+adversaries)."""
+    # One compiled program: op-by-op the fast path's many small slices each compile.
+    return jax.jit(self._init)(rng)
+
+  def feature_example(self):
+    """A zero feature batch of one example, as the encoder releases it."""
+    x = jnp.zeros((1,) + self.input_shape, jnp.float32)
+    return jax.eval_shape(lambda: self.encoder.init_with_output(
+        jax.random.PRNGKey(0), x, train=False)[0])
+
+  def init_decoders(self, rng):
+    """Fresh (params, batch_stats) of D and the adversaries: {'decoder', ['adversaries']}."""
+    z = jnp.zeros(self.feature_example().shape, jnp.float32)
+    dv = self.decoder.init(rng, z, train=False)
+    params, stats = {"decoder": dv["params"]}, {"decoder": dv.get("batch_stats", {})}
+    if self.adversaries:
+      av = {name: m.init(jax.random.fold_in(rng, i + 1), z, train=False)
+            for i, (name, m) in enumerate(self.adversaries.items())}
+      params["adversaries"] = {n: v["params"] for n, v in av.items()}
+      stats["adversaries"] = {n: v.get("batch_stats", {}) for n, v in av.items()}
+    return params, stats
+
+  def _init(self, rng):
+    k_e, k_c, k_d = jax.random.split(rng, 3)
+    x = jnp.zeros((1,) + self.input_shape, jnp.float32)
+    ev = self.encoder.init(k_e, x, train=False)
+    z = self.encoder.apply(ev, x, train=False)
+    cv = self.classifier.init(k_c, z, train=False)
+    dp, ds = self.init_decoders(k_d)
+    params = {"encoder": ev["params"], "classifier": cv["params"], **dp}
+    stats = {"encoder": ev.get("batch_stats", {}), **ds}
+    return params, stats

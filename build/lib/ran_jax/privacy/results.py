@@ -1,0 +1,73 @@
+"""A sweep's results table: one row per point, a fixed CSV schema (`CSV_COLUMNS`).
+
+A point's `result.json` (from `ran_jax.privacy.protocol`) becomes one row; the
+figures (`ran_jax.privacy.figures.write_figures`) and the docs read these rows.
+"""
+
+from __future__ import annotations
+
+import csv
+
+from ran_jax.privacy import protocol
+
+TRAINED_ATTACKERS = protocol.TRAINED_ATTACKERS
+CSV_COLUMNS = (
+    ["method", "setting", "lam", "noise_factor", "feature_noise", "accuracy", "accuracy_retrained"]
+    + [f"{a}_{m}" for a in protocol.ALL_ATTACKERS for m in protocol.METRICS]
+    + ["worst_attacker", "worst_mse_sum", "worst_mse_mean", "worst_psnr", "worst_ssim",
+       # Attacker-independent floor for unbiased attackers of a noisy release (privacy/bound.py)
+       "fisher_bound_mse_sum", "fisher_bound_mse_mean",
+       # Attackers that ignore the features: class-mean image (label only), mean image
+       "label_only_mse_sum", "mean_image_mse_sum",
+       "n_fit", "n_test", "train_seconds", "eval_seconds"]
+    # Trained attackers: epochs run and whether the fit ended on a plateau (True) or at
+    # the epoch cap (False: that attacker may be stronger than reported).
+    + [f"{a}_{m}" for a in TRAINED_ATTACKERS for m in ("epochs", "converged")])
+
+
+def setting_key(v: float) -> str:
+  return f"{v:g}"
+
+
+def to_row(method: str, setting: str, result: dict) -> dict:
+  row = {c: "" for c in CSV_COLUMNS}
+  fb = result.get("fisher_bound", {})
+  ref = result.get("reference", {})
+  row.update(method=method, setting=setting, lam=result.get("lam", ""),
+             noise_factor=result.get("noise_factor", ""),
+             feature_noise=result.get("feature_noise", ""),
+             fisher_bound_mse_sum=fb.get("mse_sum", ""),
+             fisher_bound_mse_mean=fb.get("mse_mean", ""),
+             label_only_mse_sum=ref.get("label_only", {}).get("mse_sum", ""),
+             mean_image_mse_sum=ref.get("mean_image", {}).get("mse_sum", ""),
+             accuracy=result.get("accuracy", ""),
+             accuracy_retrained=result.get("accuracy_retrained", ""),
+             n_fit=result.get("n_fit", ""), n_test=result.get("n_test", ""),
+             train_seconds=result.get("train_seconds", ""),
+             eval_seconds=result.get("eval_seconds", ""))
+  for a, m in result["attackers"].items():
+    for k in protocol.METRICS:
+      row[f"{a}_{k}"] = m[k]
+    if a in TRAINED_ATTACKERS:
+      row[f"{a}_epochs"] = m.get("epochs", "")
+      row[f"{a}_converged"] = m.get("converged", "")
+  w = result.get("worst", {})
+  row.update(worst_attacker=w.get("attacker", ""), worst_mse_sum=w.get("mse_sum", ""),
+             worst_mse_mean=w.get("mse_mean", ""), worst_psnr=w.get("psnr", ""),
+             worst_ssim=w.get("ssim", ""))
+  return row
+
+
+def write_csv(rows: list, path: str) -> None:
+  with open(path, "w", newline="", encoding="utf-8") as f:
+    w = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+    w.writeheader()
+    for r in rows:
+      w.writerow(r)
+
+
+def read_csv(path: str) -> list:
+  with open(path, newline="", encoding="utf-8") as f:
+    return list(csv.DictReader(f))
+
+

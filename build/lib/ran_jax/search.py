@@ -1,0 +1,667 @@
+"""Budget search: the most private setting of one privacy knob within an accuracy budget.
+
+  python -m ran_jax.search --config=configs/digits_lenet.py --max_accuracy_drop=0.005 \
+      --workdir=/tmp/ran_search/digits [--knob=model.feature_noise] [--low=0 --high=2] \
+      [--max_trainings=6] [--config.num_epochs=10]
+
+1. **Reference.** The config with every defence off is trained once (DIR/runs/reference):
+   the undefended encoder of the paper's DNN baseline, `REFERENCE_OVERRIDES` (lambda = 1.0,
+   no release noise, no bottleneck, no compactness, no extra decoders). Its validation
+   accuracy is what the budget is measured from: a candidate qualifies when its
+   validation accuracy >= reference - max_accuracy_drop.
+2. **Validation split.** Carved from the TRAINING split, never the test split: of the
+   first L training examples (L = `data.train_limit`, or all), the last
+   round(val_fraction * L) are held out and every training (reference and candidates)
+   runs on the first L - n_val, by setting `data.train_limit` to that. Datasets whose
+   training split is stored in a meaningful order (e.g. by subject) get an out-of-order
+   hold-out: conservative, not optimistic.
+3. **Search.** Bisection on the knob, which assumes accuracy falls monotonically as the
+   knob gets more private (`KNOBS` says which direction that is: more `model.feature_noise`,
+   less `ran.lam`, less `ran.target_psnr`). The ends are assumed (the least private end
+   qualifies, the most private does not) and not trained, except that when every
+   candidate so far failed, the last allowed training checks the least private end. At
+   most `max_trainings` candidates are trained (plus the reference), and the bisection
+   stops once the bracket is `resolution` of the interval wide (1/16). Each candidate is
+   scored on the validation split by the fast attackers (ridge + a capped MLP decoder by
+   default) through `ran_jax.privacy.methods.attack_trained`, so its accuracy is the
+   deployed service classifier's on the released (noisy) features.
+4. **Confirmation.** The chosen candidate (the most private one that qualified) and the
+   reference are attacked with the full attacker set (`protocol.ATTACKERS`, converging
+   fits) on the test split, which the search never looked at; the report gives both scores.
+5. **Outputs.** DIR/search_state.json (every candidate: knob value, accuracy, attack
+   result), DIR/chosen/config.json and DIR/chosen/export (a relative link to the chosen
+   run's export: `ran_jax.export.load_trained('DIR/chosen')` loads it), DIR/report.md with
+   DIR/front.png and DIR/reconstructions.png.
+
+Resumable: the next candidate is a pure function of the finished ones, so a killed
+search rerun with the same command continues where it stopped; a run with an export is
+not retrained, an interrupted training resumes from its checkpoint, a scored point
+(DIR/points/<name>/result.json) is not rescored. A larger --max_trainings or another
+--max_accuracy_drop on a rerun reuses every finished candidate.
+
+Exit codes: 0 a setting was chosen; 2 bad arguments or config (like train.py); 3 no
+candidate stayed within the budget (the report says so).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import sys
+import time
+from typing import Callable, Optional
+
+import numpy as np
+
+from ran_jax import config_lib
+
+log = logging.getLogger("ran_jax")
+
+STATE_FILE = "search_state.json"
+STATE_VERSION = 1
+NO_CHOICE_EXIT = 3
+
+# The undefended encoder the budget is measured from (the paper's DNN: O_a = CE).
+REFERENCE_OVERRIDES = {"ran.lam": 1.0, "model.feature_noise": 0.0, "model.bottleneck_dim": 0,
+                       "ran.compactness": 0.0, "ran.extra_decoders": ()}
+
+
+@dataclasses.dataclass(frozen=True)
+class Knob:
+  """A privacy knob: which way is more private and its default search interval."""
+
+  more_private: str   # 'up' (larger values are more private) or 'down'
+  low: float
+  high: float
+  meaning: str
+
+
+KNOBS = {
+    "model.feature_noise": Knob("up", 0.0, 2.0, "release-noise sigma of the defended encoder "
+                                "(features in [-1, 1]); more noise is more private"),
+    "ran.lam": Knob("down", 0.0, 1.0, "the paper's RAN lambda; a smaller lambda weighs "
+                    "reconstruction error more and is more private"),
+    "ran.target_psnr": Knob("down", 5.0, 30.0, "privacy target in dB (needs ran.lam < 1); a "
+                            "lower target keeps pushing the decoders' PSNR down, more private"),
+}
+
+
+class SearchError(ValueError):
+  """Bad search arguments, or a workdir holding another search; the message says which."""
+
+
+# ---------------------------------------------------------------- arguments
+
+
+def check_args(config, knob: str, low: Optional[float], high: Optional[float],
+               max_accuracy_drop: float, max_trainings: int, val_fraction: float,
+               resolution: float = 0.0):
+  """Validates the search arguments (and the config) before any data is loaded.
+
+  Returns (low, high) with the knob's defaults filled in. Raises SearchError, or
+  ConfigError for a config or knob value the library refuses.
+  """
+  from ran_jax import sweep
+  from ran_jax.config_lib import validate_config
+
+  if knob not in KNOBS:
+    raise SearchError(f"--knob={knob!r}: unknown knob; allowed: {sorted(KNOBS)}.")
+  spec = KNOBS[knob]
+  low = spec.low if low is None else float(low)
+  high = spec.high if high is None else float(high)
+  problems = []
+  if not (math.isfinite(max_accuracy_drop) and max_accuracy_drop >= 0):
+    problems.append(f"--max_accuracy_drop={max_accuracy_drop}: the budget must be a finite "
+                    "accuracy drop >= 0 (e.g. 0.005 for half a point).")
+  if not (math.isfinite(low) and math.isfinite(high) and low < high):
+    problems.append(f"--low={low:g} --high={high:g}: need finite bounds with low < high.")
+  if max_trainings < 1:
+    problems.append(f"--max_trainings={max_trainings}: at least 1 candidate training.")
+  if not 0 <= resolution < 1:
+    problems.append(f"--resolution={resolution}: a fraction in [0, 1) of the knob's interval.")
+  if not 0 < val_fraction < 1:
+    problems.append(f"--val_fraction={val_fraction}: a fraction in (0, 1) of the training split.")
+  if knob == "ran.target_psnr":
+    if low <= 0:
+      problems.append(f"--low={low:g}: ran.target_psnr bounds must be > 0 dB (0 switches the "
+                      "target off).")
+    if float(config.ran.lam) >= 1.0:
+      problems.append("--knob=ran.target_psnr has no effect at ran.lam=1.0 (there is no "
+                      "reconstruction term to cap); set --config.ran.lam below 1.")
+  if problems:
+    raise SearchError("Invalid search arguments:\n  - " + "\n  - ".join(problems))
+  validate_config(config)
+  for value in (low, high):   # the library's own range rules for the knob's field
+    validate_config(sweep.apply_overrides(config, {knob: value}))
+  return low, high
+
+
+# ---------------------------------------------------------------- the bisection
+
+
+def knob_value(t: float, knob: str, low: float, high: float) -> float:
+  """Position t in [0, 1] (0: least private end, 1: most private end) -> knob value."""
+  up = KNOBS[knob].more_private == "up"
+  return low + t * (high - low) if up else high - t * (high - low)
+
+
+def next_position(tested: dict, max_trainings: int,
+                  resolution: float = 0.0) -> Optional[float]:
+  """The next position to train, or None when the search is over.
+
+  tested: {position t: within budget (bool)}. Bisection between the most private
+  qualifying position (0 when none) and the least private failing one above it (1 when
+  none); a pure function of what was tested, so a resumed search repeats it exactly.
+  It stops after `max_trainings` positions, or once that bracket is at most `resolution`
+  wide (a fraction of the knob's interval): finer steps than the accuracy noise of the
+  validation split resolve nothing and cost a training each.
+  """
+  if len(tested) >= max_trainings:
+    return None
+  ok = [t for t, good in tested.items() if good]
+  lo = max(ok, default=0.0)
+  hi = min((t for t, good in tested.items() if not good and t > lo), default=1.0)
+  if hi - lo <= resolution + 1e-12:
+    # Narrow enough. With nothing qualified yet, the least private end is what is left.
+    return 0.0 if not ok and tested and 0.0 not in tested else None
+  if not ok and tested and len(tested) == max_trainings - 1 and 0.0 not in tested:
+    return 0.0   # every candidate failed: spend the last training on the least private end
+  if not ok and 0.0 in tested:
+    return None  # even the least private end fails the budget
+  t = (lo + hi) / 2
+  return None if t in tested else t
+
+
+# ---------------------------------------------------------------- data
+
+
+class _Rows:
+  """Rows `indices` of a random-access split, itself random access (a view, no copy)."""
+
+  def __init__(self, split, indices):
+    self.split, self.indices = split, np.asarray(indices)
+
+  def __len__(self) -> int:
+    return len(self.indices)
+
+  def get(self, indices) -> dict:
+    return self.split.get(self.indices[np.asarray(indices)])
+
+
+def split_sizes(config, n_train: int, val_fraction: float) -> tuple[int, int]:
+  """(examples trained on, examples held out) of the first L training examples."""
+  limit = int(config.data.get("train_limit", 0) or 0)
+  total = min(limit, n_train) if limit > 0 else n_train
+  n_val = max(1, int(round(val_fraction * total)))
+  if total - n_val < 1:
+    raise SearchError(f"--val_fraction={val_fraction} leaves no training examples of {total}.")
+  return total - n_val, n_val
+
+
+def validation_source(source, n_fit: int, n_val: int):
+  """The DataSource the search scores on: train = first n_fit, 'test' = the held-out rows."""
+  return dataclasses.replace(source, train=_Rows(source.train, np.arange(n_fit)),
+                             test=_Rows(source.train, np.arange(n_fit, n_fit + n_val)))
+
+
+# ---------------------------------------------------------------- files
+
+
+def _write_atomic(path: str, text: str) -> None:
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "w", encoding="utf-8") as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
+def _write_json(path: str, obj) -> None:
+  _write_atomic(path, json.dumps(obj, indent=2, default=float) + "\n")
+
+
+def _config_json(config) -> dict:
+  return json.loads(config.to_json_best_effort())
+
+
+def _summary(result: dict) -> dict:
+  """What the state keeps of one attack result (the full one is in points/<name>/)."""
+  keep = ("mse_sum", "mse_mean", "psnr", "ssim", "epochs", "converged")
+  out = {"accuracy": result.get("accuracy"),
+         "attackers": {a: {k: m[k] for k in keep if k in m}
+                       for a, m in result.get("attackers", {}).items()},
+         "worst": result.get("worst", {}),
+         "label_only_mse_sum": result.get("reference", {}).get("label_only", {}).get("mse_sum"),
+         "value_range": result.get("value_range", [0.0, 1.0])}
+  if "accuracy_retrained" in result:
+    out["accuracy_retrained"] = result["accuracy_retrained"]
+  if "fisher_bound" in result:
+    out["fisher_bound_mse_sum"] = result["fisher_bound"].get("mse_sum")
+  return out
+
+
+def run_name(knob: str, value: float) -> str:
+  return f"{knob.rsplit('.', 1)[-1]}{value:.6g}"
+
+
+# ---------------------------------------------------------------- the search
+
+
+def default_evaluate(workdir: str, data, cfg, name: str):
+  """Attacks the exported encoder of `workdir` (`methods.attack_trained`)."""
+  from ran_jax import export
+  from ran_jax.privacy import methods
+
+  return methods.attack_trained(export.load_trained(workdir), data, cfg, name=name)
+
+
+def fast_attack_config(attackers=("ridge", "mlp_decoder"), max_epochs: int = 10,
+                       patience: int = 2, seed: int = 0, attack_train_limit: int = 0, **kw):
+  """The attackers that score every candidate: cheap, capped fits, no retrained classifier."""
+  from ran_jax.privacy import attackers as atk
+  from ran_jax.privacy import protocol
+
+  fit = atk.FitConfig(max_epochs=max_epochs, patience=patience, seed=seed)
+  return protocol.AttackConfig(attackers=tuple(attackers), attacker_fit=fit, classifier_fit=fit,
+                               retrain_classifier=False, attack_train_limit=attack_train_limit,
+                               seed=seed, **kw)
+
+
+def run_search(config, workdir: str, *, knob: str = "model.feature_noise",
+               low: Optional[float] = None, high: Optional[float] = None,
+               max_accuracy_drop: float = 0.005, max_trainings: int = 6,
+               resolution: float = 1 / 16, val_fraction: float = 0.1, fast_cfg=None, full_cfg=None,
+               train_fn: Optional[Callable] = None, evaluate_fn: Callable = default_evaluate,
+               config_name: str = "", command: str = "") -> dict:
+  """Runs (or resumes) the search in `workdir`; returns the final state (see module doc)."""
+  from ran_jax import input_pipeline, sweep, trainer
+  from ran_jax.privacy import protocol
+
+  train_fn = train_fn or trainer.train_and_evaluate
+  low, high = check_args(config, knob, low, high, max_accuracy_drop, max_trainings, val_fraction,
+                         resolution)
+  fast_cfg = fast_cfg or fast_attack_config()
+  full_cfg = full_cfg or protocol.AttackConfig()
+  os.makedirs(workdir, exist_ok=True)
+
+  source = input_pipeline.load_dataset(config.data)
+  n_fit, n_val = split_sizes(config, len(source.train), val_fraction)
+  base = sweep.apply_overrides(config, {"data.train_limit": n_fit})
+  search = {"config": _config_json(config), "config_name": config_name, "knob": knob,
+            "more_private": KNOBS[knob].more_private, "low": low, "high": high,
+            "val_fraction": val_fraction, "n_fit": n_fit, "n_val": n_val,
+            "fast_eval": fast_cfg.to_dict(), "reference_overrides": REFERENCE_OVERRIDES}
+  search = json.loads(json.dumps(search, default=float))   # as it reads back from the file
+  state_path = os.path.join(workdir, STATE_FILE)
+  state = _load_state(state_path, search)
+  state["budget"] = {"max_accuracy_drop": max_accuracy_drop, "max_trainings": max_trainings,
+                     "resolution": resolution}
+  state["command"] = command or state.get("command", "")
+
+  val_data = None
+
+  def score(name: str, overrides: dict, entry: dict) -> dict:
+    """Trains (unless exported) and scores one run on the validation split."""
+    nonlocal val_data
+    if name != "reference" and (_config_json(sweep.apply_overrides(base, overrides))
+                                == _config_json(sweep.apply_overrides(base, REFERENCE_OVERRIDES))):
+      name = "reference"   # this candidate is the reference's config: reuse its run
+      entry["same_as_reference"] = True
+    run_dir = os.path.join(workdir, "runs", name)
+    pdir = os.path.join(workdir, "points", name)
+    result, _ = protocol.load(pdir)
+    if result is None:
+      t_train = sweep.train_point(base, overrides, run_dir, train_fn)
+      if val_data is None:
+        val_data = protocol.prepare_data(validation_source(source, n_fit, n_val), fast_cfg)
+      t0 = time.perf_counter()
+      result, art = evaluate_fn(run_dir, val_data, fast_cfg, name)
+      result.update(train_seconds=t_train, eval_seconds=time.perf_counter() - t0)
+      protocol.save(pdir, result, art)
+    entry.update(run=os.path.join("runs", name), point=os.path.join("points", name),
+                 train_seconds=result.get("train_seconds", 0.0), **_summary(result))
+    return entry
+
+  # ------------------------------------------------------------ reference
+  if state.get("reference") is None:
+    log.info("=== search: reference (every defence off)")
+    state["reference"] = score("reference", REFERENCE_OVERRIDES, {})
+    _write_json(state_path, state)
+  ref_acc = float(state["reference"]["accuracy"])
+  threshold = ref_acc - max_accuracy_drop
+  state["threshold"] = threshold
+
+  # ------------------------------------------------------------ bisection
+  by_t = {c["t"]: c for c in state["candidates"]}
+  while True:
+    tested = {t: float(c["accuracy"]) >= threshold - 1e-12 for t, c in by_t.items()}
+    t = next_position(tested, max_trainings, resolution)
+    if t is None:
+      break
+    value = knob_value(t, knob, low, high)
+    name = run_name(knob, value)
+    log.info("=== search: candidate %d/%d %s=%g (position %g)", len(by_t) + 1, max_trainings,
+             knob, value, t)
+    by_t[t] = score(name, {knob: value}, {"t": t, "value": value})
+    state["candidates"] = sorted(by_t.values(), key=lambda c: c["t"])
+    _write_json(state_path, state)
+  for c in state["candidates"]:
+    c["within_budget"] = bool(float(c["accuracy"]) >= threshold - 1e-12)
+  ok = [c for c in state["candidates"] if c["within_budget"]]
+  chosen = max(ok, key=lambda c: c["t"]) if ok else None
+  state["chosen"] = None if chosen is None else {"t": chosen["t"], "value": chosen["value"],
+                                                 "run": chosen["run"]}
+  state["trainings"] = {"reference": 1, "max_candidates": max_trainings,
+                        "candidates": sum(not c.get("same_as_reference")
+                                          for c in state["candidates"])}
+  _write_json(state_path, state)
+
+  # ------------------------------------------------------------ confirmation
+  confirm = {}
+  test_data = None
+  for key, entry in (("reference", state["reference"]), ("chosen", chosen)):
+    if entry is None:
+      continue
+    name = os.path.basename(entry["run"])
+    cdir = os.path.join(workdir, "confirm", name)
+    result, art = protocol.load(cdir)
+    if result is None:
+      if test_data is None:
+        test_data = protocol.prepare_data(source, full_cfg)
+      log.info("=== search: confirming %s with the full attacker set", name)
+      t0 = time.perf_counter()
+      result, art = evaluate_fn(os.path.join(workdir, entry["run"]), test_data, full_cfg, name)
+      result.update(eval_seconds=time.perf_counter() - t0, eval_config=full_cfg.to_dict())
+      protocol.save(cdir, result, art)
+    confirm[key] = {"name": name, **_summary(result)}
+    confirm[key + "_art"] = art
+  state["confirm"] = {k: v for k, v in confirm.items() if not k.endswith("_art")}
+  if chosen is not None:
+    _write_chosen(workdir, base, knob, chosen)
+  state["status"] = "done"
+  _write_json(state_path, state)
+  write_report(workdir, state, confirm)
+  return state
+
+
+def _load_state(path: str, search: dict) -> dict:
+  if not os.path.exists(path):
+    return {"version": STATE_VERSION, "search": search, "reference": None, "candidates": []}
+  with open(path, encoding="utf-8") as f:
+    state = json.load(f)
+  old = state.get("search", {})
+  diff = sorted(k for k in set(old) | set(search) if old.get(k) != search.get(k))
+  if diff:
+    raise SearchError(f"{os.path.dirname(path)} holds a search with other settings (differs in "
+                      f"{diff}); rerun with the same config and --knob/--low/--high/"
+                      "--val_fraction/fast-attacker flags to resume it, or use a new --workdir.")
+  return state
+
+
+def _write_chosen(workdir: str, base, knob: str, chosen: dict) -> None:
+  """DIR/chosen/config.json (what the chosen encoder was trained with) and its export."""
+  from ran_jax import sweep
+
+  out = os.path.join(workdir, "chosen")
+  os.makedirs(out, exist_ok=True)
+  cfg = sweep.apply_overrides(base, {knob: chosen["value"]})
+  _write_atomic(os.path.join(out, "config.json"), cfg.to_json_best_effort(indent=2) + "\n")
+  link = os.path.join(out, "export")
+  target = os.path.join("..", chosen["run"], "export")
+  if os.path.islink(link) or os.path.exists(link):
+    if os.path.islink(link) and os.readlink(link) == target:
+      return
+    if os.path.isdir(link) and not os.path.islink(link):
+      import shutil
+
+      shutil.rmtree(link)
+    else:
+      os.remove(link)
+  try:
+    os.symlink(target, link)
+  except OSError:   # no symlinks here: a copy
+    import shutil
+
+    shutil.copytree(os.path.join(workdir, chosen["run"], "export"), link)
+
+
+# ---------------------------------------------------------------- report
+
+
+def _fmt(v, spec=".4g") -> str:
+  return "n/a" if v is None else format(float(v), spec)
+
+
+def front_figure(state: dict, path: str) -> None:
+  """Validation accuracy vs worst-case mse_sum (fast attackers) of every trained point."""
+  from ran_jax.privacy import figures  # noqa: F401 - selects the Agg backend
+  import matplotlib.pyplot as plt
+
+  ref, knob = state["reference"], state["search"]["knob"]
+  chosen = state.get("chosen") or {}
+  fig, ax = plt.subplots(figsize=(6.5, 4.5))
+  cands = sorted(state["candidates"], key=lambda c: c["value"])
+  for c in cands:
+    good = c["within_budget"]
+    ax.plot(c["accuracy"], c["worst"]["mse_sum"], "o", color="tab:green" if good else "tab:red",
+            ms=7)
+    ax.annotate(f"{c['value']:.4g}", (c["accuracy"], c["worst"]["mse_sum"]), fontsize=7,
+                xytext=(4, 3), textcoords="offset points")
+    if c["t"] == chosen.get("t"):
+      ax.plot(c["accuracy"], c["worst"]["mse_sum"], "o", ms=15, mfc="none", color="k",
+              label=f"chosen {knob}={c['value']:.4g}")
+  ax.plot([], [], "o", color="tab:green", label="within budget")
+  ax.plot([], [], "o", color="tab:red", label="over budget")
+  ax.plot(ref["accuracy"], ref["worst"]["mse_sum"], "k*", ms=13, label="reference (no defence)")
+  ax.axvline(state["threshold"], color="gray", ls="--", lw=1,
+             label=f"budget: accuracy >= {state['threshold']:.4f}")
+  if ref.get("label_only_mse_sum"):
+    ax.axhline(ref["label_only_mse_sum"], color="gray", ls=":", lw=1,
+               label="label only (class-mean image)")
+  ax.set_yscale("log")
+  ax.set_xlabel("validation accuracy (service classifier, held-out training examples)")
+  ax.set_ylabel("worst-case reconstruction error (mse_sum)")
+  ax.set_title(f"Explored front: {knob} (fast attackers)", fontsize=10)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7, loc="best")
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def _recon_figure(confirm: dict, path: str) -> bool:
+  from ran_jax.privacy import figures
+
+  ref, ch = confirm.get("reference"), confirm.get("chosen")
+  if ch is None:
+    return False
+  ref_art, ch_art = confirm["reference_art"], confirm["chosen_art"]
+  rows = [("test input", ch_art["x_show"])]
+  for label, res, art in (("reference", ref, ref_art), ("chosen", ch, ch_art)):
+    att = res["worst"]["attacker"]
+    rows.append((f"{label}\n{att}\nmse {res['worst']['mse_sum']:.3g}", art[f"rec_{att}"]))
+  if "rec_own_decoder" in ch_art:
+    rows.append(("chosen\nown decoder", ch_art["rec_own_decoder"]))
+  figures.recon_grid(rows, path, value_range=tuple(ch["value_range"]),
+                     title="Test inputs and their reconstructions by the strongest attacker")
+  return True
+
+
+def write_report(workdir: str, state: dict, confirm: dict) -> str:
+  """DIR/report.md with DIR/front.png and DIR/reconstructions.png; returns the report path."""
+  s, ref = state["search"], state["reference"]
+  knob, chosen = s["knob"], state.get("chosen")
+  drop = state["budget"]["max_accuracy_drop"]
+  front_figure(state, os.path.join(workdir, "front.png"))
+  has_recon = _recon_figure(confirm, os.path.join(workdir, "reconstructions.png"))
+  se = math.sqrt(max(ref["accuracy"] * (1 - ref["accuracy"]), 1e-12) / s["n_val"])
+  tr = state["trainings"]
+  lines = [
+      f"# Budget search: {s['config_name'] or 'config'}, knob `{knob}`", "",
+      f"Command: `{state.get('command') or 'python -m ran_jax.search ...'}`", "",
+      f"* Knob: `{knob}` in [{s['low']:g}, {s['high']:g}] ({KNOBS[knob].meaning}).",
+      f"* Budget: validation accuracy >= reference {ref['accuracy']:.4f} - {drop:g} = "
+      f"**{state['threshold']:.4f}**. Validation: the last {s['n_val']} of the "
+      f"{s['n_fit'] + s['n_val']} training examples, held out of every training (the test "
+      f"split scores only the confirmation below: the choice never reads it, although each "
+      f"training logs its own per-epoch test metrics); one standard error of an accuracy "
+      f"there is about {se:.4f}.",
+      f"* Trainings: **{1 + tr['candidates']}** (1 reference + {tr['candidates']} candidates; "
+      f"at most {tr['max_candidates']} candidates"
+      + (f", stopping at a bracket of {state['budget']['resolution']:g} of the interval"
+         if state.get("budget", {}).get("resolution") else "")
+      + ("; a candidate equal to the reference reused its run" if len(state["candidates"])
+         > tr["candidates"] else "")
+      + "). Bisection assumes accuracy falls monotonically as the knob gets more private.",
+      "",
+  ]
+  noise = 2 * math.sqrt(2) * se   # two standard errors of a difference of two accuracies
+  if drop < noise:
+    warning = (f"**Warning: the budget ({drop:g}) is below the validation split's resolution**: "
+               f"two standard errors of a difference of two accuracies there are {noise:.4f}, "
+               "so which candidates pass is decided largely by chance. Hold out more "
+               "(--val_fraction), use a larger dataset, or allow a larger budget.")
+    log.warning("search: %s", warning.replace("**", ""))
+    lines += [warning, ""]
+  lines += [
+      "## Explored front (validation split, fast attackers: "
+      f"{', '.join(s['fast_eval']['attackers'])})", "",
+      f"| {knob} | val. accuracy | drop | worst attacker | worst mse_sum | PSNR dB "
+      "| within budget |",
+      "|---|---|---|---|---|---|---|",
+      f"| reference (no defence) | {ref['accuracy']:.4f} | 0 | {ref['worst']['attacker']} | "
+      f"{ref['worst']['mse_sum']:.4g} | {ref['worst']['psnr']:.2f} | |",
+  ]
+  for c in sorted(state["candidates"], key=lambda c: c["value"]):
+    mark = " **chosen**" if chosen and c["t"] == chosen["t"] else ""
+    lines.append(f"| {c['value']:.6g}{mark} | {c['accuracy']:.4f} | "
+                 f"{ref['accuracy'] - c['accuracy']:+.4f} | {c['worst']['attacker']} | "
+                 f"{c['worst']['mse_sum']:.4g} | {c['worst']['psnr']:.2f} | "
+                 f"{'yes' if c['within_budget'] else 'no'} |")
+  lines += ["", "![front](front.png)", ""]
+  if chosen is None:
+    lines += ["## No setting qualifies", "",
+              f"No candidate kept validation accuracy >= {state['threshold']:.4f}. Widen the "
+              "budget, lower --low / --high, or relax the config's other defences.", ""]
+  else:
+    cr, cc = confirm["reference"], confirm["chosen"]
+    atts = sorted(set(cr["attackers"]) | set(cc["attackers"]))
+    lines += [
+        f"## Chosen: `{knob}={chosen['value']:.6g}`", "",
+        f"Config: `chosen/config.json`; encoder: `chosen/export` "
+        f"(`ran_jax.export.load_trained('{os.path.join(workdir, 'chosen')}')`). It was trained "
+        f"on {s['n_fit']} examples; to retrain on the whole training split, add "
+        f"`--config.{knob}={chosen['value']:.6g}` to the training command.", "",
+        "Confirmed on the **test split** with the full attacker set (early-stopped fits):", "",
+        "| | test accuracy | retrained classifier | "
+        + " | ".join(f"{a} mse_sum" for a in atts) + " | worst mse_sum | worst PSNR | worst SSIM |",
+        "|---|---|---|" + "---|" * (len(atts) + 3),
+    ]
+    for label, r in (("reference", cr), (f"chosen {knob}={chosen['value']:.4g}", cc)):
+      cells = [_fmt(r["attackers"].get(a, {}).get("mse_sum")) for a in atts]
+      lines.append(f"| {label} | {_fmt(r['accuracy'], '.4f')} | "
+                   f"{_fmt(r.get('accuracy_retrained'), '.4f')} | " + " | ".join(cells)
+                   + f" | {_fmt(r['worst']['mse_sum'])} ({r['worst']['attacker']}) | "
+                   f"{_fmt(r['worst']['psnr'], '.2f')} | {_fmt(r['worst']['ssim'], '.3f')} |")
+    ratio = cc["worst"]["mse_sum"] / max(cr["worst"]["mse_sum"], 1e-12)
+    label_only = cc.get("label_only_mse_sum")
+    of_label = (f", {cc['worst']['mse_sum'] / label_only:.0%} of it: an attacker of the chosen "
+                "encoder does about as well as one who knows only the class"
+                if label_only and cc["worst"]["mse_sum"] >= 0.9 * label_only else "")
+    test_drop = cr["accuracy"] - cc["accuracy"]
+    lines += ["",
+              f"Worst-case error {ratio:.2f}x the reference's at a test accuracy drop of "
+              f"{test_drop:+.4f} (label-only level, the class-mean "
+              f"image: {_fmt(label_only)}{of_label}).", ""]
+    if test_drop > drop:
+      lines += [f"On the test split the chosen point's drop ({test_drop:+.4f}) exceeds the "
+                f"budget ({drop:g}); the choice was made on the validation split"
+                + (", which cannot resolve this budget (see the warning above)."
+                   if drop < noise else "."), ""]
+    capped = [f"{a} ({label})" for label, r in (("reference", cr), ("chosen", cc))
+              for a, m in sorted(r["attackers"].items()) if m.get("converged") is False]
+    if capped:
+      lines += [f"Stopped at the epoch cap, not on a plateau (these may be stronger than "
+                f"reported; raise --attack_max_epochs): {', '.join(capped)}.", ""]
+    if has_recon:
+      lines += ["![reconstructions](reconstructions.png)", ""]
+  path = os.path.join(workdir, "report.md")
+  _write_atomic(path, "\n".join(lines))
+  return path
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def _define_flags(flags):
+  from ran_jax import configs
+  from ran_jax.privacy import cli
+
+  configs.define_config_flag("config")
+  flags.DEFINE_string("workdir", None, "Search directory (runs/, points/, state, report).")
+  flags.DEFINE_float("max_accuracy_drop", 0.005, "Accuracy budget below the reference.")
+  flags.DEFINE_string("knob", "model.feature_noise", f"Privacy knob: {sorted(KNOBS)}.")
+  flags.DEFINE_float("low", None, "Lower bound of the knob (default per knob).")
+  flags.DEFINE_float("high", None, "Upper bound of the knob (default per knob).")
+  flags.DEFINE_integer("max_trainings", 6, "Candidate trainings at most (plus the reference).")
+  flags.DEFINE_float("resolution", 1 / 16, "Stop once the bracket is this fraction of the "
+                     "knob's interval (0: only --max_trainings stops).")
+  flags.DEFINE_float("val_fraction", 0.1, "Held-out fraction of the training split.")
+  flags.DEFINE_list("fast_attackers", ["ridge", "mlp_decoder"], "Attackers scoring candidates.")
+  flags.DEFINE_integer("fast_max_epochs", 10, "Epoch cap of the fast attackers' fits.")
+  cli.define_attack_flags()   # the confirmation's attackers (the full set by default)
+  flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv=None):
+  from absl import flags
+
+  from ran_jax import commands
+
+  flags_ = flags.FLAGS
+  _define_flags(flags)
+  argv = list(sys.argv if argv is None else argv)
+
+  def run(rest):
+    del rest
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("absl").setLevel(logging.WARNING)
+    from ran_jax import trainer
+    from ran_jax.checkpointing import CheckpointError
+    from ran_jax.config_lib import ConfigError
+    from ran_jax.input_pipeline import DataError
+    from ran_jax.models import ShapeError
+    from ran_jax.privacy import cli, protocol
+
+    f = flags_
+    full = cli.attack_config_from_flags()
+    unknown = sorted(set(f.fast_attackers) - set(protocol.ATTACKERS))
+    if unknown:
+      config_lib.exit_with_error(f"--fast_attackers: unknown {unknown}; allowed: "
+                                 f"{list(protocol.ATTACKERS)}.")
+    fast = fast_attack_config(tuple(f.fast_attackers), f.fast_max_epochs, seed=f.seed,
+                              attack_train_limit=f.attack_train_limit)
+    config_arg = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), "")
+    try:
+      state = run_search(f.config, f.workdir, knob=f.knob, low=f.low, high=f.high,
+                         max_accuracy_drop=f.max_accuracy_drop, max_trainings=f.max_trainings,
+                         resolution=f.resolution,
+                         val_fraction=f.val_fraction, fast_cfg=fast, full_cfg=full,
+                         config_name=config_arg,
+                         command="python -m ran_jax.search " + " ".join(argv[1:]))
+    except (SearchError, ConfigError, DataError, ShapeError, CheckpointError,
+            trainer.NonFiniteError) as e:
+      config_lib.exit_with_error(str(e))
+    print(f"report: {os.path.join(f.workdir, 'report.md')}")
+    if state["chosen"] is None:
+      print("no setting within the budget", file=sys.stderr)
+      sys.exit(NO_CHOICE_EXIT)
+    print(f"chosen {f.knob}={state['chosen']['value']:.6g} -> "
+          f"{os.path.join(f.workdir, 'chosen')}")
+
+  commands.run_app(run, __doc__, argv)
+
+
+if __name__ == "__main__":
+  main()

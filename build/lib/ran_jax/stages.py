@@ -1,0 +1,433 @@
+"""The three pure stage steps of Algorithm 1, with the defences that extend them.
+
+Each step is a pure function `(state, batch) -> (state, metrics)`. Static
+dependencies (the modules, the stage's optimizer, lambda) are bound with
+`functools.partial` as keyword-only arguments; `ran_jax.program` jits them.
+
+Loss convention (Eq. 2-4 of the paper, `ran_jax.losses`): per example, the
+cross-entropy is weighed against the *summed* squared error over all input values
+|I - I'|^2; both are then averaged over the batch (`recon_reduction='sum'`, the
+default). With `recon_reduction='mean'` the squared error is averaged over the
+input values instead, which is (H*W*C) times smaller and shifts what a lambda means.
+
+Defences (all off by default; then every step computes exactly Algorithm 1):
+  released features  `release` adds N(0, sigma^2) to the encoder's bounded features
+                     in training and at inference: the classifier, every decoder and
+                     every attacker see what the server receives.
+  several decoders   the generative stage trains D and the extra families of
+                     `RANModels.adversaries`; the adversarial stage pushes against
+                     the strongest of them ('min') or a soft minimum ('softmin').
+  warm-up, re-init   the adversarial term starts after `warmup_steps`; every
+                     `reinit_every_steps` all decoders and their Adam state restart.
+  privacy target     the reconstruction term is capped at the error of a target PSNR:
+                     past it, accuracy no longer pays for privacy.
+  compactness        a penalty on the within-class variance of the features.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from ran_jax import losses
+from ran_jax.models import RANModels
+
+STAGES = ("disc", "gen", "adv")
+STAGE_NAMES = {"disc": "discriminative", "gen": "generative", "adv": "adversarial"}
+ADVERSARY_REDUCTIONS = ("min", "softmin")
+_STAGE_IDS = {name: i for i, name in enumerate(STAGES)}
+
+
+@functools.partial(
+    jax.tree_util.register_dataclass,
+    data_fields=["step", "params", "batch_stats", "opt_state", "rng"],
+    meta_fields=[],
+)
+@dataclasses.dataclass
+class TrainState:
+  """Everything that evolves during RAN training.
+
+  step: completed Algorithm-1 iterations (mini-batches).
+  params / batch_stats: dicts over 'encoder', 'classifier', 'decoder'.
+  opt_state: one Adam state per stage: 'disc' and 'adv' over {encoder,
+    classifier}, 'gen' over the decoder.
+  rng: base PRNG key; steps derive theirs with fold_in, never by hand.
+  """
+
+  step: jax.Array
+  params: dict
+  batch_stats: dict
+  opt_state: dict
+  rng: jax.Array
+
+
+def make_optimizers(ran_config) -> dict[str, optax.GradientTransformation]:
+  """Adam for every stage (§2.4), at l1 (disc), l2 (gen) and l3 (adv)."""
+  return {
+      "disc": optax.adam(ran_config.l1),
+      "gen": optax.adam(ran_config.l2),
+      "adv": optax.adam(ran_config.l3),
+  }
+
+
+def _ec(params):
+  return {"encoder": params["encoder"], "classifier": params["classifier"]}
+
+
+def _dec(params):
+  """What the generative stage updates: D alone, or D and the extra decoder families."""
+  if "adversaries" not in params:
+    return params["decoder"]
+  return {"decoder": params["decoder"], "adversaries": params["adversaries"]}
+
+
+def _dec_update(tree, new):
+  """Writes the generative stage's tree (`_dec` layout) back into a params/stats dict."""
+  if "adversaries" in tree:  # then `_dec` gave {'decoder', 'adversaries'}
+    return {**tree, **new}
+  return {**tree, "decoder": new}
+
+
+def init_state(models: RANModels, optimizers, rng) -> TrainState:
+  k_init, k_state = jax.random.split(rng)
+  params, stats = models.init(k_init)
+  opt_state = {
+      "disc": optimizers["disc"].init(_ec(params)),
+      "gen": optimizers["gen"].init(_dec(params)),
+      "adv": optimizers["adv"].init(_ec(params)),
+  }
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=stats,
+                    opt_state=opt_state, rng=k_state)
+
+
+# ---------------------------------------------------------------- forward helpers
+
+
+def _stage_rng(state: TrainState, stage: str):
+  # The k inner repetitions share `step`; the stage optimizer's update count
+  # tells them apart so each pass draws fresh dropout masks and noise.
+  count = optax.tree_utils.tree_get(state.opt_state[stage], "count")
+  rng = jax.random.fold_in(state.rng, state.step)
+  rng = jax.random.fold_in(rng, _STAGE_IDS[stage])
+  return jax.random.fold_in(rng, count)
+
+
+def _noise_key(rng):
+  return jax.random.fold_in(rng, 0x6E6F6973)  # its own stream, apart from dropout
+
+
+def features(models, params, stats, x, train: bool):
+  """The encoder's (bounded) features before any noise; in train mode also new statistics."""
+  variables = {"params": params, "batch_stats": stats}
+  if train:
+    z, upd = models.encoder.apply(variables, x, train=True, mutable=["batch_stats"])
+    return z, upd["batch_stats"]
+  return models.encoder.apply(variables, x, train=False), stats
+
+
+def release(models, z, rng):
+  """What the phone sends: the features plus N(0, feature_noise^2) noise drawn from `rng`.
+
+  Without feature noise it returns `z` itself. With it, a key is required: training,
+  evaluation and export all draw the noise from explicit keys.
+  """
+  sigma = models.feature_noise
+  if not sigma:
+    return z
+  if rng is None:
+    raise ValueError("This encoder releases noisy features (model.feature_noise="
+                     f"{sigma}); pass a PRNG key for the noise.")
+  return z + jnp.asarray(sigma, z.dtype) * jax.random.normal(rng, z.shape, z.dtype)
+
+
+def encode(models, params, stats, x, train: bool, rng=None):
+  """Released features E(x) (noise included); in train mode also the new statistics."""
+  z, stats = features(models, params, stats, x, train)
+  return release(models, z, rng), stats
+
+
+def decode(models, params, stats, z, train: bool, module=None):
+  """A decoder forward (RAN's D unless `module` names another); returns (x_rec, stats)."""
+  module = models.decoder if module is None else module
+  variables = {"params": params, "batch_stats": stats}
+  if not stats:
+    variables = {"params": params}
+  if train and stats:
+    x, upd = module.apply(variables, z, train=True, mutable=["batch_stats"])
+    return x, upd["batch_stats"]
+  return module.apply(variables, z, train=train), stats
+
+
+def decode_all(models, params, stats, z, train: bool):
+  """Every decoder of the ensemble on z: {name: (x_rec, stats)}, D under 'decoder'."""
+  out = {"decoder": decode(models, params["decoder"], stats["decoder"], z, train)}
+  for name, module in models.adversaries.items():
+    out[name] = decode(models, params["adversaries"][name], stats["adversaries"][name], z, train,
+                       module)
+  return out
+
+
+def classify(models, params, z, train: bool, rng=None):
+  rngs = {"dropout": rng} if (train and rng is not None) else None
+  return models.classifier.apply({"params": params}, z, train=train, rngs=rngs)
+
+
+def strongest(recons: dict, reduce: str = "min", temperature: float = 1.0):
+  """The reconstruction error the encoder fights: of the best decoder, or a soft minimum.
+
+  'softmin' weighs each decoder by softmax(-r / (temperature * mean r)) (weights
+  not differentiated), so a decoder close to the best still counts.
+  """
+  rs = list(recons.values())
+  if len(rs) == 1:
+    return rs[0]
+  r = jnp.stack(rs)
+  if reduce == "min":
+    return jnp.min(r)
+  scale = jax.lax.stop_gradient(temperature * jnp.mean(r))
+  w = jax.nn.softmax(-jax.lax.stop_gradient(r) / jnp.maximum(scale, 1e-12))
+  return jnp.sum(w * r)
+
+
+def _sum(values):
+  return functools.reduce(lambda a, b: a + b, values)
+
+
+# ---------------------------------------------------------------- the three stages
+# Batch-norm: every training stage runs the networks in train mode (batch
+# statistics), so the decoder learns on exactly the features the encoder produces
+# during training. A stage writes back only the running statistics of the networks
+# it updates; a frozen network's parameters *and* statistics stay bit-identical.
+
+
+def discriminative_step(state: TrainState, batch, *, models: RANModels,
+                        optimizer: optax.GradientTransformation, compactness: float = 0.0):
+  """Line 5 of Algorithm 1: update theta_e, theta_c minimising O_d (Eq. 2).
+
+  Reports only what the update computes (no decoder pass).
+  """
+  x, y = batch["image"], batch["label"]
+  rng = _stage_rng(state, "disc")
+
+  def loss_fn(ec):
+    z, enc_stats = features(models, ec["encoder"], state.batch_stats["encoder"], x, True)
+    logits = classify(models, ec["classifier"], release(models, z, _noise_key(rng)), True, rng)
+    ce = losses.cross_entropy(logits, y)
+    loss = ce
+    if compactness:
+      loss = ce + compactness * losses.within_class_variance(z, y, models.num_classes)
+    return loss, (enc_stats, logits, ce)
+
+  ec = _ec(state.params)
+  (loss, (enc_stats, logits, ce)), grads = jax.value_and_grad(loss_fn, has_aux=True)(ec)
+  updates, opt = optimizer.update(grads, state.opt_state["disc"], ec)
+  ec = optax.apply_updates(ec, updates)
+  new_state = dataclasses.replace(
+      state,
+      params={**state.params, **ec},
+      batch_stats={**state.batch_stats, "encoder": enc_stats},
+      opt_state={**state.opt_state, "disc": opt},
+  )
+  return new_state, {"disc/loss": loss, "disc/ce": ce,
+                     "disc/accuracy": losses.accuracy(logits, y)}
+
+
+def generative_step(state: TrainState, batch, *, models: RANModels,
+                    optimizer: optax.GradientTransformation, recon_reduction: str = "sum"):
+  """Line 6 of Algorithm 1: update theta_d minimising O_g (Eq. 3), encoder frozen.
+
+  With extra decoder families each one minimises its own reconstruction error on
+  the same released features (their losses are summed; they share no parameters).
+  """
+  x = batch["image"]
+  rng = _stage_rng(state, "gen")
+  z, _ = encode(models, state.params["encoder"], state.batch_stats["encoder"], x, True,
+                _noise_key(rng))
+  z = jax.lax.stop_gradient(z)
+
+  def loss_fn(dec_params):
+    params = _dec_update(state.params, dec_params)
+    outs = decode_all(models, params, state.batch_stats, z, True)
+    recons = {n: losses.recon_error(x, xr, recon_reduction) for n, (xr, _) in outs.items()}
+    new_stats = {"decoder": outs["decoder"][1]}
+    if models.adversaries:
+      new_stats["adversaries"] = {n: outs[n][1] for n in models.adversaries}
+    return _sum(recons.values()), (recons, new_stats)
+
+  (loss, (recons, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(_dec(state.params))
+  updates, opt = optimizer.update(grads, state.opt_state["gen"], _dec(state.params))
+  dec_params = optax.apply_updates(_dec(state.params), updates)
+  new_state = dataclasses.replace(
+      state,
+      params=_dec_update(state.params, dec_params),
+      batch_stats={**state.batch_stats, **new_stats},
+      opt_state={**state.opt_state, "gen": opt},
+  )
+  name = losses.recon_metric_name(recon_reduction)
+  metrics = {"gen/loss": loss, f"gen/{name}": recons["decoder"]}
+  metrics.update({f"gen/{name}_{n}": recons[n] for n in models.adversaries})
+  return new_state, metrics
+
+
+def adversarial_step(state: TrainState, batch, *, models: RANModels,
+                     optimizer: optax.GradientTransformation, lam: float,
+                     recon_reduction: str = "sum", adversary_reduce: str = "min",
+                     softmin_temperature: float = 1.0, warmup_steps: int = 0,
+                     target_recon: float | None = None, compactness: float = 0.0):
+  """Line 8 of Algorithm 1: update theta_e, theta_c minimising O_a (Eq. 4), decoders frozen.
+
+  The reconstruction term is the strongest decoder's error (`strongest`), capped at
+  `target_recon` when a privacy target is set, and off during `warmup_steps`.
+  Ends the Algorithm-1 iteration, so it advances `state.step`.
+  """
+  x, y = batch["image"], batch["label"]
+  rng = _stage_rng(state, "adv")
+
+  def loss_fn(ec):
+    z, enc_stats = features(models, ec["encoder"], state.batch_stats["encoder"], x, True)
+    zr = release(models, z, _noise_key(rng))
+    logits = classify(models, ec["classifier"], zr, True, rng)
+    outs = decode_all(models, state.params, state.batch_stats, zr, True)
+    ce = losses.cross_entropy(logits, y)
+    recons = {n: losses.recon_error(x, xr, recon_reduction) for n, (xr, _) in outs.items()}
+    recon = strongest(recons, adversary_reduce, softmin_temperature)
+    term = recon
+    if target_recon is not None:
+      term = jnp.minimum(recon, target_recon)  # no gradient once the target is reached
+    if warmup_steps:
+      term = term * (state.step >= warmup_steps).astype(term.dtype)
+    loss = losses.adversarial_objective(ce, term, lam)
+    if compactness:
+      loss = loss + compactness * losses.within_class_variance(z, y, models.num_classes)
+    return loss, (enc_stats, logits, ce, recon)
+
+  ec = _ec(state.params)
+  (loss, (enc_stats, logits, ce, recon)), grads = jax.value_and_grad(loss_fn, has_aux=True)(ec)
+  updates, opt = optimizer.update(grads, state.opt_state["adv"], ec)
+  ec = optax.apply_updates(ec, updates)
+  new_state = dataclasses.replace(
+      state,
+      step=state.step + 1,
+      params={**state.params, **ec},
+      batch_stats={**state.batch_stats, "encoder": enc_stats},
+      opt_state={**state.opt_state, "adv": opt},
+  )
+  return new_state, {"adv/loss": loss, "adv/ce": ce,
+                     f"adv/{losses.recon_metric_name(recon_reduction)}": recon,
+                     "adv/accuracy": losses.accuracy(logits, y)}
+
+
+def reinit_decoders(state: TrainState, *, models: RANModels,
+                    optimizer: optax.GradientTransformation, every: int):
+  """At steps divisible by `every` (not 0): fresh decoders and a fresh generative Adam state.
+
+  Keeps the encoder from co-adapting to one decoder's blind spots.
+  """
+
+  def fresh(s):
+    key = jax.random.fold_in(jax.random.fold_in(s.rng, s.step), 0x72656E69)
+    params, stats = models.init_decoders(key)
+    opt = optimizer.init(_dec(params))
+    return dataclasses.replace(s, params={**s.params, **params},
+                               batch_stats={**s.batch_stats, **stats},
+                               opt_state={**s.opt_state, "gen": opt})
+
+  due = jnp.logical_and(state.step > 0, state.step % every == 0)
+  return jax.lax.cond(due, fresh, lambda s: s, state)
+
+
+def test_step(state: TrainState, batch, key, *, models: RANModels):
+  """Sums over a (possibly padded) test batch, in eval mode (running statistics).
+
+  `key` draws the released features' noise (if any), so a test pass is reproducible.
+  Returns totals so that batches add up exactly: correct predictions, summed CE,
+  summed per-example squared error (sum and per-value mean) of RAN's own decoder,
+  and the count.
+  """
+  x, y, mask = batch["image"], batch["label"], batch["mask"].astype(jnp.float32)
+  z, _ = encode(models, state.params["encoder"], state.batch_stats["encoder"], x, False, key)
+  logits = classify(models, state.params["classifier"], z, False)
+  x_rec, _ = decode(models, state.params["decoder"], state.batch_stats["decoder"], z, False)
+  return {
+      "correct": jnp.sum(losses.correct(logits, y) * mask),
+      "ce": jnp.sum(losses.cross_entropy_per_example(logits, y) * mask),
+      "recon_sse": jnp.sum(losses.squared_error_per_example(x, x_rec, "sum") * mask),
+      "recon_mse": jnp.sum(losses.squared_error_per_example(x, x_rec, "mean") * mask),
+      "count": jnp.sum(mask),
+  }
+
+
+# ---------------------------------------------------------------- one iteration
+
+
+@dataclasses.dataclass(frozen=True)
+class StageFns:
+  """The three stage steps with their static arguments bound (jitted or not).
+
+  `reinit` (None unless decoders are re-initialised periodically) runs before each
+  iteration's first stage.
+  """
+
+  disc: Any
+  gen: Any
+  adv: Any
+  reinit: Any = None
+
+
+def target_recon_error(ran_config, input_shape, value_range):
+  """The reconstruction error (in the training reduction) of `ran.target_psnr`, or None."""
+  psnr = float(ran_config.get("target_psnr", 0.0) or 0.0)
+  if psnr <= 0:
+    return None
+  lo, hi = value_range
+  mse = (hi - lo) ** 2 * 10.0 ** (-psnr / 10.0)      # per value
+  if ran_config.recon_reduction == "sum":
+    mse *= float(math.prod(input_shape))
+  return mse
+
+
+def bind_stages(models: RANModels, optimizers, ran_config) -> StageFns:
+  """Binds modules, optimizers, lambda and the defences; returns plain (un-jitted) steps."""
+  red = ran_config.recon_reduction
+  compact = float(ran_config.get("compactness", 0.0))
+  every = int(ran_config.get("reinit_every_steps", 0))
+  return StageFns(
+      disc=functools.partial(discriminative_step, models=models, optimizer=optimizers["disc"],
+                             compactness=compact),
+      gen=functools.partial(generative_step, models=models, optimizer=optimizers["gen"],
+                            recon_reduction=red),
+      adv=functools.partial(
+          adversarial_step, models=models, optimizer=optimizers["adv"],
+          lam=float(ran_config.lam), recon_reduction=red,
+          adversary_reduce=ran_config.get("adversary_reduce", "min"),
+          softmin_temperature=float(ran_config.get("softmin_temperature", 1.0)),
+          warmup_steps=int(ran_config.get("warmup_steps", 0)),
+          target_recon=target_recon_error(ran_config, models.input_shape, models.value_range),
+          compactness=compact),
+      reinit=(functools.partial(reinit_decoders, models=models, optimizer=optimizers["gen"],
+                                every=every) if every > 0 else None),
+  )
+
+
+def ran_iteration(state: TrainState, batch, *, stages: StageFns, k: int):
+  """One Algorithm-1 iteration: k x (discriminative, generative), then adversarial.
+
+  Returns the metrics of the last pass of each stage.
+  """
+  if stages.reinit is not None:
+    state = stages.reinit(state)
+  metrics = {}
+  for _ in range(k):
+    state, m_d = stages.disc(state, batch)
+    state, m_g = stages.gen(state, batch)
+  state, m_a = stages.adv(state, batch)
+  metrics.update(m_d)
+  metrics.update(m_g)
+  metrics.update(m_a)
+  return state, metrics
