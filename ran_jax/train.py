@@ -21,12 +21,18 @@ from absl import flags
 from ran_jax import configs
 
 FLAGS = flags.FLAGS
-configs.define_config_flag("config")
-flags.DEFINE_string("workdir", None, "Directory (local or gs://) for checkpoints, metrics, config.")
-flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-process runs.")
-flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-process run.")
-flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
-flags.mark_flags_as_required(["config", "workdir"])
+
+
+def define_flags():
+  """The command's flags (defined when it runs, so importing this module defines none)."""
+  configs.define_config_flag("config")
+  flags.DEFINE_string("workdir", None,
+                      "Directory (local or gs://) for checkpoints, metrics, config.")
+  flags.DEFINE_string("coordinator_address", None,
+                      "host:port of process 0, for multi-process runs.")
+  flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-process run.")
+  flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
+  flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
@@ -54,6 +60,7 @@ def run():
   """The command (`ran-train`, `python -m ran_jax.train`, `python train.py`)."""
   from ran_jax import commands  # no JAX: flags are parsed before anything loads
 
+  define_flags()
   commands.run_app(main, __doc__)
 
 

@@ -94,7 +94,7 @@ HELP = ("The config: a packaged config by name ({names}) or a path to a config f
         "ran_jax/config_lib.py.")
 
 
-def define_config_flag(name: str = "config", required: bool = False):
+def define_config_flag(name: str = "config", flag_values=None):
   """`--config` of a command: ml_collections' config-file flag that also takes a name.
 
   ml_collections loads `--config` only as a path relative to the working directory; the
@@ -117,9 +117,8 @@ def define_config_flag(name: str = "config", required: bool = False):
     def flag_type(self):
       return self.inner.flag_type()
 
+  fv = flags.FLAGS if flag_values is None else flag_values
   holder = config_flags.DEFINE_config_file(name, None, HELP.format(names=", ".join(names())),
-                                           lock_config=True)
-  flags.FLAGS[name].parser = NamedConfigParser(flags.FLAGS[name].parser)
-  if required:
-    flags.mark_flag_as_required(name)
+                                           flag_values=fv, lock_config=True)
+  fv[name].parser = NamedConfigParser(fv[name].parser)
   return holder
