@@ -1,52 +1,12 @@
-"""Trains a Reconstructive Adversarial Network.
+"""Trains a Reconstructive Adversarial Network: `ran_jax.train` run from the repository root.
 
   python train.py --config=configs/digits_lenet.py --workdir=runs/digits
   python train.py --config=configs/mnist_lenet.py --config.ran.lam=0.3 --workdir=...
 
-Rerunning the same command resumes from the newest good checkpoint in --workdir.
-Several processes (hosts) run the same command; on a Cloud TPU pod slice they find
-each other automatically, elsewhere pass --coordinator_address, --num_processes and
---process_id (or RAN_COORDINATOR_ADDRESS / RAN_NUM_PROCESSES / RAN_PROCESS_ID).
+The same command as `ran-train` and `python -m ran_jax.train` (see ran_jax/train.py).
 """
 
-import logging
-import sys
-
-from absl import app, flags
-from ml_collections import config_flags
-
-FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py[:smoke]).",
-                                lock_config=True)
-flags.DEFINE_string("workdir", None, "Directory (local or gs://) for checkpoints, metrics, config.")
-flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-process runs.")
-flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-process run.")
-flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
-flags.mark_flags_as_required(["config", "workdir"])
-
-
-def main(argv):
-  del argv
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-  logging.getLogger("absl").setLevel(logging.WARNING)
-  from ran_jax import parallel
-
-  parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-
-  from ran_jax import trainer
-  from ran_jax.checkpointing import CheckpointError
-  from ran_jax.config_lib import ConfigError
-  from ran_jax.input_pipeline import DataError
-  from ran_jax.models import ShapeError
-
-  try:
-    trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except (ConfigError, DataError, ShapeError, CheckpointError, trainer.NonFiniteError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-
+from ran_jax.train import run
 
 if __name__ == "__main__":
-  from ran_jax.config_lib import parse_flags_or_exit  # no JAX: runs before anything loads
-
-  app.run(main, flags_parser=parse_flags_or_exit)
+  run()

@@ -1,41 +1,7 @@
 """RAN with VGG-16 on ImageNet (ILSVRC2012) at 224x224: the paper's T3.
 
-Prepares TFDS `imagenet2012` from the standard manual-download tars
-(ILSVRC2012_img_train.tar, ILSVRC2012_img_val.tar) into --config.data.data_dir;
-the validation split is the test split. Images are decoded per batch (JPEG,
-shorter side to 256, centre crop 224, [0, 1]) in a thread pool:
-
-  python train.py --config=configs/imagenet_vgg.py \
-      --config.data.manual_dir=/path/to/imagenet_tars \
-      --config.data.data_dir=/path/to/tensorflow_datasets --workdir=runs/imagenet
-
-Sized for a multi-accelerator host (bfloat16 compute); accuracy: not measured
-here (only the data path was tested, on a tiny fake tree).
+Alias of the packaged `ran_jax/configs/imagenet_vgg.py` (its docstring has the launch command
+and what it reaches); `--config=imagenet_vgg` names it from any directory.
 """
 
-from configs import common
-
-
-def get_config(arg=None):
-  c = common.get_base_config()
-  c.data.name = "imagenet2012"
-  c.data.image_size = 224
-  c.data.num_classes = 1000
-  c.data.decode_workers = 16   # threads decoding each batch's JPEGs (PIL releases the GIL)
-  c.model.encoder = "vgg16"
-  c.model.classifier_hidden = (4096, 4096)
-  c.model.dtype = "bfloat16"
-  c.batch_size = 256
-  c.eval_batch_size = 256
-  c.num_epochs = 90
-  c.log_every_steps = 500
-  c.checkpoint_every_steps = 5000
-  c.ran.lam = 0.5
-  c = common.finish(c, arg)
-  if arg == "smoke":  # seconds on CPU: small images and narrow layers, same code path
-    c.data.image_size = 32
-    c.model.widths = (4, 4, 8, 8, 8)
-    c.model.classifier_hidden = (16, 16)
-    c.model.dtype = "float32"
-    c.checkpoint_every_steps = 0
-  return c
+from ran_jax.configs.imagenet_vgg import get_config  # noqa: F401

@@ -1,35 +1,7 @@
-"""The recommended private MNIST encoder: LeNet-5 + bounded bottleneck + release noise +
-within-class compactness (docs/privacy.md).
+"""The recommended private MNIST encoder: LeNet-5 + bottleneck + release noise + compactness.
 
-  python train.py --config=configs/mnist_lenet_private.py \
-      --config.data.manual_dir=../shared/data/mnist --workdir=runs/mnist_private
-  python -m ran_jax.attack --workdir=runs/mnist_private     # attackers on what is released
-
-The phone-side encoder ends in a 64-d tanh bottleneck and releases z + N(0, 0.5^2)
-(noise in training AND at inference); the classifier and every attacker see the noisy
-release. Training pulls each class's features together (compactness 1.0). lambda = 1.0:
-in the measurements the adversarial game added no privacy beyond noise + compactness at
-equal accuracy (docs/privacy.md), so it is switched off; the decoder still trains in the
-generative stage and is reported, never used as privacy evidence.
-
-Measured (docs/privacy.md, docs/privacy_mnist.csv; 3 epochs, about 2 minutes of training
-here; attackers trained after freezing on all 60,000 training images' noisy releases, worst
-case over the mirrored, MLP and residual decoders and ridge on the 10,000 test images):
-test accuracy 0.9840 vs the undefended DNN's 0.9848 (-0.08 points); worst-case
-reconstruction error (sum over 784 pixels in [0, 1]) 39.6 vs DNN's 3.79 (10.4x; the
-label-only ceiling, the class-mean image, is 41.5), PSNR 13.0 dB vs 23.2, SSIM 0.52 vs
-0.96. The attackers rebuild the digit's class, not the writer's digit.
-Smoke variant for tests: configs/mnist_lenet_private.py:smoke.
+Alias of the packaged `ran_jax/configs/mnist_lenet_private.py` (its docstring has the launch
+command and what it reaches); `--config=mnist_lenet_private` names it from any directory.
 """
 
-from configs import common, mnist_lenet
-
-
-def get_config(arg=None):
-  c = mnist_lenet.get_config(None)
-  c.num_epochs = 3
-  c.model.bottleneck_dim = 64
-  c.model.feature_noise = 0.5
-  c.ran.compactness = 1.0
-  c.ran.lam = 1.0
-  return common.finish(c, arg)
+from ran_jax.configs.mnist_lenet_private import get_config  # noqa: F401

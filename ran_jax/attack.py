@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import os
 
-from absl import app, flags
+from absl import flags
 
 from ran_jax import config_lib, export, input_pipeline
 from ran_jax.checkpointing import CheckpointError
@@ -62,5 +62,12 @@ def main(argv):
   print(f"wrote {out}/{protocol.RESULT_FILE}")
 
 
+def run():
+  """The command (`ran-attack`, `python -m ran_jax.attack`)."""
+  from ran_jax import commands
+
+  commands.run_app(main, __doc__)
+
+
 if __name__ == "__main__":
-  app.run(main, flags_parser=config_lib.parse_flags_or_exit)
+  run()

@@ -23,6 +23,9 @@ import ml_collections
 from ml_collections import config_dict
 
 
+VERSION_KEY = "ran_jax_version"   # beside the fields in a workdir's config.json; not a field
+
+
 class ConfigError(ValueError):
   """A config value outside what RAN accepts; the message names field and allowed values."""
 
@@ -343,6 +346,7 @@ def validate_config(config, num_devices: int | None = None) -> None:
 
   known = known_fields()
   given = flatten(config)
+  given.pop(VERSION_KEY, None)   # config.json read back: the version that wrote it
   sections = {p.rsplit(".", 1)[0] for p in known if "." in p}
   problems = []
   for path, v in given.items():

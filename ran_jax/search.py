@@ -594,10 +594,11 @@ def write_report(workdir: str, state: dict, confirm: dict) -> str:
 # ---------------------------------------------------------------- CLI
 
 
-def _define_flags(flags, config_flags):
+def _define_flags(flags):
+  from ran_jax import configs
   from ran_jax.privacy import cli
 
-  config_flags.DEFINE_config_file("config", None, "configs/*.py[:smoke]", lock_config=True)
+  configs.define_config_flag("config")
   flags.DEFINE_string("workdir", None, "Search directory (runs/, points/, state, report).")
   flags.DEFINE_float("max_accuracy_drop", 0.005, "Accuracy budget below the reference.")
   flags.DEFINE_string("knob", "model.feature_noise", f"Privacy knob: {sorted(KNOBS)}.")
@@ -614,11 +615,12 @@ def _define_flags(flags, config_flags):
 
 
 def main(argv=None):
-  from absl import app, flags
-  from ml_collections import config_flags
+  from absl import flags
+
+  from ran_jax import commands
 
   flags_ = flags.FLAGS
-  _define_flags(flags, config_flags)
+  _define_flags(flags)
   argv = list(sys.argv if argv is None else argv)
 
   def run(rest):
@@ -658,7 +660,7 @@ def main(argv=None):
     print(f"chosen {f.knob}={state['chosen']['value']:.6g} -> "
           f"{os.path.join(f.workdir, 'chosen')}")
 
-  app.run(run, argv=argv, flags_parser=config_lib.parse_flags_or_exit)
+  commands.run_app(run, __doc__, argv)
 
 
 if __name__ == "__main__":

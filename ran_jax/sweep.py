@@ -35,10 +35,9 @@ import os
 import time
 from typing import Callable, Optional, Sequence
 
-from absl import app, flags
-from ml_collections import config_flags
+from absl import flags
 
-from ran_jax import config_lib, export, input_pipeline, trainer
+from ran_jax import config_lib, configs, export, input_pipeline, trainer
 from ran_jax.privacy import cli, figures, methods, protocol, results
 from ran_jax.privacy.results import setting_key as _key
 
@@ -242,7 +241,7 @@ FLAGS = flags.FLAGS
 
 
 def _define_flags():
-  config_flags.DEFINE_config_file("config", None, "configs/*.py[:smoke]", lock_config=True)
+  configs.define_config_flag("config")
   flags.DEFINE_string("out", None, "Sweep directory (runs/, points/, results.csv, figures).")
   flags.DEFINE_list("lams", [_key(v) for v in PAPER_LAMS], "RAN lambdas.")
   flags.DEFINE_list("noise_factors", [_key(v) for v in PAPER_NOISE], "Noisy baseline factors.")
@@ -277,6 +276,13 @@ def main(argv):
   print(f"wrote {os.path.join(FLAGS.out, 'results.csv')}")
 
 
-if __name__ == "__main__":
+def run():
+  """The command (`ran-sweep`, `python -m ran_jax.sweep`)."""
+  from ran_jax import commands
+
   _define_flags()
-  app.run(main, flags_parser=config_lib.parse_flags_or_exit)
+  commands.run_app(main, __doc__)
+
+
+if __name__ == "__main__":
+  run()

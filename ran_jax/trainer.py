@@ -14,7 +14,8 @@ import jax.numpy as jnp
 from etils import epath
 
 from ran_jax import checkpointing, deploy, export, input_pipeline, losses, parallel, stages
-from ran_jax.config_lib import validate_config
+from ran_jax import __version__
+from ran_jax.config_lib import VERSION_KEY, validate_config
 from ran_jax.metric_writers import MetricWriter
 from ran_jax.program import InputSpec, build_program
 
@@ -120,7 +121,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   program = build_program(config, mesh, InputSpec.of(source), total_steps=total)
   models = program.models
   epath.Path(workdir).mkdir(parents=True, exist_ok=True)
-  _write_text(workdir, "config.json", config.to_json_best_effort(indent=2))
+  _write_text(workdir, "config.json", json.dumps(  # the resolved config and what wrote it
+      {VERSION_KEY: __version__, **json.loads(config.to_json_best_effort())}, indent=2))
   log.info("Dataset %s: %d train / %d test, input %s, %d classes; %d devices in %d processes "
            "(%s); encoder %s, %d layers", source.name, len(source.train), len(source.test),
            source.input_shape, source.num_classes, mesh.size, jax.process_count(),

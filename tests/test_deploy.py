@@ -6,6 +6,7 @@ Needs the LiteRT interpreter (ai-edge-litert); skipped without it.
 """
 
 import dataclasses
+import json
 import os
 import shutil
 import subprocess
@@ -20,6 +21,7 @@ pytest.importorskip("ai_edge_litert.interpreter",
                     reason="ai-edge-litert (the LiteRT interpreter) is not installed")
 
 from configs import digits_lenet  # noqa: E402
+import ran_jax  # noqa: E402
 from ran_jax import deploy, export, input_pipeline, losses, trainer  # noqa: E402
 from ran_jax.models import build_models  # noqa: E402
 from tests.helpers import ROOT  # noqa: E402
@@ -42,6 +44,13 @@ def run(tmp_path_factory):
   source = input_pipeline.load_dataset(trained.config.data)
   te = source.test.get(np.arange(len(source.test)))
   return wd, trained, np.asarray(te["image"], np.float32), np.asarray(te["label"])
+
+
+def test_versions_in_config_and_manifest(run):
+  wd = run[0]
+  with open(os.path.join(wd, "config.json")) as f:
+    assert json.load(f)["ran_jax_version"] == ran_jax.__version__
+  assert deploy.read_manifest(deploy.deploy_dir(wd))["versions"]["ran_jax"] == ran_jax.__version__
 
 
 def _jax_released(trained, x, eps):
@@ -161,6 +170,20 @@ def test_commands_encode_and_classify(run, tmp_path):
   assert '"accuracy"' in r.stdout
   r = cmd("classify", f"--workdir={wd}", f"--features={tmp_path / 'missing.npz'}")
   assert r.returncode != 0 and "No such file" in r.stderr
+  # per_input: the device secret is created once by the command and never overwritten; the
+  # command's release is the library's (same secret, same derivation).
+  key = tmp_path / "cfg" / "secret"
+  assert cmd("secret", f"--release_secret={key}").returncode == 0
+  before = key.read_bytes()
+  r = cmd("secret", f"--release_secret={key}")
+  assert r.returncode == 2 and "never overwritten" in r.stderr and key.read_bytes() == before
+  r = cmd("encode", f"--workdir={wd}", f"--inputs={tmp_path / 'x.npy'}",
+          f"--out={tmp_path / 'p.npz'}", "--release_policy=per_input", f"--release_secret={key}")
+  assert r.returncode == 0, r.stderr[-3000:]
+  enc = deploy.load_encoder(wd)
+  z = enc(x[:20], deploy.release_noise(deploy.read_secret(str(key)), x[:20], enc.feature_shape,
+                                       context=enc.sha256))
+  np.testing.assert_array_equal(deploy.read_features(str(tmp_path / "p.npz"))["features"], z)
 
 
 def test_corrupt_and_mismatched_artefacts(run, tmp_path):
@@ -213,3 +236,78 @@ def test_corrupt_and_mismatched_artefacts(run, tmp_path):
     deploy.load_encoder(bad)
   with pytest.raises(FileNotFoundError, match="deploy export"):
     deploy.load_encoder(str(tmp_path / "nowhere"))
+
+
+# ---------------------------------------------------------------- release policy
+
+
+def test_per_input_release_policy(run, tmp_path):
+  """An identical input yields the identical release (averaging repeats gains nothing);
+  other inputs, secrets or encoders get independent, standard-normal noise."""
+  wd, trained, x, _ = run
+  enc = deploy.load_encoder(wd)
+  key = str(tmp_path / "secret")
+  deploy.create_secret(key)
+  secret = deploy.read_secret(key)
+  assert len(secret) == 32 and os.stat(key).st_mode & 0o777 == 0o600
+  xs = np.concatenate([x[:5], x[:5]])          # every input sent twice in one batch
+  a = deploy.encode_to_file(enc, xs, list("abcdefghij"), str(tmp_path / "a.npz"),
+                            policy="per_input", secret=secret)
+  deploy.encode_to_file(enc, x[:5], list("abcde"), str(tmp_path / "b.npz"), policy="per_input",
+                        secret=secret)
+  fa, fb = (deploy.read_features(str(tmp_path / f)) for f in ("a.npz", "b.npz"))
+  assert a["release_policy"] == "per_input" and str(fa["noise"]) == "per input (device secret)"
+  np.testing.assert_array_equal(fa["features"][:5], fa["features"][5:])
+  np.testing.assert_array_equal(fa["features"][:5], fb["features"])
+  # The release is the encoder's features plus sigma * (the derived eps), nothing else.
+  eps = deploy.release_noise(secret, x[:5], (32,), context=enc.sha256)
+  np.testing.assert_allclose(fb["features"], _jax_released(trained, x[:5], eps), atol=1e-5)
+
+  # Distinct inputs (even one pixel apart) get independent N(0, 1) noise: 300 x 32 draws.
+  x300 = x[:300]
+  e = deploy.release_noise(secret, x300, (32,)).ravel()
+  bumped = x300.copy()
+  bumped[:, 0, 0, 0] += 1 / 255
+  e_bump = deploy.release_noise(secret, bumped, (32,)).ravel()
+  e_other = deploy.release_noise(os.urandom(32), x300, (32,)).ravel()
+  e_ctx = deploy.release_noise(secret, x300, (32,), context="another encoder").ravel()
+  from scipy import stats
+
+  assert stats.kstest(e, "norm").pvalue > 1e-3       # 9,600 draws from N(0, 1)
+  assert abs(e.mean()) < 0.05 and abs(e.std() - 1) < 0.05
+  # One standard error of a correlation of 9,600 pairs is ~0.01: 6 of them is "independent".
+  for other in (e_bump, e_other, e_ctx):
+    assert abs(np.corrcoef(e, other)[0, 1]) < 0.06
+  rows = e.reshape(300, 32)
+  corr = np.corrcoef(rows)[np.triu_indices(300, 1)]   # pairs of different inputs
+  assert abs(corr.mean()) < 0.01 and corr.std() < 0.25   # 1/sqrt(32) ~ 0.18 when independent
+
+  # Fresh noise (the default) differs per send: averaging repeats shrinks it.
+  deploy.encode_to_file(enc, xs, list("abcdefghij"), str(tmp_path / "f.npz"))
+  ff = deploy.read_features(str(tmp_path / "f.npz"))["features"]
+  assert np.abs(ff[:5] - ff[5:]).mean() > 0.1
+  with pytest.raises(ValueError, match="a seed would replace it"):
+    deploy.release_eps(enc, x[:2], "per_input", seed=1, secret=secret)
+  with pytest.raises(ValueError, match="allowed"):
+    deploy.release_eps(enc, x[:2], "sometimes")
+
+
+def test_release_secret_missing_or_corrupt_is_never_replaced(tmp_path):
+  key = tmp_path / "dir" / "secret"
+  with pytest.raises(deploy.ArtefactError, match="No release secret at .*Create it once"):
+    deploy.read_secret(str(key))
+  assert not key.exists()                      # reading never creates one
+  deploy.create_secret(str(key))
+  good = key.read_bytes()
+  lines = good.decode().splitlines()
+  flipped = ("0" if lines[1][0] != "0" else "1") + lines[1][1:]
+  wrong_sum = "\n".join([lines[0], flipped, lines[2]]).encode()   # one hex digit changed
+  for bad in (good[:40], b"\xff\xfe garbage", b"", wrong_sum, good.replace(b"v1", b"v9")):
+    key.write_bytes(bad)
+    with pytest.raises(deploy.ArtefactError, match="not a valid release secret.*never replaced"):
+      deploy.read_secret(str(key))
+    with pytest.raises(deploy.ArtefactError, match="never overwritten"):
+      deploy.create_secret(str(key))
+    assert key.read_bytes() == bad             # left exactly as it was
+  with pytest.raises(ValueError, match="device secret as bytes"):
+    deploy.release_noise("password", np.zeros((1, 4)), (2,))
