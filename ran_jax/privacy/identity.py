@@ -208,8 +208,14 @@ def raw_fn(pool: Pool, dims: int) -> Callable:
   flat = pool.x[pool.fit].reshape(len(pool.fit), -1).astype(np.float64)
   mean = flat.mean(0)
   k = int(min(dims, flat.shape[1], len(flat)))
-  _, _, vt = np.linalg.svd(flat - mean, full_matrices=False)
-  comp = vt[:k]
+  centred = flat - mean
+  if flat.shape[1] <= 4096:
+    _, vecs = np.linalg.eigh(centred.T @ centred)  # ascending eigenvalues; [d, d]
+    comp = vecs[:, ::-1][:, :k].T                   # [k, d] top principal directions
+  else:  # large inputs (images): no d x d covariance
+    from sklearn.utils.extmath import randomized_svd
+
+    comp = randomized_svd(centred, k, random_state=0)[2]
 
   def run(x, key):
     del key
