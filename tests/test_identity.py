@@ -111,7 +111,7 @@ def test_time_split_drops_the_boundary_windows():
       f, v, t = (rank[np.intersect1d(part, g)] for part in (pool.fit, pool.val, pool.test))
       assert len(f) and len(v) and len(t)
       assert v.min() - f.max() == 2 and t.min() - v.max() == 2
-      assert len(t) == 8 and len(f) + len(v) + 2 == 12  # 20 windows: 40 % test
+      assert len(t) == 7 and len(f) + len(v) == 11  # 20 windows: 12 | drop 1 | 7 test
   assert not set(pool.fit) & set(pool.test) and not set(pool.val) & set(pool.test)
   n_used = len(pool.fit) + len(pool.val) + len(pool.test)
   assert n_used < n and len(pool.test) / n_used == pytest.approx(0.4, abs=0.1)
