@@ -46,7 +46,7 @@ flags.mark_flag_as_required("workdir")
 
 
 def _row(label: str, m: dict) -> str:
-  return (f"{label:18s}{m['mse_sum']:10.4g}{m['mse_mean']:10.4g}{m['psnr']:8.2f}"
+  return (f"{label:24s}{m['mse_sum']:10.4g}{m['mse_mean']:10.4g}{m['psnr']:8.2f}"
           f"{m['ssim']:8.4f}")
 
 
@@ -55,7 +55,7 @@ def format_table(result: dict) -> str:
   if result.get("attackers"):
     lines += [f"{result['name']}: accuracy {result.get('accuracy', float('nan')):.4f}, "
               f"retrained {result.get('accuracy_retrained', float('nan')):.4f}",
-              f"{'attacker':18s}{'mse_sum':>10s}{'mse_mean':>10s}{'psnr':>8s}{'ssim':>8s}"]
+              f"{'attacker':24s}{'mse_sum':>10s}{'mse_mean':>10s}{'psnr':>8s}{'ssim':>8s}"]
     for a, m in result["attackers"].items():
       lines.append(_row(a, m))
     w = result["worst"]

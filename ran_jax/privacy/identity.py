@@ -76,7 +76,7 @@ class IdentityConfig:
   person_groups: int = 1000
   bootstrap: int = 1000
   fit_draws: int = 1                     # noisy releases per fit example (stacked)
-  knn_ks: Sequence[int] = (1, 3, 5, 9, 15, 25, 45)
+  knn_ks: Sequence[int] = (1, 3, 5, 9, 15, 25, 45, 75, 125)
   mlp_hidden: Sequence[int] = (256,)
   fit: atk.FitConfig = dataclasses.field(
       default_factory=lambda: atk.FitConfig(batch_size=128, max_epochs=100, patience=4))
