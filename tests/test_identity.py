@@ -161,9 +161,7 @@ def test_reconstruction_attackers_scored_on_repeated_releases():
 
 
 def test_format_identity_prints_every_setting(planted_result):
-  from ran_jax import attack
-
-  text = attack.format_table({"name": "x", "identity": planted_result})
+  text = identity.format_identity(planted_result)
   assert "chance 0.2500" in text
   for setting in ("single", "raw"):
     assert any(line.startswith(setting) for line in text.splitlines())
