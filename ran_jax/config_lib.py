@@ -69,6 +69,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.test_limit = 0
   c.data.decode_workers = 4    # threads decoding JPEG batches (imagenet2012, large TFDS sets)
   c.data.num_classes = config_dict.placeholder(int)  # expected class count (None: the dataset's)
+  # A sensitive attribute carried per example ('': none): 'subject' (uci_har), 'speaker'
+  # (spoken_digit), a scalar TFDS feature, or an .npz column (ran_jax/data). When set,
+  # every batch also holds 'attribute' (int32 ids); see docs/privacy_identity.md.
+  c.data.attribute = ""
 
   c.model = ml_collections.ConfigDict()
   c.model.encoder = "lenet5"   # 'lenet5', 'alexnet' or 'vgg16' (ran_jax.models.ENCODERS)
@@ -275,6 +279,9 @@ def _rules() -> dict[str, Rule]:
       "data.num_classes": ((lambda v: v is None or (_is_int(v) and v >= 1)),
                            "None (the dataset's) or an integer >= 1"),
       "data.decode_workers": _int_at_least(1),
+      "data.attribute": ((lambda v: isinstance(v, str)),
+                         "'' (none) or the name of a per-example attribute of the dataset "
+                         "(e.g. 'subject' for uci_har, 'speaker' for spoken_digit)"),
 
       "model.encoder": ((lambda v: v in ENCODERS),
                         f"unknown encoder; allowed: {sorted(ENCODERS)}"),
@@ -372,6 +379,14 @@ def validate_config(config, num_devices: int | None = None) -> None:
     problems.append(f"ran.attribute_weight={weight!r}: the attribute game needs a sensitive "
                     "attribute in the data; set data.attribute (e.g. 'subject' for uci_har, "
                     "'speaker' for spoken_digit).")
+
+  from ran_jax.data.datasets import BUILTIN_ATTRIBUTES
+
+  dataset, attribute = values.get("data.name"), values.get("data.attribute")
+  if attribute and isinstance(attribute, str) and dataset in BUILTIN_ATTRIBUTES:
+    if attribute not in BUILTIN_ATTRIBUTES[dataset]:
+      problems.append(f"data.attribute={attribute!r}: dataset {dataset} has no such attribute; "
+                      f"available: {list(BUILTIN_ATTRIBUTES[dataset]) or 'none'}.")
 
   if num_devices:
     for name in ("batch_size", "eval_batch_size"):

@@ -33,8 +33,13 @@ from ran_jax.data.datasets import DATASETS, known_datasets, loader_for  # noqa: 
 
 
 def _limit(split, n: int):
+  """The first n examples of a split (all when n <= 0), with their attribute and order."""
   if n and n > 0 and n < len(split):
-    return ArraySplit(*(lambda b: (b["image"], b["label"]))(split.get(np.arange(n))))
+    b = split.get(np.arange(n))
+    attributes, order = getattr(split, "attributes", None), getattr(split, "order", None)
+    return ArraySplit(b["image"], b["label"],
+                      attributes=None if attributes is None else attributes[:n],
+                      order=None if order is None else order[:n])
   return split
 
 
@@ -69,6 +74,13 @@ def check_source(src: DataSource, num_classes: int | None = None) -> None:
       raise DataError(f"Dataset {src.name}: {split_name} labels span [{lab.min()}, {lab.max()}] "
                       f"but the model has {src.num_classes} classes (labels must be in [0, "
                       f"{src.num_classes - 1}]). Check the label files or data.num_classes.")
+    if src.attribute_name:
+      att = getattr(split, "attributes", None)
+      order = getattr(split, "order", None)
+      if (att is None or order is None or len(att) != len(split) or len(order) != len(split)
+          or "attribute" not in b or att.min() < 0 or att.max() >= src.num_attributes):
+        raise DataError(f"Dataset {src.name}: the {split_name} split lacks valid ids of attribute "
+                        f"{src.attribute_name!r} (0..{src.num_attributes - 1} per example).")
 
 
 def load_dataset(data_config) -> DataSource:
@@ -76,6 +88,10 @@ def load_dataset(data_config) -> DataSource:
 
   TFDS datasets are prepared into `data.data_dir` (default ~/tensorflow_datasets)
   from `data.manual_dir` on first use, then read back as array_record.
+  With `data.attribute` set, every split's `get` also returns 'attribute' (int32
+  ids, see `ran_jax.data.source`), and so do the pipeline's training and test
+  batches (`batch['attribute']`, sharded like the labels); unset, batches hold
+  exactly 'image' and 'label' (and the test batches' 'mask').
   """
   src = loader_for(data_config.name)(data_config)
   src.train = _limit(src.train, data_config.get("train_limit", 0))

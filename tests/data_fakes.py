@@ -100,3 +100,24 @@ def write_fsdd(root, speakers=("jackson", "theo"), numbers=(0, 5, 6)):
         x = 8000 * np.sin(2 * np.pi * (300 + 150 * d) * t) * np.hanning(len(t))
         wavfile.write(os.path.join(rec, f"{d}_{spk}_{n}.wav"), 8000, x.astype(np.int16))
   return root
+
+
+def write_png(path, h, w, seed, mode="L"):
+  from PIL import Image
+
+  rng = np.random.default_rng(seed)
+  shape = (h, w) if mode == "L" else (h, w, 3)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(path)
+  return path
+
+
+def write_image_folder(root, classes=("cat", "dog"), per_class=(3, 2), size=(12, 10),
+                       splits=True, mode="L"):
+  """root/train/<class>/*.png and root/test/<class>/*.png (or root/<class>/* if not splits)."""
+  for ci, c in enumerate(classes):
+    for split, n in (zip(("train", "test"), per_class) if splits else [("", sum(per_class))]):
+      for i in range(n):
+        write_png(os.path.join(root, split, c, f"{i:03d}.png"), *size, seed=100 * ci + i,
+                  mode=mode)
+  return root

@@ -55,6 +55,8 @@ BAD_VALUES = [
     ("data.test_limit", -1, "0 (all) or an integer >= 1"),
     ("data.num_classes", 0, "None (the dataset's) or an integer >= 1"),
     ("data.decode_workers", 0, "an integer >= 1"),
+    ("data.attribute", 3, "'' (none) or the name of a per-example attribute"),
+    ("data.attribute", "subject", "dataset digits has no such attribute; available: none"),
     ("model.encoder", "resnet50", "unknown encoder; allowed: ['alexnet', 'lenet5', 'vgg16']"),
     ("model.widths", (0, 16), "None (the paper's widths) or a tuple of positive integers"),
     ("model.widths", (3,), "lenet5 takes two conv widths, got (3,)"),

@@ -220,6 +220,12 @@ def test_spoken_digit_log_mel(tmp_path):
   # Prepared in TFDS's own `spoken_digit` layout: the catalog reader opens it.
   ds = tfds.data_source("spoken_digit", split="train", data_dir=str(tmp_path / "tfds"))
   assert len(ds) == 60
+  # The speaker from the file name; `order` keeps the recording index n.
+  src = ip.load_dataset(data_config(tmp_path, "spoken_digit", None, image_size=32,
+                                    attribute="speaker"))
+  assert src.attribute_values == ("jackson", "theo") and src.attribute_split == "recording"
+  assert set(src.test.order.tolist()) == {0} and set(src.train.order.tolist()) == {5, 6}
+  np.testing.assert_array_equal(np.bincount(src.train.get(np.arange(40))["attribute"]), [20, 20])
 
 
 def test_har_prepares_and_reads_without_importing_tensorflow(tmp_path):
@@ -304,3 +310,183 @@ def test_real_mnist_prepares_from_shared_idx_files(tmp_path):
   x = src.train.get(np.arange(300))
   assert 0.10 < x["image"].mean() < 0.16  # MNIST pixel mean 0.1307
   assert len(np.unique(x["label"])) == 10
+
+
+# ---------------------------------------------------------------- sensitive attributes
+
+
+def test_har_subject_attribute_and_time_order(tmp_path):
+  manual = data_fakes.write_har_npz(tmp_path / "m", n_train=24, n_test=12)
+  plain = ip.load_dataset(data_config(tmp_path, "uci_har", manual))
+  src = ip.load_dataset(data_config(tmp_path, "uci_har", manual, attribute="subject"))
+  assert (src.attribute_name, src.num_attributes, src.attribute_split) == ("subject", 3, "time")
+  assert src.attribute_values == (1, 2, 3)  # fake subjects: row % 3 + 1
+  assert plain.attribute_name == "" and set(plain.train.get([0, 1])) == {"image", "label"}
+  for split in ("train", "test"):
+    sp = getattr(src, split)
+    b = sp.get(np.arange(len(sp)))
+    assert b["attribute"].dtype == np.int32
+    # `order` is the window's row in the source file: labels row % 6, subjects row % 3 + 1.
+    np.testing.assert_array_equal(b["label"], sp.order % 6)
+    np.testing.assert_array_equal(np.asarray(src.attribute_values)[b["attribute"]],
+                                  sp.order % 3 + 1)
+    np.testing.assert_array_equal(b["image"], getattr(plain, split).get(np.arange(len(sp)))[
+        "image"])  # the attribute changes nothing else
+  limited = ip.load_dataset(data_config(tmp_path, "uci_har", manual, attribute="subject",
+                                        train_limit=10))
+  np.testing.assert_array_equal(limited.train.get(np.arange(10))["attribute"],
+                                src.train.get(np.arange(10))["attribute"])
+  np.testing.assert_array_equal(limited.train.order, src.train.order[:10])
+
+
+def test_unknown_attribute_names_the_available_ones(tmp_path):
+  manual = data_fakes.write_har_npz(tmp_path / "m")
+  with pytest.raises(DataError, match=r"no attribute 'speaker'.*available: \['subject'\]"):
+    ip.load_dataset(data_config(tmp_path, "uci_har", manual, attribute="speaker"))
+  cfg = common.get_base_config()
+  cfg.data.name, cfg.data.attribute = "uci_har", "speaker"
+  with pytest.raises(ConfigError, match=r"data.attribute='speaker'.*available: \['subject'\]"):
+    validate_config(cfg)
+  cfg.data.name, cfg.data.attribute = "digits", "subject"
+  with pytest.raises(ConfigError, match="available: none"):
+    validate_config(cfg)
+
+
+def test_tfds_feature_as_attribute(tmp_path):
+  with tfds.testing.mock_data(num_examples=12):
+    src = ip.load_dataset(data_config(tmp_path, "smallnorb", image_size=24,
+                                      attribute="label_lighting"))
+    with pytest.raises(DataError, match=r"no attribute 'colour'.*'instance', 'label_azimuth'"):
+      ip.load_dataset(data_config(tmp_path, "smallnorb", image_size=24, attribute="colour"))
+  assert src.attribute_split == "stratified" and 2 <= src.num_attributes <= 6
+  b = src.test.get(np.arange(12))
+  assert b["attribute"].max() < src.num_attributes and b["image"].shape == (12, 24, 24, 1)
+
+
+def test_pipeline_batches_carry_the_attribute(tmp_path):
+  from ran_jax import parallel
+
+  manual = data_fakes.write_har_npz(tmp_path / "m")
+  mesh = parallel.make_mesh()
+  src = ip.load_dataset(data_config(tmp_path, "uci_har", manual, attribute="subject"))
+  plain = ip.load_dataset(data_config(tmp_path, "uci_har", manual))
+  with_a = next(ip.InputPipeline(src, 8, 8, seed=3, mesh=mesh).train_batches(0, 1))
+  without = next(ip.InputPipeline(plain, 8, 8, seed=3, mesh=mesh).train_batches(0, 1))
+  assert set(without) == {"image", "label"} and set(with_a) == {"image", "label", "attribute"}
+  np.testing.assert_array_equal(np.asarray(with_a["image"]), np.asarray(without["image"]))
+  assert with_a["attribute"].sharding.spec[0] == parallel.DATA_AXIS
+  ev = next(ip.InputPipeline(src, 8, 8, seed=3, mesh=mesh).eval_batches())
+  assert set(ev) == {"image", "label", "attribute", "mask"}
+
+
+# ---------------------------------------------------------------- own data
+
+
+def test_image_folder_splits_and_pool(tmp_path):
+  root = data_fakes.write_image_folder(tmp_path / "imgs")
+  src = ip.load_dataset(data_config(tmp_path, str(root), image_size=0))
+  assert src.input_shape == (12, 10, 1) and src.num_classes == 2
+  assert (len(src.train), len(src.test)) == (6, 4)
+  b = check_batch(src, "test", n=4)
+  np.testing.assert_array_equal(b["label"], [0, 0, 1, 1])  # classes sorted: cat, dog
+  from PIL import Image
+  raw = np.asarray(Image.open(root / "test" / "dog" / "001.png"), np.float32) / 255
+  np.testing.assert_allclose(b["image"][3, ..., 0], raw)  # pixels / 255, no other change
+  pool = data_fakes.write_image_folder(tmp_path / "pool", per_class=(8, 2), splits=False,
+                                       mode="RGB")
+  src = ip.load_dataset(data_config(tmp_path, str(pool), image_size=8))
+  assert src.input_shape == (8, 8, 3) and (len(src.train), len(src.test)) == (16, 4)
+  cfg = common.get_base_config()
+  cfg.data.name = str(pool)
+  validate_config(cfg)
+
+
+@pytest.mark.parametrize("problem,match", [
+    ("non_image", r"not image files: \['notes.txt'\]"),
+    ("empty_class", "class folder 'dog' holds no images"),
+    ("sizes", "2 different sizes.*data.image_size"),
+    ("corrupt", "cannot be read as an image"),
+    ("no_test", "has train/ but no test/"),
+    ("extra_test_class", r"test has classes missing from train: \['emu'\]"),
+    ("one_class", "1 class folder"),
+])
+def test_malformed_image_folders(tmp_path, problem, match):
+  root = data_fakes.write_image_folder(tmp_path / "imgs")
+  if problem == "non_image":
+    (root / "train" / "cat" / "notes.txt").write_text("x")
+  elif problem == "empty_class":
+    for f in (root / "train" / "dog").iterdir():
+      f.unlink()
+  elif problem == "sizes":
+    data_fakes.write_png(str(root / "train" / "cat" / "big.png"), 20, 20, 0)
+  elif problem == "corrupt":
+    (root / "test" / "cat" / "bad.png").write_bytes(b"not a png")
+  elif problem == "no_test":
+    import shutil
+    shutil.rmtree(root / "test")
+  elif problem == "extra_test_class":
+    data_fakes.write_png(str(root / "test" / "emu" / "0.png"), 12, 10, 0)
+  elif problem == "one_class":
+    import shutil
+    shutil.rmtree(root / "train" / "dog")
+    shutil.rmtree(root / "test" / "dog")
+  with pytest.raises(DataError, match=match):
+    ip.load_dataset(data_config(tmp_path, str(root), image_size=0))
+
+
+def _npz(path, **arrays):
+  np.savez(path, **arrays)
+  return str(path)
+
+
+def test_npz_pool_and_splits_with_attribute(tmp_path):
+  rng = np.random.default_rng(0)
+  x = rng.integers(0, 256, (20, 6, 6), dtype=np.uint8)
+  y = np.arange(20) % 2
+  who = np.array(["ann", "bob", "cy", "dan"] * 5)
+  path = _npz(tmp_path / "d.npz", x=x, y=y, person=who)
+  src = ip.load_dataset(data_config(tmp_path, path, attribute="person"))
+  assert src.input_shape == (6, 6, 1) and src.num_classes == 2 and src.value_range == (0, 1)
+  assert (len(src.train), len(src.test)) == (16, 4)  # every 5th per class is test
+  assert src.attribute_values == ("ann", "bob", "cy", "dan")
+  b = src.test.get(np.arange(4))
+  np.testing.assert_array_equal(b["image"][..., 0], x[src.test.order].astype(np.float32) / 255)
+  np.testing.assert_array_equal(np.asarray(src.attribute_values)[b["attribute"]],
+                                who[src.test.order])
+  with pytest.raises(DataError, match=r"no attribute 'age'.*available: \['person'\]"):
+    ip.load_dataset(data_config(tmp_path, path, attribute="age"))
+  xf = rng.uniform(-2, 2, (10, 4, 4, 2)).astype(np.float32)
+  path = _npz(tmp_path / "s.npz", x_train=xf, y_train=np.arange(10) % 3, x_test=xf[:4],
+              y_test=np.arange(4) % 3, value_range=np.array([-2.0, 2.0]),
+              site_train=np.arange(10) % 2, site_test=np.arange(4) % 2)
+  src = ip.load_dataset(data_config(tmp_path, path, attribute="site"))
+  assert src.value_range == (-2.0, 2.0) and src.num_classes == 3 and src.num_attributes == 2
+  np.testing.assert_array_equal(src.train.get(np.arange(10))["image"], xf)
+
+
+@pytest.mark.parametrize("arrays,match", [
+    (dict(images=np.zeros((4, 3, 3))), "needs arrays x and y"),
+    (dict(x=np.zeros((4, 3)), y=np.zeros(4, int)), r"expected \[N, H, W, C\]"),
+    (dict(x=np.zeros((4, 3, 3)), y=np.zeros(5, int)), r"y has shape \(5,\).*4 examples"),
+    (dict(x=np.full((4, 3, 3), np.nan), y=np.arange(4) % 2), "NaN or Inf"),
+    (dict(x=np.full((4, 3, 3), 3.0), y=np.arange(4) % 2), r"outside \[0.0, 1.0\].*value_range"),
+    (dict(x=np.zeros((4, 3, 3)), y=np.array([0, 1, -1, 0])), "labels must be >= 0"),
+    (dict(x=np.zeros((4, 3, 3)), y=np.array([0.5, 1, 0, 1])), "labels must be integers"),
+    (dict(x=np.zeros((4, 3, 3)), y=np.zeros(4, int)), "1 class"),
+    (dict(x_train=np.zeros((4, 3, 3)), y_train=np.arange(4) % 2, x_test=np.zeros((2, 4, 4)),
+          y_test=np.arange(2)), "x_train examples are"),
+])
+def test_malformed_npz(tmp_path, arrays, match):
+  path = _npz(tmp_path / "bad.npz", **arrays)
+  with pytest.raises(DataError, match=match):
+    ip.load_dataset(data_config(tmp_path, path))
+
+
+def test_missing_npz_path_is_named(tmp_path):
+  missing = str(tmp_path / "nope.npz")
+  with pytest.raises(DataError, match="no such .npz file"):
+    ip.load_dataset(data_config(tmp_path, missing))
+  cfg = common.get_base_config()
+  cfg.data.name = missing
+  with pytest.raises(ConfigError, match="data.name=.*nope.npz"):
+    validate_config(cfg)

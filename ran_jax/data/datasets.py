@@ -11,6 +11,18 @@
 
 `value_range` of each DataSource is the bound its inputs live in; the RAN
 decoder's scaled sigmoid produces that range.
+
+Your own data (`ran_jax.data.own`): `data.name` may be a folder of images in class
+sub-folders or an `.npz` of arrays (see that module for the layouts and checks).
+
+Sensitive attributes (`data.attribute`, see `ran_jax.data.source`):
+
+| name          | attribute                      | leak-free split (`attribute_split`, `order`) |
+|---------------|--------------------------------|----------------------------------------------|
+| uci_har       | 'subject'                      | 'time': `order` = the window's row (time)    |
+| spoken_digit  | 'speaker'                      | 'recording': `order` = recording index n     |
+| TFDS datasets | a scalar int / ClassLabel / bool feature ('a/b' if nested) | 'stratified'     |
+| .npz          | a per-example array (ran_jax/data/own.py)                  | 'stratified'     |
 """
 
 from __future__ import annotations
@@ -22,8 +34,9 @@ from typing import Callable
 
 import numpy as np
 
-from ran_jax.data import tfds_prep
-from ran_jax.data.source import ArraySplit, DataError, DataSource, RecordSplit, read_records
+from ran_jax.data import own, tfds_prep
+from ran_jax.data.source import (ArraySplit, DataError, DataSource, RecordSplit,
+                                 attach_attribute, read_records, unknown_attribute)
 
 log = logging.getLogger("ran_jax")
 
@@ -34,6 +47,8 @@ CIFAR10_FILES = ("cifar-10-binary.tar.gz (canonical) or cifar10_jpg.tar.gz (loss
                  "train/<class>/*.jpg, test/<class>/*.jpg)")
 IMAGENET_FILES = "ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar (image-net.org)"
 HAR_STD_CLIP = 4.0
+# What data.attribute may name for the built-in datasets (TFDS and own data: read from the data).
+BUILTIN_ATTRIBUTES = {"digits": (), "uci_har": ("subject",), "spoken_digit": ("speaker",)}
 
 
 def _scale_uint8(x: np.ndarray) -> np.ndarray:
@@ -54,6 +69,8 @@ def load_digits(data_config) -> DataSource:
   from sklearn.datasets import load_digits as sk_digits
   from sklearn.model_selection import train_test_split
 
+  if _attribute_name(data_config):
+    raise unknown_attribute("digits", _attribute_name(data_config), BUILTIN_ATTRIBUTES["digits"])
   d = sk_digits()
   x = (d.images / 16.0).astype(np.float32)  # [N, 8, 8] in [0, 1]
   size = int(data_config.get("image_size", 28) or 8)
@@ -80,13 +97,45 @@ def _resize_uint8(x: np.ndarray, size: int) -> np.ndarray:
   return out
 
 
-def _read_all(ds, image_key: str, label_key: str, chunk: int = 4096):
-  xs, ys = [], []
+def _field(record, path: str):
+  """record['a/b'] read as record['a']['b'] (nested TFDS features)."""
+  for part in path.split("/"):
+    record = record[part]
+  return record
+
+
+def _read_all(ds, keys, chunk: int = 4096) -> dict:
+  """{key: array over every record} for the (possibly nested, 'a/b') feature `keys`."""
+  cols = {k: [] for k in keys}
   for s in range(0, len(ds), chunk):
     recs = read_records(ds, range(s, min(s + chunk, len(ds))))
-    xs.append(np.stack([np.asarray(r[image_key]) for r in recs]))
-    ys.append(np.asarray([r[label_key] for r in recs], np.int64))
-  return np.concatenate(xs), np.concatenate(ys)
+    for k in keys:
+      cols[k].append(np.stack([np.asarray(_field(r, k)) for r in recs]))
+  return {k: np.concatenate(v) for k, v in cols.items()}
+
+
+def scalar_features(features, skip=()) -> list[str]:
+  """Names ('a' or 'a/b' when nested) of a TFDS dataset's scalar integer or bool features:
+  what `data.attribute` may name."""
+  from tensorflow_datasets import features as tfds_features
+
+  out = []
+
+  def walk(fd, prefix):
+    for key, f in fd.items():
+      path = prefix + key
+      if isinstance(f, tfds_features.FeaturesDict):
+        walk(f, path + "/")
+      elif (path not in skip and tuple(getattr(f, "shape", (None,))) == ()
+            and np.dtype(f.np_dtype).kind in "biu"):
+        out.append(path)
+
+  walk(features, "")
+  return sorted(out)
+
+
+def _attribute_name(data_config) -> str:
+  return str(data_config.get("attribute", "") or "")
 
 
 def _center_crop_decoder(size: int, channels: int, image_key="image", label_key="label"):
@@ -131,6 +180,10 @@ def tfds_image_source(name: str, builder, data_config, *, test_split=None,
   num_classes = getattr(label_feat, "num_classes", None)
   if not num_classes:
     raise DataError(f"{info.full_name}: label feature {label_key!r} is not a ClassLabel.")
+  available = scalar_features(feats, skip=(image_key, label_key))
+  attribute = _attribute_name(data_config)
+  if attribute and attribute not in available:
+    raise unknown_attribute(info.full_name, attribute, available)
   known = set(info.splits) or {"train", "test"}  # no split metadata (e.g. mocked): try these
   test_split = test_split or next((s for s in ("test", "validation") if s in known), None)
   if test_split is None or "train" not in known:
@@ -144,14 +197,16 @@ def tfds_image_source(name: str, builder, data_config, *, test_split=None,
     raise DataError(f"{info.full_name} has images of varying size {shape}; set "
                     "--config.data.image_size (e.g. 224).")
   n_bytes = len(tfds_prep.data_source(builder, "train")) * int(np.prod(out_hw)) * channels
-  splits = {}
+  splits, raw = {}, {}
   if fixed and n_bytes <= IN_MEMORY_MAX_BYTES:
     for split in ("train", test_split):
       ds = tfds_prep.data_source(builder, split)
-      x, y = _read_all(ds, image_key, label_key)
+      cols = _read_all(ds, (image_key, label_key) + ((attribute,) if attribute else ()))
+      x, y = cols[image_key], cols[label_key].astype(np.int64)
       if size and x.shape[1:3] != (size, size):
         x = _resize_uint8(x, size)
       splits[split] = ArraySplit(x, y, transform=_scale_uint8)
+      raw[split] = cols.get(attribute)
   else:
     from tensorflow_datasets import decode as tfds_decode
 
@@ -160,9 +215,16 @@ def tfds_image_source(name: str, builder, data_config, *, test_split=None,
       splits[split] = RecordSplit(ds, _center_crop_decoder(out_hw[0], channels, image_key,
                                                            label_key),
                                   workers=int(data_config.get("decode_workers", 4) or 4))
-  return DataSource(name, splits["train"], splits[test_split], (*out_hw, channels),
-                    int(num_classes), (0.0, 1.0),
-                    description or f"TFDS {info.full_name} ({test_split} split as test)")
+      raw[split] = _read_all(ds, (attribute,))[attribute] if attribute else None
+  src = DataSource(name, splits["train"], splits[test_split], (*out_hw, channels),
+                   int(num_classes), (0.0, 1.0),
+                   description or f"TFDS {info.full_name} ({test_split} split as test)",
+                   available_attributes=tuple(available))
+  if attribute:
+    attach_attribute(src, attribute, {"train": raw["train"], "test": raw[test_split]},
+                     {"train": np.arange(len(src.train)), "test": np.arange(len(src.test))},
+                     "stratified")
+  return src
 
 
 def load_mnist(data_config) -> DataSource:
@@ -232,12 +294,17 @@ def load_uci_har(data_config) -> DataSource:
     raise DataError("uci_har: nothing prepared in --config.data.data_dir and no source in "
                     f"--config.data.manual_dir={data_config.manual_dir}."
                     + uci_har.MANUAL_INSTRUCTIONS)
+  attribute = _attribute_name(data_config)
+  if attribute and attribute not in BUILTIN_ATTRIBUTES["uci_har"]:
+    raise unknown_attribute("uci_har", attribute, BUILTIN_ATTRIBUTES["uci_har"])
   b = tfds_prep.prepare(builders[choice], manual, what=f"the {choice} UCI HAR files",
                         check_files=False)
-  arrays = {}
+  arrays, cols = {}, {}
   for split in ("train", "test"):
-    x, y = _read_all(tfds_prep.data_source(b, split), "signal", "label")
-    arrays[split] = (x.astype(np.float32), y)
+    cols[split] = _read_all(tfds_prep.data_source(b, split), ("signal", "label", "subject",
+                                                                "index"))
+    arrays[split] = (cols[split]["signal"].astype(np.float32),
+                     cols[split]["label"].astype(np.int64))
   # Normalisation: per-channel mean/std of the training windows, clipped to +-4 std.
   flat = arrays["train"][0].reshape(-1, arrays["train"][0].shape[-1])
   mean, std = flat.mean(0), flat.std(0) + 1e-6
@@ -247,9 +314,14 @@ def load_uci_har(data_config) -> DataSource:
     return z[:, :, None, :].astype(np.float32)  # [N, 128, 1, 9]
 
   tr, te = (ArraySplit(norm(arrays[s][0]), arrays[s][1]) for s in ("train", "test"))
-  return DataSource("uci_har", tr, te, (uci_har.WINDOW, 1, len(uci_har.CHANNELS)),
-                    len(uci_har.CLASS_NAMES), (-HAR_STD_CLIP, HAR_STD_CLIP),
-                    f"UCI HAR ({b.info.full_name}), 9 inertial channels x 128 steps")
+  src = DataSource("uci_har", tr, te, (uci_har.WINDOW, 1, len(uci_har.CHANNELS)),
+                   len(uci_har.CLASS_NAMES), (-HAR_STD_CLIP, HAR_STD_CLIP),
+                   f"UCI HAR ({b.info.full_name}), 9 inertial channels x 128 steps",
+                   available_attributes=BUILTIN_ATTRIBUTES["uci_har"])
+  if attribute:
+    attach_attribute(src, attribute, {s: cols[s][attribute] for s in cols},
+                     {s: cols[s]["index"] for s in cols}, "time")
+  return src
 
 
 # ---------------------------------------------------------------- spoken digits
@@ -260,6 +332,9 @@ def load_spoken_digit(data_config) -> DataSource:
   from ran_jax.data import spoken_digit as sd
 
   manual = data_config.manual_dir
+  attribute = _attribute_name(data_config)
+  if attribute and attribute not in BUILTIN_ATTRIBUTES["spoken_digit"]:
+    raise unknown_attribute("spoken_digit", attribute, BUILTIN_ATTRIBUTES["spoken_digit"])
   b = tfds_prep.get_builder("spoken_digit", data_config.data_dir)
   if not b.is_prepared():
     if not manual or not sd.available(os.path.expanduser(manual)):
@@ -271,18 +346,27 @@ def load_spoken_digit(data_config) -> DataSource:
     b = tfds_prep.get_builder("spoken_digit", data_config.data_dir)  # re-read the written info
   ds = tfds_prep.data_source(b, "train")
   size = int(data_config.get("image_size") or 32)
-  xs, ys, test = [], [], []
+  xs, ys, names = [], [], []
   for s in range(0, len(ds), 1024):
     for r in read_records(ds, range(s, min(s + 1024, len(ds)))):
       xs.append(sd.log_mel(r["audio"], size=size))
       ys.append(int(r["label"]))
       fname = r["audio/filename"]
-      test.append(sd.is_test_file(fname.decode() if isinstance(fname, bytes) else fname))
+      names.append(fname.decode() if isinstance(fname, bytes) else fname)
   x = np.stack(xs)[..., None]  # [N, size, size, 1] in [0, 1]
-  y, test = np.asarray(ys, np.int64), np.asarray(test)
-  return DataSource("spoken_digit", ArraySplit(x[~test], y[~test]), ArraySplit(x[test], y[test]),
-                    (size, size, 1), 10, (0.0, 1.0),
-                    "Free Spoken Digit Dataset as log-mel (stand-in for UbiSound)")
+  y = np.asarray(ys, np.int64)
+  parsed = [sd.parse_file_name(f) for f in names]  # (digit, speaker, recording index)
+  test = np.asarray([n < sd.TEST_RECORDINGS for _, _, n in parsed])
+  src = DataSource("spoken_digit", ArraySplit(x[~test], y[~test]), ArraySplit(x[test], y[test]),
+                   (size, size, 1), 10, (0.0, 1.0),
+                   "Free Spoken Digit Dataset as log-mel (stand-in for UbiSound)",
+                   available_attributes=BUILTIN_ATTRIBUTES["spoken_digit"])
+  if attribute:
+    speaker = np.asarray([p[1] for p in parsed])
+    rec = np.asarray([p[2] for p in parsed], np.int64)
+    attach_attribute(src, attribute, {"train": speaker[~test], "test": speaker[test]},
+                     {"train": rec[~test], "test": rec[test]}, "recording")
+  return src
 
 
 # ---------------------------------------------------------------- registry
@@ -296,6 +380,7 @@ DATASETS: dict[str, Callable[..., DataSource]] = {
     "spoken_digit": load_spoken_digit,
 }
 ANY_TFDS = "<any TFDS image-classification name>"
+OWN_DATA = "<a folder of class sub-folders of images, or an .npz path>"
 
 
 def load_generic_tfds(data_config) -> DataSource:
@@ -310,17 +395,24 @@ class KnownDatasets(frozenset):
   def __contains__(self, name) -> bool:
     if frozenset.__contains__(self, name):
       return True
+    if own.is_own_data(name):
+      return True
     return isinstance(name, str) and bool(name) and tfds_prep.is_tfds_name(name)
 
 
 def known_datasets() -> KnownDatasets:
-  return KnownDatasets(list(DATASETS) + [ANY_TFDS])
+  return KnownDatasets(list(DATASETS) + [ANY_TFDS, OWN_DATA])
 
 
 def loader_for(name: str) -> Callable[..., DataSource]:
   if name in DATASETS:
     return DATASETS[name]
+  if own.is_own_data(name):
+    return own.load_own
+  if isinstance(name, str) and name.endswith(".npz"):
+    raise DataError(f"data.name={name!r}: no such .npz file.")
   if isinstance(name, str) and name and tfds_prep.is_tfds_name(name):
     return load_generic_tfds
-  raise DataError(f"Unknown dataset {name!r}; allowed: {sorted(DATASETS)} or any TFDS "
-                  "image-classification dataset name (https://www.tensorflow.org/datasets/catalog).")
+  raise DataError(f"Unknown dataset {name!r}; allowed: {sorted(DATASETS)}, any TFDS "
+                  "image-classification dataset name (https://www.tensorflow.org/datasets/catalog),"
+                  " a folder of images in class sub-folders or an .npz file (ran_jax/data/own.py).")

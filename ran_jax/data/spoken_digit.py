@@ -25,6 +25,7 @@ from scipy.io import wavfile
 from tensorflow_datasets.datasets.spoken_digit import spoken_digit_dataset_builder as _catalog
 
 SAMPLE_RATE = 8000
+TEST_RECORDINGS = 5        # recordings 0..4 of each (digit, speaker) are the test split
 CANONICAL_TAR = "free-spoken-digit-dataset-1.0.9.tar.gz"
 LOCAL_TAR = "fsdd_recordings.tar.gz"
 MANUAL_INSTRUCTIONS = f"""
@@ -86,9 +87,17 @@ class SpokenDigitLocal(_catalog.Builder, skip_registration=True):
     yield key, {"audio": _read_wav(data), "label": int(key.split("_")[0]), "audio/filename": fname}
 
 
+def parse_file_name(fname: str) -> tuple[int, str, int]:
+  """`<digit>_<speaker>_<n>.wav` -> (digit, speaker, recording index n)."""
+  parts = os.path.splitext(os.path.basename(fname))[0].split("_")
+  if len(parts) < 3 or not parts[0].isdigit() or not parts[-1].isdigit():
+    raise ValueError(f"FSDD file name {fname!r} is not <digit>_<speaker>_<n>.wav")
+  return int(parts[0]), "_".join(parts[1:-1]), int(parts[-1])
+
+
 def is_test_file(fname: str) -> bool:
   """FSDD's official split: recordings numbered 0-4 are the test set (10%)."""
-  return int(os.path.splitext(fname)[0].split("_")[-1]) < 5
+  return parse_file_name(fname)[2] < TEST_RECORDINGS
 
 
 def mel_filterbank(n_mels: int, n_fft: int, sr: int, fmin: float = 0.0, fmax=None) -> np.ndarray:

@@ -2,7 +2,10 @@
 
 Each example is one 2.56 s window: 128 steps x 9 inertial channels in the UCI
 'Inertial Signals' order (body_acc xyz [g], body_gyro xyz [rad/s], total_acc
-xyz [g]), one of 6 activities, and the volunteer id. Two builder configs, one
+xyz [g]), one of 6 activities, the volunteer id (`subject`) and the window's row
+in its source file (`index`: both sources list a volunteer's windows in time
+order, consecutive windows overlapping by 50 %; TFDS shuffles the stored order,
+so the row is kept to split attribute attackers in time without leaks). Two builder configs, one
 per source of the same layout, so that prepared copies never get mixed up:
 
 * `uci_har/official`: the official "UCI HAR Dataset" (7,352 train / 2,947 test
@@ -81,7 +84,9 @@ def read_hapt_split(path: str, split: str):
 class UciHar(tfds.core.GeneratorBasedBuilder):
   """UCI HAR inertial windows (9 x 128, 6 activities)."""
 
-  VERSION = tfds.core.Version("1.0.0")
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.1.0": "Adds `index`, the window's row in its source file (time order).",
+                   "1.0.0": "signal, label, subject."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_INSTRUCTIONS
   BUILDER_CONFIGS = [
       tfds.core.BuilderConfig(name="official", description="Official UCI HAR Dataset files."),
@@ -97,6 +102,7 @@ class UciHar(tfds.core.GeneratorBasedBuilder):
             "signal": tfds.features.Tensor(shape=(WINDOW, len(CHANNELS)), dtype=np.float32),
             "label": tfds.features.ClassLabel(names=CLASS_NAMES),
             "subject": tfds.features.Scalar(dtype=np.int32),
+            "index": tfds.features.Scalar(dtype=np.int32),
         }),
         supervised_keys=("signal", "label"),
         homepage="https://archive.ics.uci.edu/dataset/240",
@@ -135,4 +141,4 @@ class UciHar(tfds.core.GeneratorBasedBuilder):
       raise ValueError(f"HAR labels must be activities 1..6 (0..5 in the npz); got "
                        f"[{y.min()}, {y.max()}].")
     for i in range(len(x)):
-      yield i, {"signal": x[i], "label": int(y[i]), "subject": int(s[i])}
+      yield i, {"signal": x[i], "label": int(y[i]), "subject": int(s[i]), "index": i}

@@ -6,7 +6,7 @@ from absl import flags
 
 from ran_jax import config_lib
 from ran_jax.privacy import attackers as atk
-from ran_jax.privacy import protocol
+from ran_jax.privacy import identity, protocol
 
 
 def define_attack_flags() -> None:
@@ -32,3 +32,40 @@ def attack_config_from_flags() -> protocol.AttackConfig:
   return protocol.AttackConfig(attack_train_limit=f.attack_train_limit, test_limit=f.test_limit,
                                attackers=tuple(f.attackers), attacker_fit=fit,
                                classifier_fit=fit, seed=f.seed, resnet_width=f.resnet_width)
+
+
+def define_identity_flags() -> None:
+  """Flags of the attribute-inference attacks (`ran_jax.privacy.identity`)."""
+  flags.DEFINE_string("attribute", None,
+                      "Sensitive attribute to infer (e.g. subject, speaker); default: the run's "
+                      "data.attribute; '' skips the attribute attacks.")
+  flags.DEFINE_list("identity_attackers", list(identity.FAMILIES), "Attribute attacker families.")
+  flags.DEFINE_integer("identity_seeds", 3, "Seeds per attribute attacker (release noise, init).")
+  flags.DEFINE_list("releases", ["4", "16"],
+                    "N of the 'mean of N releases of one input' settings (noisy releases), "
+                    "besides one release and the clean features.")
+  flags.DEFINE_integer("person_releases", 10,
+                       "Releases of different inputs of one person an attacker combines (0: off).")
+  flags.DEFINE_integer("person_groups", 1000, "Random groups of person_releases scored.")
+
+
+def identity_config_from_flags() -> identity.IdentityConfig:
+  """The IdentityConfig the flags describe; bad values end the command (exit 2)."""
+  f = flags.FLAGS
+  unknown = sorted(set(f.identity_attackers) - set(identity.FAMILIES))
+  if unknown:
+    config_lib.exit_with_error(f"--identity_attackers: unknown {unknown}; allowed: "
+                               f"{list(identity.FAMILIES)}.")
+  try:
+    releases = tuple(int(n) for n in f.releases)
+  except ValueError:
+    releases = ()
+  if not releases and f.releases or any(n < 2 for n in releases):
+    config_lib.exit_with_error(f"--releases={','.join(f.releases)}: integers >= 2 expected.")
+  if f.identity_seeds < 1 or f.person_releases < 0 or f.person_groups < 1:
+    config_lib.exit_with_error("--identity_seeds and --person_groups must be >= 1, "
+                               "--person_releases >= 0.")
+  return identity.IdentityConfig(attackers=tuple(f.identity_attackers),
+                                 seeds=tuple(range(f.seed, f.seed + f.identity_seeds)),
+                                 releases=releases, person_releases=f.person_releases,
+                                 person_groups=f.person_groups, seed=f.seed)

@@ -45,14 +45,17 @@ BOUND_EXAMPLES = 512   # test inputs over which E[tr(J^T J)] is estimated
 BOUND_PROBES = 8
 
 
-def attack_trained(trained, data: protocol.Data, cfg: protocol.AttackConfig, name: str = "ran"):
+def attack_trained(trained, data: protocol.Data, cfg: protocol.AttackConfig, name: str = "ran",
+                   extra_tests=None):
   """RAN, DNN or a defended encoder: the workdir's frozen encoder as released (noise
-  included), its classifier and its own decoder, plus the Fisher bound when noisy."""
+  included), its classifier and its own decoder, plus the Fisher bound when noisy.
+  `extra_tests`: other releases of the test inputs to score the attackers on too
+  (`protocol.attack_features`)."""
   feats = jax.jit(trained.features)
   result, art = protocol.attack_features(
       data, feats, cfg, feature_noise=trained.feature_noise, classify=jax.jit(trained.classify),
       own_decode=jax.jit(trained.decode), mirrored=fresh_mirror(trained),
-      classifier_module=fresh_classifier(trained), name=name)
+      classifier_module=fresh_classifier(trained), extra_tests=extra_tests, name=name)
   result["train_step"] = trained.meta.get("step")
   result["lam"] = float(trained.config.ran.lam)
   if trained.feature_noise:

@@ -140,6 +140,7 @@ def attack_features(data: Data, encode: Callable, cfg: AttackConfig, *,
                     mirrored: Optional[nn.Module] = None,
                     classifier_module: Optional[nn.Module] = None,
                     identity: bool = False,
+                    extra_tests: Optional[dict] = None,
                     name: str = "") -> tuple[dict, dict]:
   """Scores one frozen feature map `encode` (numpy [B, ...] -> numpy features).
 
@@ -155,6 +156,9 @@ def attack_features(data: Data, encode: Callable, cfg: AttackConfig, *,
   mirrored: a fresh mirrored decoder module (skipped when None or not in cfg.attackers).
   classifier_module: a fresh classifier retrained on the frozen features.
   identity: also score the features themselves as the reconstruction (Noisy).
+  extra_tests: {name: features [N_test, ...]} other releases of the test inputs (e.g. the
+    mean of N releases, the clean features); every attacker trained above is also scored
+    on each, under result['releases'][name] (same 'attackers' / 'worst' layout).
 
   Returns (result, artifacts): result is JSON-able (accuracy, per-attacker metrics,
   worst case); artifacts are arrays for the figures (reconstructions, 3-D features).
@@ -183,16 +187,24 @@ def attack_features(data: Data, encode: Callable, cfg: AttackConfig, *,
     result["retrained_classifier_epochs"] = f.epochs
 
   # ---------------------------------------------------------------- attackers
-  def score(attacker, rec, **extra):
+  extra_tests = extra_tests or {}
+  if extra_tests:
+    result["releases"] = {k: {"attackers": {}} for k in extra_tests}
+
+  def score(attacker, rec, predict=None, **extra):
     m = metrics.reconstruction_metrics(data.x_test, rec, data.value_range)
     m.update(extra)
     result["attackers"][attacker] = m
+    for k, z in extra_tests.items():
+      result["releases"][k]["attackers"][attacker] = metrics.reconstruction_metrics(
+          data.x_test, predict(z), data.value_range)
     art[f"rec_{attacker}"] = rec[:cfg.n_show]
     log.info("%s | %-16s mse_sum %.4g  mse_mean %.4g  psnr %.2f  ssim %.4f", name, attacker,
              m["mse_sum"], m["mse_mean"], m["psnr"], m["ssim"])
 
   if own_decode is not None:
-    score("own_decoder", batched(own_decode, z_test, cfg.encode_batch))
+    score("own_decoder", batched(own_decode, z_test, cfg.encode_batch),
+          lambda z: batched(own_decode, z, cfg.encode_batch))
   if identity:
     score("identity", z_test.reshape(data.x_test.shape))
   families = {
@@ -206,14 +218,16 @@ def attack_features(data: Data, encode: Callable, cfg: AttackConfig, *,
       continue
     f = atk.fit(families[attacker], atk.recon_loss, z_fit, data.x_fit, z_val, data.x_val,
                 cfg.attacker_fit, name=f"{name}/{attacker}", **noise)
-    score(attacker, f.predict(z_test), epochs=f.epochs, best_epoch=f.best_epoch,
+    score(attacker, f.predict(z_test), f.predict, epochs=f.epochs, best_epoch=f.best_epoch,
           lr_cuts=f.lr_cuts, converged=f.converged)
   if "ridge" in cfg.attackers:
     z_ridge = add_release_noise(z_fit, sigma, (cfg.seed, 0))
     r = atk.fit_ridge(z_ridge, data.x_fit, z_val, data.x_val, data.value_range)
-    score("ridge", r.predict(z_test), alpha=r.alpha)
+    score("ridge", r.predict(z_test), r.predict, alpha=r.alpha)
 
   result["worst"] = worst_case(result["attackers"])
+  for rel in result.get("releases", {}).values():
+    rel["worst"] = worst_case(rel["attackers"])
   return result, art
 
 

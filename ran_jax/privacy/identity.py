@@ -1,0 +1,430 @@
+"""Attribute inference: who is behind a release (the paper's re-identification risk).
+
+After training, the encoder is frozen and attackers learn a sensitive attribute
+(`data.attribute`: the HAR subject, the FSDD speaker, ...) from what the server
+receives, `trained.encode(x, key)`, release noise included. Families:
+
+  logreg  multinomial logistic regression (a linear softmax layer on standardised
+          features, Adam, early stopping on the attacker's validation part)
+  mlp     one hidden ReLU layer of `mlp_hidden` units, same fit
+  knn     k nearest neighbours (Euclidean), k and the space (standardised or not)
+          chosen on the validation part
+
+Each chooses its settings (epochs, k) on the validation part and is then refit on fit
++ validation (all the data before the test part: on HAR the windows closest in time to
+the test windows, which matters: subjects drift within a session), and each is
+trained with several seeds (fresh release noise and initialisation per seed). The
+figure is the worst case: the family with the highest mean test top-1 over seeds.
+
+Splits that cannot leak (`split_pool`, from each split's `order`, ran_jax.data.source):
+  time       (HAR) the train and test windows pooled (all subjects: the official split
+             separates subjects). Within each (subject, activity), windows in time
+             order: the first 60 % fit/validate, the last 40 % test; inside the first
+             part the last 20 % validate. One window is dropped at each boundary, so no
+             two windows on different sides overlap (they overlap by 50 % in a row).
+  recording  (FSDD) recordings 0-4 test (the dataset's test split), 5-9 validate, the
+             rest fit: every recording is a separate utterance.
+  stratified (other data) a seeded split per attribute value: 30 % test, 15 %
+             validation, the rest fit. This assumes examples are independent; data with
+             several overlapping examples of one recording needs a split of its own.
+
+Settings, each reported with chance (1/num_attributes), the majority-class rate and a
+bootstrap 95 % interval:
+  single     one release per input (what one request shows);
+  mean_N     the mean of N releases of the same input (a repeated input: averaging
+             shrinks the noise by sqrt(N)); attackers fit on N-averaged releases too;
+  clean      the features before noise (`trained.features`), the limit N -> infinity;
+  raw        the same attackers on the raw input (flattened, PCA to `raw_pca`
+             dimensions fitted on the fit part): the reference for leakage.
+  leakage relative to raw = (top1 - chance) / (top1_raw - chance).
+Person-level (`person`): an attacker holding `person_releases` releases of different
+inputs of one person (test part) sums its log-probabilities over them and names the
+argmax; top-1 over `person_groups` random groups (seeded), per setting.
+
+`attack_identity(trained, source, cfg)` runs all of it and returns a JSON-able dict.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Callable, Sequence
+
+import jax
+import numpy as np
+
+from ran_jax.data.source import DataError
+from ran_jax.models import Classifier
+from ran_jax.privacy import attackers as atk
+
+log = logging.getLogger("ran_jax")
+
+FAMILIES = ("logreg", "mlp", "knn")
+LOG_EPS = 1e-6  # floor of a predicted probability before its log (kNN gives exact zeros)
+
+
+@dataclasses.dataclass
+class IdentityConfig:
+  """How attribute attackers are trained and scored."""
+
+  attackers: Sequence[str] = FAMILIES
+  seeds: Sequence[int] = (0, 1, 2)
+  releases: Sequence[int] = (4, 16)      # N of the mean_N settings
+  clean: bool = True                     # also the clean-feature limit
+  raw: bool = True                       # also the raw-input reference
+  person_releases: int = 10              # releases of one person summed (0: off)
+  person_groups: int = 1000
+  bootstrap: int = 1000
+  fit_draws: int = 1                     # noisy releases per fit example (stacked)
+  knn_ks: Sequence[int] = (1, 3, 5, 9, 15, 25, 45, 75, 125)
+  mlp_hidden: Sequence[int] = (256,)
+  fit: atk.FitConfig = dataclasses.field(
+      default_factory=lambda: atk.FitConfig(batch_size=128, max_epochs=100, patience=4))
+  raw_pca: int = 128
+  time_test_fraction: float = 0.4
+  time_val_fraction: float = 0.2
+  time_gap: int = 1                      # windows dropped at each boundary
+  val_recordings: int = 5                # FSDD: recordings 5..9 validate
+  strat_test_fraction: float = 0.3
+  strat_val_fraction: float = 0.15
+  encode_batch: int = 512
+  seed: int = 0                          # split (stratified), groups, bootstrap
+
+  def to_dict(self) -> dict:
+    return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------- splits
+
+
+@dataclasses.dataclass
+class Pool:
+  """All examples the attack uses, with its fit / val / test index sets."""
+
+  x: np.ndarray           # [N, ...] model inputs
+  attribute: np.ndarray   # [N] ids
+  label: np.ndarray       # [N]
+  fit: np.ndarray
+  val: np.ndarray
+  test: np.ndarray
+  num_attributes: int
+  rule: str
+
+
+def _time_cut(idx: np.ndarray, second: float, gap: int):
+  """Time-ordered indices -> (first part, second part) with `gap` dropped between them."""
+  n = len(idx)
+  k = int(round((1.0 - second) * n))
+  return idx[:k], idx[k + gap:] if k + gap < n else idx[:0]
+
+
+def split_pool(source, cfg: IdentityConfig) -> Pool:
+  """The pooled examples of `source` and a leak-free fit/val/test split (module docstring)."""
+  if not source.attribute_name:
+    raise DataError(f"Dataset {source.name} carries no attribute: set data.attribute (available: "
+                    f"{list(source.available_attributes) or 'none'}).")
+  parts = [(s, getattr(source, s)) for s in ("train", "test")]
+  b = [sp.get(np.arange(len(sp))) for _, sp in parts]
+  x = np.concatenate([bb["image"] for bb in b])
+  att = np.concatenate([bb["attribute"] for bb in b]).astype(np.int64)
+  lab = np.concatenate([bb["label"] for bb in b]).astype(np.int64)
+  order = np.concatenate([np.asarray(sp.order, np.int64) for _, sp in parts])
+  which = np.concatenate([np.full(len(sp), i) for i, (_, sp) in enumerate(parts)])
+  rule = source.attribute_split
+  fit, val, test = [], [], []
+  if rule == "time":
+    for a in np.unique(att):
+      for c in np.unique(lab[att == a]):
+        g = np.flatnonzero((att == a) & (lab == c))
+        g = g[np.lexsort((order[g], which[g]))]  # time order (split, row)
+        first, te = _time_cut(g, cfg.time_test_fraction, cfg.time_gap)
+        fi, va = _time_cut(first, cfg.time_val_fraction, cfg.time_gap)
+        fit.append(fi), val.append(va), test.append(te)
+  elif rule == "recording":
+    from ran_jax.data.spoken_digit import TEST_RECORDINGS
+
+    test.append(np.flatnonzero(order < TEST_RECORDINGS))
+    val.append(np.flatnonzero((order >= TEST_RECORDINGS)
+                              & (order < TEST_RECORDINGS + cfg.val_recordings)))
+    fit.append(np.flatnonzero(order >= TEST_RECORDINGS + cfg.val_recordings))
+  elif rule == "stratified":
+    rng = np.random.default_rng([cfg.seed, 11])
+    for a in np.unique(att):
+      g = rng.permutation(np.flatnonzero(att == a))
+      n_te = int(round(cfg.strat_test_fraction * len(g)))
+      n_va = int(round(cfg.strat_val_fraction * len(g)))
+      test.append(g[:n_te]), val.append(g[n_te:n_te + n_va]), fit.append(g[n_te + n_va:])
+  else:
+    raise ValueError(f"unknown attribute split rule {rule!r}")
+  fit, val, test = (np.sort(np.concatenate(v)).astype(np.int64) for v in (fit, val, test))
+  for name, part in (("fit", fit), ("validation", val), ("test", test)):
+    if len(part) == 0:
+      raise DataError(f"Dataset {source.name}: the attribute attack's {name} part is empty "
+                      f"(split rule {rule!r}, {len(x)} examples).")
+  return Pool(x, att, lab, fit, val, test, int(source.num_attributes), rule)
+
+
+# ---------------------------------------------------------------- releases
+
+
+def release_fn(trained, n: int | None, batch: int, flat: bool = True) -> Callable:
+  """x [M, ...], key -> [M, d] (or the feature shape, flat=False): the mean of `n`
+  releases per input, each `trained.encode` with its own key (None: the clean features)."""
+  enc = jax.jit(trained.encode)
+  feats = jax.jit(trained.features)
+
+  def run(x, key):
+    outs = []
+    for s in range(0, len(x), batch):
+      xb = x[s:s + batch]
+      if n is None:
+        z = np.asarray(feats(xb), np.float64)
+      else:
+        z = sum(np.asarray(enc(xb, jax.random.fold_in(jax.random.fold_in(key, s), r)),
+                           np.float64) for r in range(n)) / n
+      outs.append(z.reshape(len(xb), -1) if flat else z)
+    return np.concatenate(outs).astype(np.float32)
+
+  return run
+
+
+def repeated_releases(trained, x: np.ndarray, releases: Sequence[int], clean: bool = True,
+                      seed: int = 0, batch: int = 512) -> dict:
+  """{'mean_N': mean of N releases of each input, 'clean': features before noise}, in the
+  feature shape: what an attacker holding repeated releases of the same inputs sees
+  (for `protocol.attack_features(extra_tests=...)`). Empty for a noise-free release."""
+  if not trained.feature_noise:
+    return {}
+  key = jax.random.fold_in(jax.random.PRNGKey(int(seed)), 7)
+  out = {f"mean_{int(n)}": release_fn(trained, int(n), batch, flat=False)(
+      x, jax.random.fold_in(key, int(n))) for n in releases}
+  if clean:
+    out["clean"] = release_fn(trained, None, batch, flat=False)(x, key)
+  return out
+
+
+def raw_fn(pool: Pool, dims: int) -> Callable:
+  """x -> flattened raw input projected on the top `dims` principal components of the fit part."""
+  flat = pool.x[pool.fit].reshape(len(pool.fit), -1).astype(np.float64)
+  mean = flat.mean(0)
+  k = int(min(dims, flat.shape[1], len(flat)))
+  centred = flat - mean
+  if flat.shape[1] <= 4096:
+    _, vecs = np.linalg.eigh(centred.T @ centred)  # ascending eigenvalues; [d, d]
+    comp = vecs[:, ::-1][:, :k].T                   # [k, d] top principal directions
+  else:  # large inputs (images): no d x d covariance
+    from sklearn.utils.extmath import randomized_svd
+
+    comp = randomized_svd(centred, k, random_state=0)[2]
+
+  def run(x, key):
+    del key
+    return ((x.reshape(len(x), -1) - mean) @ comp.T).astype(np.float32)
+
+  return run
+
+
+# ---------------------------------------------------------------- attackers
+
+
+def _standardise(fit: np.ndarray):
+  mu, sd = fit.mean(0), fit.std(0) + 1e-6
+  return lambda z: ((z - mu) / sd).astype(np.float32)
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+  e = np.exp(logits - logits.max(-1, keepdims=True))
+  return e / e.sum(-1, keepdims=True)
+
+
+def _knn_proba(neighbour_ids: np.ndarray, k: int, num_attributes: int) -> np.ndarray:
+  """[M, >=k] attribute ids of the nearest neighbours -> [M, A] vote fractions of the first k."""
+  m = len(neighbour_ids)
+  votes = np.zeros((m, num_attributes))
+  np.add.at(votes, (np.repeat(np.arange(m), k), neighbour_ids[:, :k].reshape(-1)), 1.0)
+  return votes / k
+
+
+def fit_attacker(family: str, z_fit, a_fit, z_val, a_val, num_attributes: int,
+                 cfg: IdentityConfig, seed: int, name: str = ""):
+  """Trains one family on (features, attribute); returns (predict_proba, chosen settings).
+
+  Settings (k and the space of kNN; the epoch count of logreg / mlp) are chosen on the
+  validation part; the attacker is then refit on fit + validation with them, so that
+  it uses all the data before the test part (for HAR the windows closest in time).
+  """
+  z_all = np.concatenate([z_fit, z_val])
+  a_all = np.concatenate([a_fit, a_val])
+  std = _standardise(z_fit)
+  if family in ("logreg", "mlp"):
+    hidden = () if family == "logreg" else tuple(cfg.mlp_hidden)
+    module = Classifier(hidden, num_attributes)
+    fcfg = dataclasses.replace(cfg.fit, seed=int(seed))
+    f = atk.fit(module, atk.ce_loss, std(z_fit), a_fit, std(z_val), a_val, fcfg, name=name)
+    epochs = max(1, f.best_epoch)
+    refit = dataclasses.replace(fcfg, max_epochs=epochs, patience=epochs + 1, lr_decays=0)
+    g = atk.fit(module, atk.ce_loss, std(z_all), a_all, std(z_val), a_val, refit,
+                name=f"{name}/refit")
+    return (lambda z: _softmax(g.predict(std(z)).astype(np.float64)),
+            {"epochs": int(epochs), "val_top1": float(
+                (f.predict(std(z_val)).argmax(-1) == a_val).mean())})
+  if family == "knn":
+    from sklearn.neighbors import NearestNeighbors
+
+    ks = sorted(k for k in cfg.knn_ks if k <= len(z_fit)) or [1]
+    best = None
+    for space, tf in (("standardised", std), ("raw", lambda z: z)):
+      nn_ids = NearestNeighbors(n_neighbors=ks[-1]).fit(tf(z_fit)).kneighbors(
+          tf(z_val), return_distance=False)
+      for k in ks:
+        acc = float((_knn_proba(a_fit[nn_ids], k, num_attributes).argmax(-1) == a_val).mean())
+        if best is None or acc > best[0]:
+          best = (acc, k, space, tf)
+    acc, k, space, tf = best
+    index = NearestNeighbors(n_neighbors=k).fit(tf(z_all))
+
+    def proba(z):
+      ids = index.kneighbors(tf(z), return_distance=False)
+      return _knn_proba(a_all[ids], k, num_attributes)
+
+    return proba, {"k": int(k), "space": space, "val_top1": acc}
+  raise ValueError(f"unknown attribute attacker {family!r}; allowed: {FAMILIES}")
+
+
+# ---------------------------------------------------------------- scoring
+
+
+def bootstrap_interval(correct: np.ndarray, n: int, seed) -> list:
+  """95 % percentile interval of the mean of `correct` [M] over `n` resamples."""
+  if n <= 0 or len(correct) == 0:
+    return [float("nan"), float("nan")]
+  rng = np.random.default_rng(seed)
+  means = correct[rng.integers(0, len(correct), (n, len(correct)))].mean(1)
+  return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
+
+
+def person_groups(attribute: np.ndarray, size: int, count: int, seed) -> np.ndarray:
+  """[count, size] test positions: each row `size` different examples of one person
+  (persons drawn uniformly among those with at least `size` test examples)."""
+  rng = np.random.default_rng(seed)
+  persons = [a for a in np.unique(attribute) if np.sum(attribute == a) >= size]
+  if not persons or size <= 0:
+    return np.zeros((0, max(size, 0)), np.int64)
+  rows = []
+  for p in rng.choice(persons, count):
+    rows.append(rng.choice(np.flatnonzero(attribute == p), size, replace=False))
+  return np.asarray(rows, np.int64)
+
+
+def _score_setting(get: Callable, pool: Pool, cfg: IdentityConfig, setting: str,
+                   groups: np.ndarray) -> dict:
+  """Every family x seed on one setting's features; per family means; the worst case."""
+  a_fit, a_val, a_test = pool.attribute[pool.fit], pool.attribute[pool.val], \
+      pool.attribute[pool.test]
+  by_family = {f: {"top1_seeds": [], "person_top1_seeds": []} for f in cfg.attackers}
+  correct = {f: [] for f in cfg.attackers}
+  person_correct = {f: [] for f in cfg.attackers}
+  for seed in cfg.seeds:
+    key = jax.random.PRNGKey(int(seed))
+    z_fit = np.concatenate([get(pool.x[pool.fit], jax.random.fold_in(key, 100 + d))
+                            for d in range(max(1, cfg.fit_draws))])
+    a_fit_d = np.tile(a_fit, max(1, cfg.fit_draws))
+    z_val = get(pool.x[pool.val], jax.random.fold_in(key, 1))
+    z_test = get(pool.x[pool.test], jax.random.fold_in(key, 2))
+    for fam in cfg.attackers:
+      proba, chosen = fit_attacker(fam, z_fit, a_fit_d, z_val, a_val, pool.num_attributes, cfg,
+                                   seed, name=f"identity/{setting}/{fam}/seed{seed}")
+      p = proba(z_test)
+      ok = (p.argmax(-1) == a_test).astype(np.float64)
+      correct[fam].append(ok)
+      by_family[fam]["top1_seeds"].append(float(ok.mean()))
+      by_family[fam].setdefault("chosen", []).append(chosen)
+      if len(groups):
+        logp = np.log(np.maximum(p, LOG_EPS))[groups].sum(1)  # [G, A]
+        pc = (logp.argmax(-1) == a_test[groups[:, 0]]).astype(np.float64)
+        person_correct[fam].append(pc)
+        by_family[fam]["person_top1_seeds"].append(float(pc.mean()))
+      log.info("identity %-8s %-6s seed %d: top-1 %.4f%s", setting, fam, seed, ok.mean(),
+               f", person ({groups.shape[1]} releases) {pc.mean():.4f}" if len(groups) else "")
+  for r in by_family.values():
+    r["top1"] = float(np.mean(r["top1_seeds"]))
+    if r["person_top1_seeds"]:
+      r["person_top1"] = float(np.mean(r["person_top1_seeds"]))
+  worst = max(by_family, key=lambda f: by_family[f]["top1"])
+  out = {"attackers": by_family, "worst": {
+      "attacker": worst, "top1": by_family[worst]["top1"],
+      "ci95": bootstrap_interval(np.mean(correct[worst], 0), cfg.bootstrap, [cfg.seed, 5])}}
+  if len(groups):
+    pw = max(by_family, key=lambda f: by_family[f].get("person_top1", -1.0))
+    out["person"] = {"attacker": pw, "top1": by_family[pw]["person_top1"],
+                     "releases": int(groups.shape[1]), "groups": int(len(groups)),
+                     "ci95": bootstrap_interval(np.mean(person_correct[pw], 0), cfg.bootstrap,
+                                                [cfg.seed, 6])}
+  return out
+
+
+def attack_identity(trained, source, cfg: IdentityConfig | None = None) -> dict:
+  """Attribute-inference attacks on `trained`'s releases of `source` (module docstring).
+
+  `source` must carry an attribute (load it with data.attribute set). Returns
+  {'attribute', 'num_attributes', 'chance', 'majority', 'split', 'settings':
+  {setting: {'attackers', 'worst', 'person', 'relative_to_raw'}}, ...}.
+  """
+  cfg = cfg or IdentityConfig()
+  unknown = sorted(set(cfg.attackers) - set(FAMILIES))
+  if unknown:
+    raise ValueError(f"unknown attribute attackers {unknown}; allowed: {list(FAMILIES)}")
+  pool = split_pool(source, cfg)
+  a_fit, a_test = pool.attribute[pool.fit], pool.attribute[pool.test]
+  groups = person_groups(a_test, cfg.person_releases, cfg.person_groups, [cfg.seed, 3])
+  noisy = bool(trained.feature_noise)
+  settings: dict[str, Callable] = {"single": release_fn(trained, 1, cfg.encode_batch)}
+  if noisy:
+    for n in cfg.releases:
+      settings[f"mean_{int(n)}"] = release_fn(trained, int(n), cfg.encode_batch)
+    if cfg.clean:
+      settings["clean"] = release_fn(trained, None, cfg.encode_batch)
+  if cfg.raw:
+    settings["raw"] = raw_fn(pool, cfg.raw_pca)
+  chance = 1.0 / pool.num_attributes
+  majority = int(np.bincount(a_fit, minlength=pool.num_attributes).argmax())
+  out = {
+      "attribute": source.attribute_name, "num_attributes": pool.num_attributes,
+      "attribute_values": [str(v) for v in source.attribute_values],
+      "chance": chance, "majority": float(np.mean(a_test == majority)),
+      "split": {"rule": pool.rule, "n_fit": int(len(pool.fit)), "n_val": int(len(pool.val)),
+                "n_test": int(len(pool.test))},
+      "feature_noise": float(trained.feature_noise),
+      "person_groups_persons": int(len(np.unique(a_test[groups[:, 0]]))) if len(groups) else 0,
+      "settings": {}, "config": cfg.to_dict(),
+  }
+  if not noisy:
+    out["note"] = ("deterministic release: N releases of one input equal one release and the "
+                   "clean features")
+  for name, get in settings.items():
+    out["settings"][name] = _score_setting(get, pool, cfg, name, groups)
+  raw = out["settings"].get("raw")
+  if raw is not None and raw["worst"]["top1"] > chance:
+    for r in out["settings"].values():
+      r["relative_to_raw"] = float((r["worst"]["top1"] - chance)
+                                   / (raw["worst"]["top1"] - chance))
+  return out
+
+
+def format_identity(r: dict) -> str:
+  """The printed table of `attack_identity`'s result."""
+  lines = [f"identity ({r['attribute']}, {r['num_attributes']} values, split {r['split']['rule']}: "
+           f"{r['split']['n_fit']} fit / {r['split']['n_val']} val / {r['split']['n_test']} test)"
+           f": chance {r['chance']:.4f}, majority {r['majority']:.4f}",
+           f"{'setting':10s}" + "".join(f"{f:>9s}" for f in
+                                         next(iter(r["settings"].values()))["attackers"])
+           + f"{'worst':>9s}{'95% CI':>17s}{'vs raw':>8s}{'person':>9s}"]
+  for name, s in r["settings"].items():
+    fams = "".join(f"{a['top1']:9.4f}" for a in s["attackers"].values())
+    ci = s["worst"]["ci95"]
+    rel = s.get("relative_to_raw")
+    person = s.get("person", {}).get("top1")
+    lines.append(f"{name:10s}{fams}{s['worst']['top1']:9.4f}  [{ci[0]:.4f}, {ci[1]:.4f}]"
+                 + (f"{rel:8.3f}" if rel is not None else f"{'-':>8s}")
+                 + (f"{person:9.4f}" if person is not None else f"{'-':>9s}"))
+  return "\n".join(lines)

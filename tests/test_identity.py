@@ -1,0 +1,167 @@
+"""Attribute-inference attacks (ran_jax.privacy.identity) on tiny synthetic data: splits that
+cannot leak, attackers that find a planted attribute and none where there is none,
+repeated releases, and the repeated-release scoring of the reconstruction protocol."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ran_jax.data.source import ArraySplit, DataError, DataSource, attach_attribute
+from ran_jax.privacy import identity, protocol
+
+N_ATTR = 4
+
+
+class FakeTrained:
+  """A frozen 'encoder': tanh of a fixed linear map, released with N(0, sigma^2) noise."""
+
+  def __init__(self, dim_in, dim_out=8, sigma=0.0, seed=0):
+    self.w = jnp.asarray(np.random.default_rng(seed).normal(0, 1, (dim_in, dim_out)) / 4,
+                         jnp.float32)
+    self.feature_noise = sigma
+
+  def features(self, x):
+    return jnp.tanh(x.reshape(x.shape[0], -1) @ self.w)
+
+  def encode(self, x, key=None):
+    z = self.features(x)
+    return z + self.feature_noise * jax.random.normal(key, z.shape) if self.feature_noise else z
+
+
+def make_source(n=240, planted=True, rule="stratified", seed=0):
+  """[n, 4, 4, 1] inputs whose mean depends on the attribute (planted) or not at all."""
+  rng = np.random.default_rng(seed)
+  att = np.arange(n) % N_ATTR
+  means = rng.normal(0, 1, (N_ATTR, 16))
+  x = (means[att] if planted else 0) + rng.normal(0, 0.6, (n, 16))
+  x = x.reshape(n, 4, 4, 1).astype(np.float32)
+  y = rng.integers(0, 2, n)
+  if not planted:
+    att = rng.permutation(att)
+  te = np.arange(n) % 3 == 0
+  src = DataSource("fake", ArraySplit(x[~te], y[~te]), ArraySplit(x[te], y[te]), (4, 4, 1), 2,
+                   (-10.0, 10.0))
+  order = np.arange(n)
+  return attach_attribute(src, "who", {"train": att[~te], "test": att[te]},
+                          {"train": order[~te], "test": order[te]}, rule)
+
+
+FAST = dict(seeds=(0,), bootstrap=200, person_groups=200, person_releases=5,
+            fit=identity.atk.FitConfig(batch_size=64, max_epochs=30, patience=3))
+
+
+@pytest.fixture(scope="module")
+def planted_result():
+  src = make_source()
+  cfg = identity.IdentityConfig(**FAST)
+  return identity.attack_identity(FakeTrained(16), src, cfg)
+
+
+def test_attackers_find_a_planted_attribute(planted_result):
+  r = planted_result
+  assert r["chance"] == pytest.approx(0.25) and 0.2 <= r["majority"] <= 0.3
+  assert set(r["settings"]) == {"single", "raw"}  # noise-free: N releases = one = clean
+  single = r["settings"]["single"]
+  assert set(single["attackers"]) == set(identity.FAMILIES)
+  assert single["worst"]["top1"] == max(a["top1"] for a in single["attackers"].values())
+  assert single["worst"]["top1"] > 0.8
+  lo, hi = single["worst"]["ci95"]
+  assert lo <= single["worst"]["top1"] <= hi and hi - lo < 0.3
+  assert single["person"]["top1"] >= single["worst"]["top1"] - 0.05  # 5 releases help
+  assert r["settings"]["raw"]["relative_to_raw"] == pytest.approx(1.0)
+  assert single["relative_to_raw"] > 0.5
+
+
+def test_no_leakage_is_reported_where_there_is_none():
+  src = make_source(planted=False, seed=1)
+  cfg = identity.IdentityConfig(**{**FAST, "attackers": ("logreg", "knn"), "raw": False})
+  r = identity.attack_identity(FakeTrained(16), src, cfg)
+  w = r["settings"]["single"]["worst"]
+  assert w["top1"] < 0.45 and w["ci95"][0] < 0.3  # chance 0.25, 80 test examples
+
+
+def test_averaging_releases_defeats_the_noise():
+  src = make_source(seed=2)
+  cfg = identity.IdentityConfig(**{**FAST, "attackers": ("knn",), "raw": False,
+                                   "releases": (16,)})
+  r = identity.attack_identity(FakeTrained(16, sigma=1.5), src, cfg)
+  assert set(r["settings"]) == {"single", "mean_16", "clean"}
+  top = {k: v["worst"]["top1"] for k, v in r["settings"].items()}
+  assert top["single"] < top["mean_16"] - 0.1 and top["single"] < top["clean"] - 0.1, top
+
+
+def test_time_split_drops_the_boundary_windows():
+  n = 120
+  att, lab = np.arange(n) % 2, (np.arange(n) // 2) % 3
+  x = np.zeros((n, 2, 2, 1), np.float32)
+  src = DataSource("har", ArraySplit(x[:80], lab[:80]), ArraySplit(x[80:], lab[80:]),
+                   (2, 2, 1), 3)
+  attach_attribute(src, "subject", {"train": att[:80], "test": att[80:]},
+                   {"train": np.arange(80), "test": np.arange(40)}, "time")
+  pool = identity.split_pool(src, identity.IdentityConfig())
+  # The pool lists train then test rows in file (time) order; a group is (subject, activity)
+  # over both splits. Ranks in time within a group: fit < val < test, one window dropped at
+  # each boundary (consecutive windows overlap).
+  rank = np.empty(n, int)
+  for a in range(2):
+    for c in range(3):
+      g = np.flatnonzero((pool.attribute == a) & (pool.label == c))
+      rank[g] = np.arange(len(g))
+      f, v, t = (rank[np.intersect1d(part, g)] for part in (pool.fit, pool.val, pool.test))
+      assert len(f) and len(v) and len(t)
+      assert v.min() - f.max() == 2 and t.min() - v.max() == 2
+      assert len(t) == 7 and len(f) + len(v) == 11  # 20 windows: 12 | drop 1 | 7 test
+  assert not set(pool.fit) & set(pool.test) and not set(pool.val) & set(pool.test)
+  n_used = len(pool.fit) + len(pool.val) + len(pool.test)
+  assert n_used < n and len(pool.test) / n_used == pytest.approx(0.4, abs=0.1)
+
+
+def test_recording_split_and_missing_attribute():
+  src = make_source(rule="recording")
+  src.train.order, src.test.order = src.train.order % 50, src.test.order % 50
+  pool = identity.split_pool(src, identity.IdentityConfig())
+  order = np.r_[src.train.order, src.test.order]
+  assert order[pool.test].max() < 5 and order[pool.val].min() >= 5
+  assert order[pool.val].max() < 10 and order[pool.fit].min() >= 10
+  src.attribute_name = ""
+  with pytest.raises(DataError, match="carries no attribute"):
+    identity.split_pool(src, identity.IdentityConfig())
+
+
+def test_person_groups_hold_one_person_each():
+  att = np.r_[np.zeros(12), np.ones(3), np.full(10, 2)].astype(int)
+  g = identity.person_groups(att, 10, 50, 0)
+  assert g.shape == (50, 10)
+  for row in g:
+    assert len(set(row)) == 10 and len(set(att[row])) == 1 and att[row[0]] != 1
+
+
+def test_reconstruction_attackers_scored_on_repeated_releases():
+  rng = np.random.default_rng(0)
+  x = rng.uniform(0, 1, (300, 4, 4, 1)).astype(np.float32)
+  y = rng.integers(0, 2, 300)
+  data = protocol.Data(x[:200], y[:200], x[200:240], y[200:240], x[240:], y[240:], (4, 4, 1), 2,
+                       (0.0, 1.0))
+  trained = FakeTrained(16, dim_out=16, sigma=0.5)
+  extra = identity.repeated_releases(trained, data.x_test, (4,), seed=0)
+  assert set(extra) == {"mean_4", "clean"} and extra["clean"].shape == (60, 16)
+  np.testing.assert_allclose(extra["clean"], np.asarray(trained.features(data.x_test)),
+                             atol=1e-6)
+  spread = np.std(extra["mean_4"] - extra["clean"])
+  assert spread == pytest.approx(0.5 / 2, rel=0.15)  # the mean of 4 halves the noise std
+  cfg = protocol.AttackConfig(attackers=("ridge",), retrain_classifier=False)
+  res, _ = protocol.attack_features(data, lambda b: np.asarray(trained.features(b)), cfg,
+                                    feature_noise=0.5, extra_tests=extra)
+  single = res["worst"]["mse_sum"]
+  mean4 = res["releases"]["mean_4"]["worst"]["mse_sum"]
+  clean = res["releases"]["clean"]["worst"]["mse_sum"]
+  assert clean < mean4 < single
+  assert identity.repeated_releases(FakeTrained(16), data.x_test, (4,)) == {}
+
+
+def test_format_identity_prints_every_setting(planted_result):
+  text = identity.format_identity(planted_result)
+  assert "chance 0.2500" in text
+  for setting in ("single", "raw"):
+    assert any(line.startswith(setting) for line in text.splitlines())
