@@ -24,10 +24,14 @@ Defences (all off by default; then every step computes exactly Algorithm 1):
   compactness        a penalty on the within-class variance of the features.
   attribute game     the generative stage also trains attribute heads (classifiers of a
                      sensitive attribute such as the speaker, `batch['attribute']`) on
-                     the released features; the adversarial stage adds
-                     `attribute_weight` x their confusion loss (cross-entropy to the
-                     uniform distribution), so the encoder is pushed to make the
-                     attribute unpredictable rather than to fool one head.
+                     the encoder's features *before* the release noise; the
+                     adversarial stage adds `attribute_weight` x their confusion loss
+                     (cross-entropy to the uniform distribution), so the encoder is
+                     pushed to make the attribute unpredictable rather than to fool one
+                     head. The heads see the clean features because release noise is
+                     independent of the person: what the clean features do not carry, no
+                     number of averaged releases can reveal, while a game played on
+                     noisy releases can hide behind the noise that averaging removes.
 
 The end of training (also off by default): learning-rate schedules for the three
 stages (`ran.schedule`, `make_optimizers`) and an exponential moving average of the
@@ -343,14 +347,14 @@ def generative_step(state: TrainState, batch, *, models: RANModels,
   With extra decoder families each one minimises its own reconstruction error on
   the same released features (their losses are summed; they share no parameters).
   With the attribute game the attribute heads minimise their cross-entropy on the
-  same released features, in the same update.
+  same features before the release noise, in the same update.
   """
   x = batch["image"]
   a = _attributes(batch) if models.attribute_heads else None
   rng = _stage_rng(state, "gen")
-  z, _ = encode(models, state.params["encoder"], state.batch_stats["encoder"], x, True,
-                _noise_key(rng))
-  z = jax.lax.stop_gradient(z)
+  clean, _ = features(models, state.params["encoder"], state.batch_stats["encoder"], x, True)
+  clean = jax.lax.stop_gradient(clean)
+  z = release(models, clean, _noise_key(rng))
 
   def loss_fn(dec_params):
     params = _dec_update(state.params, dec_params)
@@ -361,7 +365,7 @@ def generative_step(state: TrainState, batch, *, models: RANModels,
       new_stats["adversaries"] = {n: outs[n][1] for n in models.adversaries}
     loss, attr = _sum(recons.values()), {}
     if models.attribute_heads:
-      logits = attribute_logits(models, params, z)
+      logits = attribute_logits(models, params, clean)
       ces = {n: losses.cross_entropy(lg, a) for n, lg in logits.items()}
       attr = {"attribute_ce": jnp.min(jnp.stack(list(ces.values()))),
               "attribute_accuracy": jnp.max(jnp.stack([losses.accuracy(lg, a)
@@ -424,7 +428,7 @@ def adversarial_step(state: TrainState, batch, *, models: RANModels,
       loss = loss + compactness * losses.within_class_variance(z, y, models.num_classes)
     confusion = None
     if use_attr:
-      heads = attribute_logits(models, state.params, zr)
+      heads = attribute_logits(models, state.params, z)
       confusion = jnp.mean(jnp.stack([losses.confusion_loss(lg) for lg in heads.values()]))
       on = confusion
       if warmup_steps:

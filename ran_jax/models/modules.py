@@ -289,7 +289,7 @@ class RANModels:
   standard deviation of the Gaussian noise added to the released features (see
   `ran_jax.stages.release`). `attribute_heads` (with `num_attributes` > 0) are the
   attribute adversaries of the attribute game: classifiers of a sensitive attribute
-  (e.g. the speaker) on the released features, trained beside the decoders.
+  (e.g. the speaker) on the features before the release noise, trained beside the decoders.
   """
 
   def __init__(self, spec: EncoderSpec, input_shape, num_classes: int, classifier_hidden,
