@@ -195,7 +195,7 @@ def attack_features(data: Data, encode: Callable, cfg: AttackConfig, *,
     m = metrics.reconstruction_metrics(data.x_test, rec, data.value_range)
     m.update(extra)
     result["attackers"][attacker] = m
-    for k, z in extra_tests.items():
+    for k, z in (extra_tests.items() if predict is not None else ()):
       result["releases"][k]["attackers"][attacker] = metrics.reconstruction_metrics(
           data.x_test, predict(z), data.value_range)
     art[f"rec_{attacker}"] = rec[:cfg.n_show]
