@@ -295,9 +295,22 @@ def _attributes(batch):
   return batch["attribute"]
 
 
+def standardise(z, eps: float = 1e-6):
+  """Each feature over the batch to mean 0, variance 1 (flattened): [B, ...] -> [B, D].
+
+  Attackers standardise what they receive (or, like kNN, do not care about scale), so a
+  head that reads raw features is blind to an attribute carried by small variations,
+  e.g. inside a compact class: the encoder could then hide it by shrinking it alone.
+  """
+  z = z.reshape((z.shape[0], -1)).astype(jnp.float32)
+  mean = jnp.mean(z, axis=0, keepdims=True)
+  return (z - mean) * jax.lax.rsqrt(jnp.var(z, axis=0, keepdims=True) + eps)
+
+
 def attribute_logits(models, params, z):
-  """{head: logits [B, num_attributes]} of every attribute head on released features z."""
-  return {n: m.apply({"params": params["attribute"][n]}, z, train=False)
+  """{head: logits [B, num_attributes]} of every attribute head on features z (standardised)."""
+  zs = standardise(z)
+  return {n: m.apply({"params": params["attribute"][n]}, zs, train=False)
           for n, m in models.attribute_heads.items()}
 
 
