@@ -33,11 +33,21 @@
    run's export: `ran_jax.export.load_trained('DIR/chosen')` loads it), DIR/report.md with
    DIR/front.png and DIR/reconstructions.png.
 
+Objective (`--objective`): 'reconstruction' (the default, steps 1-5 above: the most private
+qualifying position is chosen) or 'identity' (needs data.attribute): every run is also
+attacked for the attribute (`fast_identity_config`: logreg + kNN, one seed; one release, the
+clean features and N releases of one person) on the attribute split's VALIDATION part, from
+training-split examples only (`identity.IdentityConfig.scored_part`), and the qualifying
+candidate with the lowest worst case of those three top-1 figures is chosen (ties: the more
+private one). The reference and the chosen run then get the full identity attack on the
+test part (DIR/confirm/<name>/identity.json), reported with chance, and DIR/front_identity.png.
+The knobs `ran.attribute_weight` and `ran.compactness` serve it (more is more private).
+
 Resumable: the next candidate is a pure function of the finished ones, so a killed
 search rerun with the same command continues where it stopped; a run with an export is
 not retrained, an interrupted training resumes from its checkpoint, a scored point
-(DIR/points/<name>/result.json) is not rescored. A larger --max_trainings or another
---max_accuracy_drop on a rerun reuses every finished candidate.
+(DIR/points/<name>/result.json, and identity.json) is not rescored. A larger
+--max_trainings or another --max_accuracy_drop on a rerun reuses every finished candidate.
 
 Exit codes: 0 a setting was chosen; 2 bad arguments or config (like train.py); 3 no
 candidate stayed within the budget (the report says so).

@@ -17,6 +17,12 @@ A `--variant` (repeatable) is an encoder trained with config overrides, e.g. a d
 it writes OUT/results.csv (schema: `ran_jax.privacy.results.CSV_COLUMNS`), OUT/pareto.png,
 OUT/reconstructions.png and OUT/features3d.png.
 
+Identity: with an attribute (the config's data.attribute, or `--attribute`; '' turns it
+off) every point is also attacked for it (`ran_jax.privacy.identity`, full attack, test
+part, into OUT/points/<point>/identity.json): RAN, DNN and variants as released, Noisy and
+DNN(resized) as their noisy releases (`NoisyRelease`, `ResizedRelease`). results.csv gains
+the `attribute_*` columns (`results.IDENTITY_COLUMNS`) and OUT/pareto_identity.png is drawn.
+
 `--methods=ran,dnn` (etc.) computes only some of the points and `--attackers`
 chooses the attacker families, so that independent processes can fill one sweep
 directory in parallel; each point records the evaluation settings it was run with.
