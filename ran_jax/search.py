@@ -335,6 +335,7 @@ def _identity_summary(result: dict) -> dict:
   out["ci95"] = {k: v["worst"]["ci95"] for k, v in result["settings"].items()}
   out["scored_part"] = result.get("split", {}).get("scored_part", "test")
   out["n_scored"] = result.get("split", {}).get("n_test")
+  out["scored_values"] = result.get("split", {}).get("test_values")
   return out
 
 
@@ -609,6 +610,14 @@ def _id_cells(i: dict) -> str:
   return " | ".join(_fmt(i.get(k), ".4f") for k in ("single", "clean", "person", "worst"))
 
 
+def _values_note(i: dict) -> str:
+  """When the scored part holds fewer attribute values than exist (e.g. HAR's training
+  subjects only), the chance level among those."""
+  k, n = i.get("scored_values"), round(1 / i["chance"])
+  return (f" (the scored part holds {k} of the {n} values: 1/{k} = {1 / k:.4f} among them)"
+          if k and k < n else "")
+
+
 def _identity_front_lines(workdir: str, state: dict) -> list:
   """The identity table of the explored front and DIR/front_identity.png."""
   from ran_jax.privacy import figures
@@ -631,8 +640,9 @@ def _identity_front_lines(workdir: str, state: dict) -> list:
       "trained after freezing on the releases) scored on the **validation part** of the "
       "attribute split, from training-split examples only (`IdentityConfig.scored_part`): the "
       f"attack's test part is never read to choose. {ref['identity'].get('n_scored')} examples "
-      f"scored; chance {ref['identity']['chance']:.4f}. The chosen point is the qualifying "
-      "candidate with the lowest worst case of the three settings.", "",
+      f"scored; chance {ref['identity']['chance']:.4f}" + _values_note(ref["identity"]) + ". The "
+      "chosen point is the qualifying candidate with the lowest worst case of the three "
+      "settings.", "",
       f"| {s['knob']} | val. accuracy | one release | clean features | "
       f"{n_rel or 'N'} releases of the person | worst | within budget |",
       "|---|---|---|---|---|---|---|",
@@ -648,7 +658,8 @@ def _identity_confirm_lines(state: dict, confirm: dict) -> list:
   cr, cc = confirm["reference"]["identity"], confirm["chosen"]["identity"]
   n_rel = cc.get("person_releases")
   lines = ["Identity confirmed with the full attribute attack on the attack's **test part** "
-           f"({cc.get('n_scored')} examples; `identity.json` beside each confirmation):", "",
+           f"({cc.get('n_scored')} examples{_values_note(cc)}; `identity.json` beside each "
+           "confirmation):", "",
            f"| | one release (95 % CI) | clean features | {n_rel or 'N'} releases of the "
            "person | worst | chance |", "|---|---|---|---|---|---|"]
   for label, i in (("reference", cr), ("chosen", cc)):

@@ -121,7 +121,8 @@ def synthetic_identity(calls, fail_at=None):
     if sigma:
       settings["clean"] = {"attackers": {}, "worst": {**worst, "top1": top1 + 0.1}}
     return {"attribute": "who", "chance": 0.25, "feature_noise": sigma, "settings": settings,
-            "split": {"scored_part": cfg.scored_part, "n_test": 12}}
+            "split": {"scored_part": cfg.scored_part, "n_test": 12,
+                      "test_values": 3 if cfg.scored_part == "validation" else 4}}
 
   return identity_fn
 
@@ -163,6 +164,7 @@ def test_identity_objective_chooses_within_budget_and_resumes(tmp_path, npz_path
   report = open(os.path.join(wd, "report.md")).read()
   assert "what chose the point" in report and "validation part" in report
   assert "Identity confirmed" in report and "| chosen | 0.3000" in report
+  assert report.count("holds 3 of the 4 values") == 1   # chance among the scored values
   assert os.path.getsize(os.path.join(wd, "front_identity.png")) > 1000
 
   # rerun: nothing trained or attacked; another objective in this workdir is refused
