@@ -33,11 +33,21 @@
    run's export: `ran_jax.export.load_trained('DIR/chosen')` loads it), DIR/report.md with
    DIR/front.png and DIR/reconstructions.png.
 
+Objective (`--objective`): 'reconstruction' (the default, steps 1-5 above: the most private
+qualifying position is chosen) or 'identity' (needs data.attribute): every run is also
+attacked for the attribute (`fast_identity_config`: logreg + kNN, one seed; one release, the
+clean features and N releases of one person) on the attribute split's VALIDATION part, from
+training-split examples only (`identity.IdentityConfig.scored_part`), and the qualifying
+candidate with the lowest worst case of those three top-1 figures is chosen (ties: the more
+private one). The reference and the chosen run then get the full identity attack on the
+test part (DIR/confirm/<name>/identity.json), reported with chance, and DIR/front_identity.png.
+The knobs `ran.attribute_weight` and `ran.compactness` serve it (more is more private).
+
 Resumable: the next candidate is a pure function of the finished ones, so a killed
 search rerun with the same command continues where it stopped; a run with an export is
 not retrained, an interrupted training resumes from its checkpoint, a scored point
-(DIR/points/<name>/result.json) is not rescored. A larger --max_trainings or another
---max_accuracy_drop on a rerun reuses every finished candidate.
+(DIR/points/<name>/result.json, and identity.json) is not rescored. A larger
+--max_trainings or another --max_accuracy_drop on a rerun reuses every finished candidate.
 
 Exit codes: 0 a setting was chosen; 2 bad arguments or config (like train.py); 3 no
 candidate stayed within the budget (the report says so).
@@ -86,7 +96,24 @@ KNOBS = {
                     "reconstruction error more and is more private"),
     "ran.target_psnr": Knob("down", 5.0, 30.0, "privacy target in dB (needs ran.lam < 1); a "
                             "lower target keeps pushing the decoders' PSNR down, more private"),
+    "ran.attribute_weight": Knob("up", 0.0, 8.0, "weight of the attribute game's confusion "
+                                 "loss (needs data.attribute); more is more private"),
+    "ran.compactness": Knob("up", 0.0, 20.0, "weight of the within-class feature variance "
+                            "penalty; more is more private"),
 }
+
+# What a candidate is scored by: the reconstruction attackers' worst case (today's search:
+# the most private qualifying knob value is chosen), or the identity attack's worst top-1
+# (the qualifying candidate with the lowest one is chosen).
+OBJECTIVES = ("reconstruction", "identity")
+IDENTITY_FILE = "identity.json"
+
+
+def reference_overrides(config) -> dict:
+  """REFERENCE_OVERRIDES, plus the attribute game off when the config plays it."""
+  if float(config.ran.get("attribute_weight", 0.0) or 0.0) > 0:
+    return {**REFERENCE_OVERRIDES, "ran.attribute_weight": 0.0}
+  return dict(REFERENCE_OVERRIDES)
 
 
 class SearchError(ValueError):
@@ -98,7 +125,7 @@ class SearchError(ValueError):
 
 def check_args(config, knob: str, low: Optional[float], high: Optional[float],
                max_accuracy_drop: float, max_trainings: int, val_fraction: float,
-               resolution: float = 0.0):
+               resolution: float = 0.0, objective: str = "reconstruction"):
   """Validates the search arguments (and the config) before any data is loaded.
 
   Returns (low, high) with the knob's defaults filled in. Raises SearchError, or
@@ -113,6 +140,12 @@ def check_args(config, knob: str, low: Optional[float], high: Optional[float],
   low = spec.low if low is None else float(low)
   high = spec.high if high is None else float(high)
   problems = []
+  if objective not in OBJECTIVES:
+    problems.append(f"--objective={objective!r}: allowed: {list(OBJECTIVES)}.")
+  elif objective == "identity" and not config.data.get("attribute", ""):
+    problems.append("--objective=identity needs a sensitive attribute in the data: set "
+                    "data.attribute (e.g. --config.data.attribute=subject for uci_har, speaker "
+                    "for spoken_digit).")
   if not (math.isfinite(max_accuracy_drop) and max_accuracy_drop >= 0):
     problems.append(f"--max_accuracy_drop={max_accuracy_drop}: the budget must be a finite "
                     "accuracy drop >= 0 (e.g. 0.005 for half a point).")
@@ -268,19 +301,89 @@ def fast_attack_config(attackers=("ridge", "mlp_decoder"), max_epochs: int = 10,
                                seed=seed, **kw)
 
 
+def fast_identity_config(attackers=("logreg", "knn"), seeds=(0,), person_releases: int = 10,
+                         person_groups: int = 200, max_epochs: int = 30, patience: int = 3,
+                         seed: int = 0):
+  """The attribute attackers that score every candidate (--objective=identity): cheap fits,
+  one seed, one release + the clean features + `person_releases` releases of one person,
+  on the validation part of the training split (`IdentityConfig.scored_part`)."""
+  from ran_jax.privacy import attackers as atk
+  from ran_jax.privacy import identity
+
+  fit = atk.FitConfig(batch_size=128, max_epochs=max_epochs, patience=patience, seed=seed)
+  return identity.IdentityConfig(attackers=tuple(attackers), seeds=tuple(seeds), releases=(),
+                                 clean=True, raw=False, person_releases=person_releases,
+                                 person_groups=person_groups, bootstrap=200, fit=fit, seed=seed,
+                                 scored_part="validation")
+
+
+def default_identity(workdir: str, source, cfg, name: str) -> dict:
+  """The attribute attacks on the exported encoder of `workdir` (`identity.attack_identity`)."""
+  from ran_jax import export
+  from ran_jax.privacy import identity
+
+  del name
+  return identity.attack_identity(export.load_trained(workdir), source, cfg)
+
+
+def _identity_summary(result: dict) -> dict:
+  """What the state keeps of one identity result (the full one is in .../identity.json)."""
+  from ran_jax.privacy import identity
+
+  out = identity.headline(result)
+  out["attackers"] = {k: v["worst"]["attacker"] for k, v in result["settings"].items()}
+  out["ci95"] = {k: v["worst"]["ci95"] for k, v in result["settings"].items()}
+  out["scored_part"] = result.get("split", {}).get("scored_part", "test")
+  out["n_scored"] = result.get("split", {}).get("n_test")
+  out["scored_values"] = result.get("split", {}).get("test_values")
+  return out
+
+
+def _identity_point(directory: str, compute: Callable) -> dict:
+  """DIRECTORY/identity.json, computed (and written) unless it is there: resumable."""
+  path = os.path.join(directory, IDENTITY_FILE)
+  if os.path.exists(path):
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)
+  t0 = time.perf_counter()
+  result = compute()
+  result["eval_seconds"] = time.perf_counter() - t0
+  os.makedirs(directory, exist_ok=True)
+  _write_json(path, result)
+  return result
+
+
 def run_search(config, workdir: str, *, knob: str = "model.feature_noise",
                low: Optional[float] = None, high: Optional[float] = None,
                max_accuracy_drop: float = 0.005, max_trainings: int = 6,
                resolution: float = 1 / 16, val_fraction: float = 0.1, fast_cfg=None, full_cfg=None,
                train_fn: Optional[Callable] = None, evaluate_fn: Callable = default_evaluate,
-               config_name: str = "", command: str = "") -> dict:
-  """Runs (or resumes) the search in `workdir`; returns the final state (see module doc)."""
+               config_name: str = "", command: str = "", objective: str = "reconstruction",
+               identity_fast_cfg=None, identity_full_cfg=None,
+               identity_fn: Callable = default_identity) -> dict:
+  """Runs (or resumes) the search in `workdir`; returns the final state (see module doc).
+
+  objective='identity' also scores every candidate with `identity_fn` (the attribute
+  attacks, `identity_fast_cfg`, on the validation part of the training split) and chooses
+  the qualifying candidate whose worst identity top-1 is lowest; the reference and the
+  chosen one are confirmed with `identity_full_cfg` on the attack's test part.
+  """
   from ran_jax import input_pipeline, sweep, trainer
   from ran_jax.privacy import protocol
 
   train_fn = train_fn or trainer.train_and_evaluate
   low, high = check_args(config, knob, low, high, max_accuracy_drop, max_trainings, val_fraction,
-                         resolution)
+                         resolution, objective)
+  by_identity = objective == "identity"
+  if by_identity:
+    from ran_jax.privacy import identity
+
+    identity_fast_cfg = identity_fast_cfg or fast_identity_config()
+    identity_full_cfg = identity_full_cfg or identity.IdentityConfig()
+    if identity_fast_cfg.scored_part != "validation" or identity_full_cfg.scored_part != "test":
+      raise SearchError("the identity attacks that choose must score the validation part, the "
+                        "confirmation the test part (IdentityConfig.scored_part).")
+  ref_overrides = reference_overrides(config)
   fast_cfg = fast_cfg or fast_attack_config()
   full_cfg = full_cfg or protocol.AttackConfig()
   os.makedirs(workdir, exist_ok=True)
@@ -291,7 +394,9 @@ def run_search(config, workdir: str, *, knob: str = "model.feature_noise",
   search = {"config": _config_json(config), "config_name": config_name, "knob": knob,
             "more_private": KNOBS[knob].more_private, "low": low, "high": high,
             "val_fraction": val_fraction, "n_fit": n_fit, "n_val": n_val,
-            "fast_eval": fast_cfg.to_dict(), "reference_overrides": REFERENCE_OVERRIDES}
+            "fast_eval": fast_cfg.to_dict(), "reference_overrides": ref_overrides}
+  if by_identity:   # only then: a reconstruction search's state stays as it was
+    search.update(objective=objective, identity_fast_eval=identity_fast_cfg.to_dict())
   search = json.loads(json.dumps(search, default=float))   # as it reads back from the file
   state_path = os.path.join(workdir, STATE_FILE)
   state = _load_state(state_path, search)
@@ -305,7 +410,7 @@ def run_search(config, workdir: str, *, knob: str = "model.feature_noise",
     """Trains (unless exported) and scores one run on the validation split."""
     nonlocal val_data
     if name != "reference" and (_config_json(sweep.apply_overrides(base, overrides))
-                                == _config_json(sweep.apply_overrides(base, REFERENCE_OVERRIDES))):
+                                == _config_json(sweep.apply_overrides(base, ref_overrides))):
       name = "reference"   # this candidate is the reference's config: reuse its run
       entry["same_as_reference"] = True
     run_dir = os.path.join(workdir, "runs", name)
@@ -321,12 +426,18 @@ def run_search(config, workdir: str, *, knob: str = "model.feature_noise",
       protocol.save(pdir, result, art)
     entry.update(run=os.path.join("runs", name), point=os.path.join("points", name),
                  train_seconds=result.get("train_seconds", 0.0), **_summary(result))
+    if by_identity:
+      def attack():
+        sweep.train_point(base, overrides, run_dir, train_fn)   # no-op once exported
+        return identity_fn(run_dir, source, identity_fast_cfg, name)
+
+      entry["identity"] = _identity_summary(_identity_point(pdir, attack))
     return entry
 
   # ------------------------------------------------------------ reference
   if state.get("reference") is None:
     log.info("=== search: reference (every defence off)")
-    state["reference"] = score("reference", REFERENCE_OVERRIDES, {})
+    state["reference"] = score("reference", ref_overrides, {})
     _write_json(state_path, state)
   ref_acc = float(state["reference"]["accuracy"])
   threshold = ref_acc - max_accuracy_drop
@@ -350,6 +461,8 @@ def run_search(config, workdir: str, *, knob: str = "model.feature_noise",
     c["within_budget"] = bool(float(c["accuracy"]) >= threshold - 1e-12)
   ok = [c for c in state["candidates"] if c["within_budget"]]
   chosen = max(ok, key=lambda c: c["t"]) if ok else None
+  if by_identity and ok:   # the least identity leakage; ties: the more private position
+    chosen = min(ok, key=lambda c: (c["identity"]["worst"], -c["t"]))
   state["chosen"] = None if chosen is None else {"t": chosen["t"], "value": chosen["value"],
                                                  "run": chosen["run"]}
   state["trainings"] = {"reference": 1, "max_candidates": max_trainings,
@@ -376,6 +489,11 @@ def run_search(config, workdir: str, *, knob: str = "model.feature_noise",
       protocol.save(cdir, result, art)
     confirm[key] = {"name": name, **_summary(result)}
     confirm[key + "_art"] = art
+    if by_identity:
+      run_dir = os.path.join(workdir, entry["run"])
+      log.info("=== search: identity of %s (full attack, test part)", name)
+      confirm[key]["identity"] = _identity_summary(_identity_point(
+          cdir, lambda r=run_dir, n=name: identity_fn(r, source, identity_full_cfg, n)))
   state["confirm"] = {k: v for k, v in confirm.items() if not k.endswith("_art")}
   if chosen is not None:
     _write_chosen(workdir, base, knob, chosen)
@@ -488,6 +606,70 @@ def _recon_figure(confirm: dict, path: str) -> bool:
   return True
 
 
+def _id_cells(i: dict) -> str:
+  return " | ".join(_fmt(i.get(k), ".4f") for k in ("single", "clean", "person", "worst"))
+
+
+def _values_note(i: dict) -> str:
+  """When the scored part holds fewer attribute values than exist (e.g. HAR's training
+  subjects only), the chance level among those."""
+  k, n = i.get("scored_values"), round(1 / i["chance"])
+  return (f" (the scored part holds {k} of the {n} values: 1/{k} = {1 / k:.4f} among them)"
+          if k and k < n else "")
+
+
+def _identity_front_lines(workdir: str, state: dict) -> list:
+  """The identity table of the explored front and DIR/front_identity.png."""
+  from ran_jax.privacy import figures
+
+  s, ref, chosen = state["search"], state["reference"], state.get("chosen") or {}
+  fast = s["identity_fast_eval"]
+  pts = [{"label": "reference", "accuracy": ref["accuracy"], "group": "reference (no defence)",
+          **ref["identity"]}]
+  pts += [{"label": f"{c['value']:.4g}", "accuracy": c["accuracy"], "group": s["knob"],
+           "highlight": c["t"] == chosen.get("t"), **c["identity"]}
+          for c in sorted(state["candidates"], key=lambda c: c["value"])]
+  figures.identity_front(pts, os.path.join(workdir, "front_identity.png"),
+                         ref["identity"]["chance"], threshold=state["threshold"],
+                         title=f"Explored front: {s['knob']} (identity, validation part)",
+                         xlabel="validation accuracy (service classifier)")
+  n_rel = ref["identity"].get("person_releases")
+  lines = [
+      f"## Identity (attribute `{ref['identity']['attribute']}`): what chose the point", "",
+      f"Attribute attackers {', '.join(fast['attackers'])} ({len(fast['seeds'])} seed(s), "
+      "trained after freezing on the releases) scored on the **validation part** of the "
+      "attribute split, from training-split examples only (`IdentityConfig.scored_part`): the "
+      f"attack's test part is never read to choose. {ref['identity'].get('n_scored')} examples "
+      f"scored; chance {ref['identity']['chance']:.4f}" + _values_note(ref["identity"]) + ". The "
+      "chosen point is the qualifying candidate with the lowest worst case of the three "
+      "settings.", "",
+      f"| {s['knob']} | val. accuracy | one release | clean features | "
+      f"{n_rel or 'N'} releases of the person | worst | within budget |",
+      "|---|---|---|---|---|---|---|",
+      f"| reference (no defence) | {ref['accuracy']:.4f} | {_id_cells(ref['identity'])} | |"]
+  for c in sorted(state["candidates"], key=lambda c: c["value"]):
+    mark = " **chosen**" if c["t"] == chosen.get("t") else ""
+    lines.append(f"| {c['value']:.6g}{mark} | {c['accuracy']:.4f} | {_id_cells(c['identity'])} "
+                 f"| {'yes' if c['within_budget'] else 'no'} |")
+  return lines + ["", "![identity front](front_identity.png)", ""]
+
+
+def _identity_confirm_lines(state: dict, confirm: dict) -> list:
+  cr, cc = confirm["reference"]["identity"], confirm["chosen"]["identity"]
+  n_rel = cc.get("person_releases")
+  lines = ["Identity confirmed with the full attribute attack on the attack's **test part** "
+           f"({cc.get('n_scored')} examples{_values_note(cc)}; `identity.json` beside each "
+           "confirmation):", "",
+           f"| | one release (95 % CI) | clean features | {n_rel or 'N'} releases of the "
+           "person | worst | chance |", "|---|---|---|---|---|---|"]
+  for label, i in (("reference", cr), ("chosen", cc)):
+    ci = i["ci95"]["single"]
+    lines.append(f"| {label} | {_fmt(i['single'], '.4f')} [{_fmt(ci[0], '.3f')}, "
+                 f"{_fmt(ci[1], '.3f')}] | {_fmt(i['clean'], '.4f')} | {_fmt(i['person'], '.4f')} "
+                 f"| {_fmt(i['worst'], '.4f')} | {i['chance']:.4f} |")
+  return lines + [""]
+
+
 def write_report(workdir: str, state: dict, confirm: dict) -> str:
   """DIR/report.md with DIR/front.png and DIR/reconstructions.png; returns the report path."""
   s, ref = state["search"], state["reference"]
@@ -540,6 +722,8 @@ def write_report(workdir: str, state: dict, confirm: dict) -> str:
                  f"{c['worst']['mse_sum']:.4g} | {c['worst']['psnr']:.2f} | "
                  f"{'yes' if c['within_budget'] else 'no'} |")
   lines += ["", "![front](front.png)", ""]
+  if s.get("objective") == "identity":
+    lines += _identity_front_lines(workdir, state)
   if chosen is None:
     lines += ["## No setting qualifies", "",
               f"No candidate kept validation accuracy >= {state['threshold']:.4f}. Widen the "
@@ -586,6 +770,8 @@ def write_report(workdir: str, state: dict, confirm: dict) -> str:
                 f"reported; raise --attack_max_epochs): {', '.join(capped)}.", ""]
     if has_recon:
       lines += ["![reconstructions](reconstructions.png)", ""]
+    if s.get("objective") == "identity":
+      lines += _identity_confirm_lines(state, confirm)
   path = os.path.join(workdir, "report.md")
   _write_atomic(path, "\n".join(lines))
   return path
@@ -610,7 +796,12 @@ def _define_flags(flags):
   flags.DEFINE_float("val_fraction", 0.1, "Held-out fraction of the training split.")
   flags.DEFINE_list("fast_attackers", ["ridge", "mlp_decoder"], "Attackers scoring candidates.")
   flags.DEFINE_integer("fast_max_epochs", 10, "Epoch cap of the fast attackers' fits.")
+  flags.DEFINE_string("objective", "reconstruction", "What chooses among qualifying "
+                      f"candidates: {list(OBJECTIVES)} ('identity' needs data.attribute).")
+  flags.DEFINE_list("fast_identity_attackers", ["logreg", "knn"],
+                    "Attribute attackers scoring candidates (--objective=identity).")
   cli.define_attack_flags()   # the confirmation's attackers (the full set by default)
+  cli.define_identity_flags(attribute=False)   # the identity confirmation (full by default)
   flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -642,13 +833,24 @@ def main(argv=None):
                                  f"{list(protocol.ATTACKERS)}.")
     fast = fast_attack_config(tuple(f.fast_attackers), f.fast_max_epochs, seed=f.seed,
                               attack_train_limit=f.attack_train_limit)
+    from ran_jax.privacy import identity
+
+    unknown = sorted(set(f.fast_identity_attackers) - set(identity.FAMILIES))
+    if unknown or not f.fast_identity_attackers:
+      config_lib.exit_with_error(f"--fast_identity_attackers: unknown {unknown}; allowed: "
+                                 f"{list(identity.FAMILIES)}.")
+    identity_full = cli.identity_config_from_flags()
+    identity_fast = fast_identity_config(tuple(f.fast_identity_attackers),
+                                         person_releases=identity_full.person_releases,
+                                         seed=f.seed)
     config_arg = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), "")
     try:
       state = run_search(f.config, f.workdir, knob=f.knob, low=f.low, high=f.high,
                          max_accuracy_drop=f.max_accuracy_drop, max_trainings=f.max_trainings,
                          resolution=f.resolution,
                          val_fraction=f.val_fraction, fast_cfg=fast, full_cfg=full,
-                         config_name=config_arg,
+                         config_name=config_arg, objective=f.objective,
+                         identity_fast_cfg=identity_fast, identity_full_cfg=identity_full,
                          command="python -m ran_jax.search " + " ".join(argv[1:]))
     except (SearchError, ConfigError, DataError, ShapeError, CheckpointError,
             trainer.NonFiniteError) as e:

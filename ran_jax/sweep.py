@@ -17,6 +17,12 @@ A `--variant` (repeatable) is an encoder trained with config overrides, e.g. a d
 it writes OUT/results.csv (schema: `ran_jax.privacy.results.CSV_COLUMNS`), OUT/pareto.png,
 OUT/reconstructions.png and OUT/features3d.png.
 
+Identity: with an attribute (the config's data.attribute, or `--attribute`; '' turns it
+off) every point is also attacked for it (`ran_jax.privacy.identity`, full attack, test
+part, into OUT/points/<point>/identity.json): RAN, DNN and variants as released, Noisy and
+DNN(resized) as their noisy releases (`NoisyRelease`, `ResizedRelease`). results.csv gains
+the `attribute_*` columns (`results.IDENTITY_COLUMNS`) and OUT/pareto_identity.png is drawn.
+
 `--methods=ran,dnn` (etc.) computes only some of the points and `--attackers`
 chooses the attacker families, so that independent processes can fill one sweep
 directory in parallel; each point records the evaluation settings it was run with.
@@ -35,10 +41,13 @@ import os
 import time
 from typing import Callable, Optional, Sequence
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 from absl import flags
 
 from ran_jax import config_lib, configs, export, input_pipeline, trainer
-from ran_jax.privacy import cli, figures, methods, protocol, results
+from ran_jax.privacy import cli, figures, identity, methods, protocol, results
 from ran_jax.privacy.results import setting_key as _key
 
 log = logging.getLogger("ran_jax")
@@ -48,6 +57,7 @@ PAPER_NOISE = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 DNN_LAM = 1.0
 
 METHODS = ("ran", "dnn", "dnn_resized", "noisy", "variant")
+IDENTITY_FILE = "identity.json"   # a point's identity attack, beside its result.json
 
 
 def parse_variant(text: str) -> tuple[str, dict]:
@@ -149,22 +159,109 @@ def _missing_attackers(result: dict, eval_cfg) -> list:
   return [a for a in eval_cfg.attackers if a in protocol.ATTACKERS and a not in have]
 
 
+class NoisyRelease:
+  """The Noisy baseline as a release for the identity attacks: x + Laplace noise of `scale`
+  (clean features: the raw input)."""
+
+  def __init__(self, scale: float):
+    self.feature_noise = float(scale)
+
+  def features(self, x):
+    return x
+
+  def encode(self, x, key=None):
+    return x + self.feature_noise * jax.random.laplace(key, x.shape, x.dtype)
+
+
+class ResizedRelease:
+  """DNN(resized) (`methods.ResizedEncoder`) as a release for the identity attacks: the DNN
+  features on their top principal components plus Laplace noise, mapped back (clean
+  features: the projection without noise)."""
+
+  def __init__(self, trained, enc: methods.ResizedEncoder):
+    self.trained, self.shape = trained, enc.shape
+    self.mean, self.components, self.scale = (jnp.asarray(a, jnp.float32) for a in
+                                              (enc.mean, enc.components, enc.scale))
+    self.feature_noise = 1.0   # noisy: repeated releases differ
+
+  def _project(self, x):
+    z = self.trained.features(x).reshape(x.shape[0], -1)
+    return (z - self.mean) @ self.components.T                   # [B, k]
+
+  def _back(self, p):
+    return (p @ self.components + self.mean).reshape((-1,) + tuple(self.shape))
+
+  def features(self, x):
+    return self._back(self._project(x))
+
+  def encode(self, x, key=None):
+    p = self._project(x)
+    return self._back(p + jax.random.laplace(key, p.shape, p.dtype) * self.scale)
+
+
+def identity_point(pdir: str, release, source, cfg: identity.IdentityConfig) -> dict:
+  """PDIR/identity.json: `identity.attack_identity(release, source, cfg)`, computed unless
+  there (then read back), so a resumed sweep does not attack a point twice."""
+  path = os.path.join(pdir, IDENTITY_FILE)
+  if os.path.exists(path):
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)
+  t0 = time.perf_counter()
+  result = identity.attack_identity(release(), source, cfg)
+  result["eval_seconds"] = time.perf_counter() - t0
+  os.makedirs(pdir, exist_ok=True)
+  with open(path + ".tmp", "w", encoding="utf-8") as f:
+    json.dump(result, f, indent=2, default=float)
+  os.replace(path + ".tmp", path)
+  return result
+
+
+def identity_rows(rows: list) -> list:
+  """Rows with an identity score -> `figures.identity_front` points (one group per method)."""
+  names = {"ran": "RAN", "dnn": "DNN", "dnn_resized": "DNN(resized)", "noisy": "Noisy"}
+  key = lambda r: (_num(r["lam"]) if r["method"] == "ran" else _num(r["noise_factor"]))  # noqa
+  pts = []
+  for r in sorted((r for r in rows if r.get("attribute_worst_top1") != ""),
+                  key=lambda r: (METHODS.index(r["method"]), key(r))):
+    pts.append({"label": r["setting"], "accuracy": r["accuracy"],
+                "group": r["setting"] if r["method"] == "variant" else names[r["method"]],
+                **{k: r[f"attribute_{k}_top1"] for k in ("single", "clean", "person", "worst")}})
+  return pts
+
+
+def _num(v) -> float:
+  try:
+    return float(v)
+  except (TypeError, ValueError):
+    return 0.0
+
+
 def run_sweep(config, out: str, lams: Sequence[float] = PAPER_LAMS,
               noise_factors: Sequence[float] = PAPER_NOISE,
               resized_factors: Optional[Sequence[float]] = None,
               eval_cfg: Optional[protocol.AttackConfig] = None, n_components: int = 8,
               show_factor: float = 0.5, train_fn: Callable = trainer.train_and_evaluate,
               make_figures: bool = True, include: Sequence[str] = METHODS,
-              variants: Sequence[str] = ()) -> list:
-  """Runs (or resumes) the sweep and returns the CSV rows."""
+              variants: Sequence[str] = (), attribute: Optional[str] = None,
+              identity_cfg: Optional[identity.IdentityConfig] = None) -> list:
+  """Runs (or resumes) the sweep and returns the CSV rows.
+
+  attribute: the sensitive attribute the identity attacks infer at every point (None: the
+  config's data.attribute; '': none); identity_cfg: their settings (default: the full
+  attack, `identity.IdentityConfig()`), scored on the attack's test part.
+  """
   eval_cfg = eval_cfg or protocol.AttackConfig()
+  attribute = (config.data.get("attribute", "") if attribute is None else attribute) or ""
+  identity_cfg = identity_cfg or identity.IdentityConfig()
   resized_factors = noise_factors if resized_factors is None else resized_factors
   os.makedirs(out, exist_ok=True)
   with open(os.path.join(out, "sweep.json"), "w", encoding="utf-8") as f:
     json.dump({"config": json.loads(config.to_json_best_effort()), "lams": list(lams),
                "noise_factors": list(noise_factors), "resized_factors": list(resized_factors),
                "n_components": n_components, "variants": list(variants),
-               "eval": eval_cfg.to_dict()}, f, indent=2,
+               "eval": eval_cfg.to_dict(),
+               **({"attribute": attribute, "identity": identity_cfg.to_dict()}
+                  if attribute else {})}, f, indent=2,
               default=str)
   points = plan(lams, noise_factors, resized_factors, include, variants)
   # Every config the sweep will train, checked before anything is trained or loaded.
@@ -177,6 +274,34 @@ def run_sweep(config, out: str, lams: Sequence[float] = PAPER_LAMS,
   data = None
   dnn_trained = None
   rows, arts, value_range = [], {}, None
+  id_source = None
+  if attribute:   # loaded first: an unknown attribute stops the sweep before any training
+    data_config = config.data.copy_and_resolve_references()
+    data_config.attribute = attribute
+    id_source = input_pipeline.load_dataset(data_config)
+
+  def identity_of(method: str, value, name: str, pdir: str) -> Optional[dict]:
+    """The point's identity headline (attacking it unless done), or None without attribute."""
+    if not attribute:
+      return None
+
+    def release():
+      nonlocal dnn_trained
+      if method in ("ran", "dnn", "variant"):
+        return export.load_trained(os.path.join(out, "runs", name))
+      if method == "noisy":
+        lo, hi = id_source.value_range
+        return NoisyRelease(float(value) * (hi - lo))
+      if dnn_trained is None:
+        dnn_trained = export.load_trained(os.path.join(out, "runs", "dnn"))
+      # the public projection, fitted on training features as for the reconstruction attack
+      fit = id_source.train.get(np.arange(min(len(id_source.train), 4096)))["image"]
+      return ResizedRelease(dnn_trained, methods.ResizedEncoder(
+          dnn_trained, fit, float(value), n_components, seed=identity_cfg.seed))
+
+    log.info("=== sweep point %s: identity (%s)", name, attribute)
+    return identity.headline(identity_point(pdir, release, id_source, identity_cfg))
+
   for method, setting, name, value in points:
     pdir = os.path.join(out, "points", name)
     result, art = protocol.load(pdir)
@@ -221,7 +346,7 @@ def run_sweep(config, out: str, lams: Sequence[float] = PAPER_LAMS,
       protocol.save(pdir, result, art)
     else:
       log.info("=== sweep point %s %s: done, skipped", method, setting)
-    rows.append(results.to_row(method, setting, result))
+    rows.append(results.to_row(method, setting, result, identity_of(method, value, name, pdir)))
     arts[name] = art
     if value_range is None and result.get("value_range"):
       value_range = tuple(result["value_range"])
@@ -232,6 +357,12 @@ def run_sweep(config, out: str, lams: Sequence[float] = PAPER_LAMS,
       value_range = ((min(0.0, float(min(x.min() for x in xs))),
                       max(1.0, float(max(x.max() for x in xs)))) if xs else (0.0, 1.0))
     figures.write_figures(rows, arts, out, config.data.name, show_factor, value_range)
+    pts = identity_rows(rows)
+    if pts:
+      chance = next(float(r["attribute_chance"]) for r in rows if r["attribute_chance"] != "")
+      figures.identity_front(pts, os.path.join(out, "pareto_identity.png"), chance,
+                             title=f"{config.data.name}: task accuracy vs identity "
+                                   f"({attribute}) leakage")
   return rows
 
 
@@ -248,6 +379,7 @@ def _define_flags():
   flags.DEFINE_list("resized_factors", None, "DNN(resized) factors (default: noise_factors).")
   flags.DEFINE_integer("n_components", 8, "Principal components kept by DNN(resized).")
   cli.define_attack_flags()
+  cli.define_identity_flags()   # --attribute='' turns the identity attacks off
   flags.DEFINE_float("show_factor", 0.5, "Noise factor shown in the reconstruction grid.")
   flags.DEFINE_list("methods", list(METHODS), "Methods to run (DNN(resized) needs DNN's run).")
   flags.DEFINE_multi_string("variant", [], "A trained encoder with config overrides, e.g. "
@@ -262,17 +394,21 @@ def main(argv):
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
   logging.getLogger("absl").setLevel(logging.WARNING)
   eval_cfg = cli.attack_config_from_flags()
+  identity_cfg = cli.identity_config_from_flags()
   try:
     resized = [float(v) for v in FLAGS.resized_factors] if FLAGS.resized_factors else None
     rows = run_sweep(FLAGS.config, FLAGS.out, [float(v) for v in FLAGS.lams],
                      [float(v) for v in FLAGS.noise_factors], resized, eval_cfg,
                      FLAGS.n_components, FLAGS.show_factor, include=tuple(FLAGS.methods),
-                     variants=tuple(FLAGS.variant))
+                     variants=tuple(FLAGS.variant), attribute=FLAGS.attribute,
+                     identity_cfg=identity_cfg)
   except (config_lib.ConfigError, ValueError) as e:
     config_lib.exit_with_error(str(e))
   for r in rows:
     print(f"{r['method']:12s} {r['setting']:12s} acc {float(r['accuracy']):.4f}  worst "
-          f"{r['worst_attacker']:16s} mse_sum {float(r['worst_mse_sum']):9.4g}")
+          f"{r['worst_attacker']:16s} mse_sum {float(r['worst_mse_sum']):9.4g}"
+          + (f"  identity {float(r['attribute_worst_top1']):.4f} (chance "
+             f"{float(r['attribute_chance']):.4f})" if r["attribute_worst_top1"] != "" else ""))
   print(f"wrote {os.path.join(FLAGS.out, 'results.csv')}")
 
 

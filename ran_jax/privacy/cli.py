@@ -34,11 +34,13 @@ def attack_config_from_flags() -> protocol.AttackConfig:
                                classifier_fit=fit, seed=f.seed, resnet_width=f.resnet_width)
 
 
-def define_identity_flags() -> None:
-  """Flags of the attribute-inference attacks (`ran_jax.privacy.identity`)."""
-  flags.DEFINE_string("attribute", None,
-                      "Sensitive attribute to infer (e.g. subject, speaker); default: the run's "
-                      "data.attribute; '' skips the attribute attacks.")
+def define_identity_flags(attribute: bool = True) -> None:
+  """Flags of the attribute-inference attacks (`ran_jax.privacy.identity`); `attribute`:
+  also --attribute (commands whose attribute is the config's data.attribute go without)."""
+  if attribute:
+    flags.DEFINE_string("attribute", None,
+                        "Sensitive attribute to infer (e.g. subject, speaker); default: the "
+                        "run's data.attribute; '' skips the attribute attacks.")
   flags.DEFINE_list("identity_attackers", list(identity.FAMILIES), "Attribute attacker families.")
   flags.DEFINE_integer("identity_seeds", 3, "Seeds per attribute attacker (release noise, init).")
   flags.DEFINE_list("releases", ["4", "16"],

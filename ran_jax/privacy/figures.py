@@ -203,3 +203,55 @@ def write_figures(rows: list, arts: dict, out: str, task: str, show_factor: floa
       panels.append((lab, a["z3"], a["y_scatter"]))
   if panels:
     scatter3d(panels, os.path.join(out, "features3d.png"))
+
+
+IDENTITY_PARTS = (("single", "x", "one release"), ("clean", "s", "clean features"),
+                  ("person", "^", "N releases of the person"))
+
+
+def identity_front(points: list, path: str, chance: float, title: str = "",
+                   threshold: Optional[float] = None,
+                   xlabel: str = "test accuracy (service classifier)") -> bool:
+  """Task accuracy vs identity top-1 (attribute inference). Returns False (no file) when
+  no point has an identity score.
+
+  points: dicts {'label', 'accuracy', 'single', 'clean', 'person', 'worst', 'group'}
+  (None or '' where not measured); 'group' points are joined in the given order, and a
+  point with 'highlight' is circled. The filled marker is the worst case of the three
+  settings, the small open ones each setting.
+  """
+  pts = [p for p in points if not math.isnan(_f(p.get("worst")))]
+  if not pts:
+    return False
+  fig, ax = plt.subplots(figsize=(8, 5))
+  colors = iter(plt.rcParams["axes.prop_cycle"].by_key()["color"])
+  for group in dict.fromkeys(p.get("group", "") for p in pts):
+    gp = [p for p in pts if p.get("group", "") == group]
+    color = next(colors, "k")
+    ax.plot([_f(p["accuracy"]) for p in gp], [_f(p["worst"]) for p in gp],
+            "-o" if len(gp) > 1 else "o", color=color, ms=7, label=f"{group}: worst case")
+    for p in gp:
+      ax.annotate(p["label"], (_f(p["accuracy"]), _f(p["worst"])), fontsize=7,
+                  xytext=(4, 3), textcoords="offset points")
+      for key, mk, _ in IDENTITY_PARTS:
+        ax.plot(_f(p["accuracy"]), _f(p.get(key)), mk, color=color, ms=5, fillstyle="none",
+                alpha=0.6)
+      if p.get("highlight"):
+        ax.plot(_f(p["accuracy"]), _f(p["worst"]), "o", ms=15, mfc="none", color="k",
+                label=f"chosen {p['label']}")
+  for _, mk, text in IDENTITY_PARTS:
+    ax.plot([], [], mk, color="gray", fillstyle="none", label=text)
+  ax.axhline(chance, color="gray", ls=":", lw=1, label=f"chance {chance:.3g}")
+  if threshold is not None:
+    ax.axvline(threshold, color="gray", ls="--", lw=1,
+               label=f"budget: accuracy >= {threshold:.4f}")
+  ax.set_ylim(0.0, 1.02)
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel("identity top-1 (attribute attackers trained after freezing)")
+  ax.set_title(title or "Task accuracy vs identity leakage", fontsize=10)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7, loc="best")
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return True

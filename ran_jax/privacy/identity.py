@@ -37,6 +37,12 @@ bootstrap 95 % interval:
   raw        the same attackers on the raw input (flattened, PCA to `raw_pca`
              dimensions fitted on the fit part): the reference for leakage.
   leakage relative to raw = (top1 - chance) / (top1_raw - chance).
+Choosing a setting on these attacks (`scored_part='validation'`, used by the search) scores
+the validation part instead, one level down: only training-split examples, a new
+validation part cut from the fit part by the same rule (time: the last 20 % of each
+group's fit windows, one dropped at the boundary; recording: recordings 10-14 validate,
+5-9 are scored; stratified: the next 15 % of each value), so that the test part, which
+the figure is measured on, never influences a choice.
 Person-level (`person`): an attacker holding `person_releases` releases of different
 inputs of one person (test part) sums its log-probabilities over them and names the
 argmax; top-1 over `person_groups` random groups (seeded), per setting.
@@ -89,6 +95,11 @@ class IdentityConfig:
   strat_val_fraction: float = 0.15
   encode_batch: int = 512
   seed: int = 0                          # split (stratified), groups, bootstrap
+  # 'test': score the test part (the figure). 'validation': for choosing settings
+  # (`ran_jax.search --objective=identity`): only training-split examples, the part
+  # scored is the one the 'test' split validates on, and a new validation part is cut
+  # from its fit part by the same rule; the 'test' split's test part is never read.
+  scored_part: str = "test"
 
   def to_dict(self) -> dict:
     return dataclasses.asdict(self)
@@ -131,6 +142,9 @@ def split_pool(source, cfg: IdentityConfig) -> Pool:
   order = np.concatenate([np.asarray(sp.order, np.int64) for _, sp in parts])
   which = np.concatenate([np.full(len(sp), i) for i, (_, sp) in enumerate(parts)])
   rule = source.attribute_split
+  if cfg.scored_part not in ("test", "validation"):
+    raise ValueError(f"scored_part={cfg.scored_part!r}: 'test' or 'validation'")
+  choosing = cfg.scored_part == "validation"
   fit, val, test = [], [], []
   if rule == "time":
     for a in np.unique(att):
@@ -139,28 +153,36 @@ def split_pool(source, cfg: IdentityConfig) -> Pool:
         g = g[np.lexsort((order[g], which[g]))]  # time order (split, row)
         first, te = _time_cut(g, cfg.time_test_fraction, cfg.time_gap)
         fi, va = _time_cut(first, cfg.time_val_fraction, cfg.time_gap)
+        if choosing:  # score the validation part; cut a new one from the fit part
+          te, (fi, va) = va, _time_cut(fi, cfg.time_val_fraction, cfg.time_gap)
         fit.append(fi), val.append(va), test.append(te)
   elif rule == "recording":
     from ran_jax.data.spoken_digit import TEST_RECORDINGS
 
-    test.append(np.flatnonzero(order < TEST_RECORDINGS))
-    val.append(np.flatnonzero((order >= TEST_RECORDINGS)
-                              & (order < TEST_RECORDINGS + cfg.val_recordings)))
-    fit.append(np.flatnonzero(order >= TEST_RECORDINGS + cfg.val_recordings))
+    # recordings [0, 5) test, [5, 10) validate, the rest fit; choosing: one part later
+    cuts = np.cumsum([0, TEST_RECORDINGS, cfg.val_recordings, cfg.val_recordings])[choosing:]
+    test.append(np.flatnonzero((order >= cuts[0]) & (order < cuts[1])))
+    val.append(np.flatnonzero((order >= cuts[1]) & (order < cuts[2])))
+    fit.append(np.flatnonzero(order >= cuts[2]))
   elif rule == "stratified":
     rng = np.random.default_rng([cfg.seed, 11])
     for a in np.unique(att):
       g = rng.permutation(np.flatnonzero(att == a))
       n_te = int(round(cfg.strat_test_fraction * len(g)))
       n_va = int(round(cfg.strat_val_fraction * len(g)))
+      if choosing:  # the validation part is scored, the next n_va validate
+        g, n_te = g[n_te:], n_va
       test.append(g[:n_te]), val.append(g[n_te:n_te + n_va]), fit.append(g[n_te + n_va:])
   else:
     raise ValueError(f"unknown attribute split rule {rule!r}")
   fit, val, test = (np.sort(np.concatenate(v)).astype(np.int64) for v in (fit, val, test))
+  if choosing:  # training-split examples only
+    fit, val, test = (p[which[p] == 0] for p in (fit, val, test))
   for name, part in (("fit", fit), ("validation", val), ("test", test)):
     if len(part) == 0:
       raise DataError(f"Dataset {source.name}: the attribute attack's {name} part is empty "
-                      f"(split rule {rule!r}, {len(x)} examples).")
+                      f"(split rule {rule!r}, {len(x)} examples, scoring the "
+                      f"{cfg.scored_part} part).")
   return Pool(x, att, lab, fit, val, test, int(source.num_attributes), rule)
 
 
@@ -393,7 +415,8 @@ def attack_identity(trained, source, cfg: IdentityConfig | None = None) -> dict:
       "attribute_values": [str(v) for v in source.attribute_values],
       "chance": chance, "majority": float(np.mean(a_test == majority)),
       "split": {"rule": pool.rule, "n_fit": int(len(pool.fit)), "n_val": int(len(pool.val)),
-                "n_test": int(len(pool.test))},
+                "n_test": int(len(pool.test)), "scored_part": cfg.scored_part,
+                "test_values": int(len(np.unique(a_test)))},
       "feature_noise": float(trained.feature_noise),
       "person_groups_persons": int(len(np.unique(a_test[groups[:, 0]]))) if len(groups) else 0,
       "settings": {}, "config": cfg.to_dict(),
@@ -408,6 +431,26 @@ def attack_identity(trained, source, cfg: IdentityConfig | None = None) -> dict:
     for r in out["settings"].values():
       r["relative_to_raw"] = float((r["worst"]["top1"] - chance)
                                    / (raw["worst"]["top1"] - chance))
+  return out
+
+
+def headline(r: dict) -> dict:
+  """The figures of `attack_identity`'s result that a choice and a results row use.
+
+  single: worst-case top-1 from one release; clean: from the clean features (for a
+  noise-free release the release itself, so single; None when not attacked); person:
+  from `person_releases` single releases of one person combined (None when off); worst:
+  the largest of these; chance: 1 / num_attributes.
+  """
+  settings = r["settings"]
+  single = settings["single"]
+  out = {"attribute": r["attribute"], "chance": float(r["chance"]),
+         "single": float(single["worst"]["top1"]),
+         "clean": (float(settings["clean"]["worst"]["top1"]) if "clean" in settings
+                   else None if r.get("feature_noise") else float(single["worst"]["top1"])),
+         "person": (float(single["person"]["top1"]) if "person" in single else None),
+         "person_releases": single.get("person", {}).get("releases")}
+  out["worst"] = max(v for v in (out["single"], out["clean"], out["person"]) if v is not None)
   return out
 
 

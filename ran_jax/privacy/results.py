@@ -11,6 +11,8 @@ import csv
 from ran_jax.privacy import protocol
 
 TRAINED_ATTACKERS = protocol.TRAINED_ATTACKERS
+IDENTITY_COLUMNS = ["attribute", "attribute_single_top1", "attribute_clean_top1",
+                    "attribute_person_top1", "attribute_worst_top1", "attribute_chance"]
 CSV_COLUMNS = (
     ["method", "setting", "lam", "noise_factor", "feature_noise", "accuracy", "accuracy_retrained"]
     + [f"{a}_{m}" for a in protocol.ALL_ATTACKERS for m in protocol.METRICS]
@@ -22,15 +24,30 @@ CSV_COLUMNS = (
        "n_fit", "n_test", "train_seconds", "eval_seconds"]
     # Trained attackers: epochs run and whether the fit ended on a plateau (True) or at
     # the epoch cap (False: that attacker may be stronger than reported).
-    + [f"{a}_{m}" for a in TRAINED_ATTACKERS for m in ("epochs", "converged")])
+    + [f"{a}_{m}" for a in TRAINED_ATTACKERS for m in ("epochs", "converged")]
+    # Identity (attribute inference, `ran_jax.privacy.identity.headline`; empty without
+    # data.attribute): worst-case top-1 from one release, from the clean features, from N
+    # releases of one person, the worst of the three, and chance (1 / number of values).
+    + IDENTITY_COLUMNS)
 
 
 def setting_key(v: float) -> str:
   return f"{v:g}"
 
 
-def to_row(method: str, setting: str, result: dict) -> dict:
+def identity_cells(headline: dict) -> dict:
+  """`identity.headline(...)` -> the IDENTITY_COLUMNS of a row ('' where not measured)."""
+  cell = lambda v: "" if v is None else v  # noqa: E731
+  return {"attribute": headline["attribute"], "attribute_chance": headline["chance"],
+          **{f"attribute_{k}_top1": cell(headline.get(k))
+             for k in ("single", "clean", "person", "worst")}}
+
+
+def to_row(method: str, setting: str, result: dict, identity: dict | None = None) -> dict:
+  """One CSV row; `identity`: the point's `identity.headline` (None: columns left empty)."""
   row = {c: "" for c in CSV_COLUMNS}
+  if identity:
+    row.update(identity_cells(identity))
   fb = result.get("fisher_bound", {})
   ref = result.get("reference", {})
   row.update(method=method, setting=setting, lam=result.get("lam", ""),
