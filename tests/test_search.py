@@ -211,7 +211,7 @@ def test_search_through_real_exports_and_attackers(tmp_path):
   def export_untrained(cfg, workdir):
     source = input_pipeline.load_dataset(cfg.data)
     assert len(source.train) == 43
-    program = build_program(cfg, parallel.make_mesh(), InputSpec.of(source))
+    program = build_program(cfg, parallel.make_mesh(), InputSpec.of(source), total_steps=6)
     export.export_trained(workdir, program.create_state(0), cfg, program.input_spec, source.name)
 
   # lambda as the knob: the reference and the candidate share one architecture (and so

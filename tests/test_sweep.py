@@ -19,7 +19,7 @@ def fake_train(calls):
   def train_fn(cfg, workdir):
     calls.append((os.path.basename(workdir), float(cfg.ran.lam)))
     source = input_pipeline.load_dataset(cfg.data)
-    program = build_program(cfg, parallel.make_mesh(), InputSpec.of(source))
+    program = build_program(cfg, parallel.make_mesh(), InputSpec.of(source), total_steps=6)
     export.export_trained(workdir, program.create_state(0), cfg, program.input_spec, source.name)
     return {}
 
