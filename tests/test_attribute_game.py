@@ -110,3 +110,30 @@ def test_missing_attribute_in_batch_is_a_clear_error(game):
 def test_heads_need_an_attribute_with_two_values():
   with pytest.raises(ValueError, match="at least 2 values"):
     _models(_config(attribute_weight=1.0), num_attributes=1)
+
+
+def test_recommended_har_config_trains_end_to_end_with_the_game(tmp_path):
+  """har_lenet_private:smoke (subject game, compactness, noise) through the trainer and export."""
+  import json
+
+  import data_fakes
+
+  from ran_jax import export, trainer
+  from ran_jax.configs import har_lenet_private
+
+  c = har_lenet_private.get_config("smoke")
+  c.data.manual_dir = data_fakes.write_har_npz(str(tmp_path / "m"), n_train=48, n_test=40)
+  c.data.data_dir = str(tmp_path / "tfds")
+  c.model.widths = (4, 8)
+  c.model.classifier_hidden = (16,)
+  c.ran.attribute_hidden = (8,)
+  c.ran.k = 1
+  c.num_epochs, c.max_steps = 1, 2
+  final = trainer.train_and_evaluate(c, str(tmp_path / "wd"))
+  assert 0.0 <= final["accuracy"] <= 1.0
+  records = [json.loads(line) for line in open(tmp_path / "wd" / "metrics.jsonl")]
+  train = [r for r in records if r["kind"] == "train"]
+  assert all("gen/attribute_ce" in r and "adv/attribute_confusion" in r for r in train)
+  trained = export.load_trained(str(tmp_path / "wd"))
+  assert set(trained.params["attribute"]) == {"linear", "mlp"}
+  assert trained.meta["num_attributes"] == 3   # the fake's subjects 1..3

@@ -1,0 +1,33 @@
+"""The recommended private spoken-digit encoder (FSDD, the open stand-in for UbiSound):
+LeNet-5 + bottleneck + release noise + strong within-class compactness
+(docs/privacy_identity.md).
+
+  python train.py --config=configs/ubisound_lenet_private.py \
+      --config.data.manual_dir=../shared/data/fsdd --workdir=runs/fsdd_private
+  python -m ran_jax.attack --workdir=runs/fsdd_private    # reconstruction + speaker attackers
+
+The phone-side encoder ends in a 64-d tanh bottleneck and releases z + N(0, 0.5^2) (noise
+in training AND at inference). Compactness 10 pulls each digit's features tightly together,
+so what is left of the speaker is small beside the noise of one release. lambda = 1.0.
+The attribute game (`--config.ran.attribute_weight=2`) was measured too: on FSDD it cost
+accuracy without lowering the clean-feature leakage (docs/privacy_identity.md), so it is
+off here. `data.attribute='speaker'` makes `ran_jax.attack` measure speaker identification.
+
+What it does not protect: an attacker who averages many releases of the *same* recording
+(sent again with fresh noise) approaches the clean features, which still identify the
+speaker; the phone client's `--release_policy=per_input` makes an identical input release
+an identical vector, so resending it reveals nothing new (docs/deploy.md).
+Smoke variant for tests: configs/ubisound_lenet_private.py:smoke.
+"""
+
+from ran_jax.configs import common, ubisound_lenet
+
+
+def get_config(arg=None):
+  c = ubisound_lenet.get_config(None)
+  c.data.attribute = "speaker"
+  c.model.bottleneck_dim = 64
+  c.model.feature_noise = 0.5
+  c.ran.lam = 1.0
+  c.ran.compactness = 10.0
+  return common.finish(c, arg)
