@@ -1,5 +1,6 @@
 """`python -m bench`: the training benchmark; `python -m bench input ...`: input throughput;
-`python -m bench tasks ...`: the paper's accelerator tasks (bench/paper_tasks.py)."""
+`python -m bench tasks ...`: the paper's accelerator tasks (bench/paper_tasks.py);
+`python -m bench attackers ...`: attacker training vs PyTorch (bench/attacker_bench.py)."""
 
 import sys
 
@@ -13,6 +14,10 @@ def main():
     from bench import paper_tasks  # pylint: disable=g-import-not-at-top
 
     sys.exit(paper_tasks.main(sys.argv[2:]))
+  elif sys.argv[1:2] == ["attackers"]:
+    from bench import attacker_bench  # pylint: disable=g-import-not-at-top
+
+    attacker_bench.run(sys.argv[2:])
   else:
     from bench import ran_bench  # pylint: disable=g-import-not-at-top
 
