@@ -250,3 +250,22 @@ def test_resnet_decoder_fast_convs_match_xla(shape=(7, 7, 2), stages=2):
   out, want = run(fast)(v, z), run(xla)(v, z)
   assert out.shape == (3,) + shape
   np.testing.assert_allclose(out, want, atol=2e-5)
+
+
+def test_protocol_trains_the_decoder_families_together():
+  """attack_features: the trained families go through one group on the released features
+  (noise drawn per batch), each scored with its own schedule's outcome."""
+  x = _images(400)
+  data = protocol.Data(x[:300], np.zeros(300, np.int32), x[300:350], np.zeros(50, np.int32),
+                       x[350:], np.zeros(50, np.int32), (4, 4, 1), 1, (0.0, 1.0))
+  fit = atk.FitConfig(batch_size=32, max_epochs=3, patience=1)
+  cfg = protocol.AttackConfig(attackers=("mirrored_decoder", "mlp_decoder"), attacker_fit=fit,
+                              retrain_classifier=False, mlp_hidden=(16,), n_show=2,
+                              n_scatter=10)
+  res, art = protocol.attack_features(data, lambda a: a, cfg, feature_noise=0.2,
+                                      mirrored=atk.MLPDecoder((4, 4, 1), (8,)), name="t")
+  assert set(res["attackers"]) == {"mirrored_decoder", "mlp_decoder"}
+  for m in res["attackers"].values():
+    assert 1 <= m["best_epoch"] <= m["epochs"] <= 3 and np.isfinite(m["mse_sum"])
+  assert res["worst"]["attacker"] in res["attackers"]
+  assert art["rec_mlp_decoder"].shape == (2, 4, 4, 1)
