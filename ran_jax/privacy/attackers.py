@@ -5,9 +5,19 @@ the training split with Adam and *early stopping*: a validation part of the
 training split is scored after every epoch, training stops when it has not
 improved for `patience` epochs, the learning rate is cut (x `lr_decay_factor`,
 at most `lr_decays` times) and training goes on from there; once no cut is left a
-plateau ends it (or `max_epochs` does), and the best epoch's weights are kept.
-The cuts let an attacker settle into its minimum instead of hovering above it at
-a fixed step size. An under-trained attacker overstates privacy.
+plateau ends it (or `max_epochs` does, reported as not converged), and the best
+epoch's weights are kept. The cuts let an attacker settle into its minimum instead
+of hovering above it at a fixed step size. An under-trained attacker overstates
+privacy.
+
+Training runs the way the trainer runs (`Group`, `fit_group`): the features and
+targets are put on the device once; one compiled call runs a whole shuffled epoch
+(`lax.scan` over its batches, the permutation drawn inside from a key, release noise
+for a noisy encoder drawn inside per batch from the stored clean features), the
+validation pass and the best-weights bookkeeping; several models on the same features
+(the decoder families of `ran_jax.privacy.protocol`) train in that one program, each
+with its own schedule. The compiled epoch is cached per model set and shape, so every
+encoder of a sweep or a search with the same feature shape reuses it.
 
 Families (the paper's §2.3: "a malicious party is free to explore any neural
 architectures"):
@@ -53,7 +63,7 @@ class FitConfig:
 
   batch_size: int = 128
   learning_rate: float = 1e-3
-  max_epochs: int = 50
+  max_epochs: int = 100       # a safety net: fits end on a plateau (see `Fitted.converged`)
   patience: int = 3
   min_delta: float = 1e-4     # relative improvement that counts
   lr_decays: int = 2          # learning-rate cuts on plateaus before stopping
