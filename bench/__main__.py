@@ -1,6 +1,7 @@
 """`python -m bench`: the training benchmark; `python -m bench input ...`: input throughput;
 `python -m bench tasks ...`: the paper's accelerator tasks (bench/paper_tasks.py);
-`python -m bench robustness ...`: a config over seeds and conv paths (bench/robustness.py)."""
+`python -m bench robustness ...`: a config over seeds and conv paths (bench/robustness.py);
+`python -m bench attackers ...`: attacker training vs PyTorch (bench/attacker_bench.py)."""
 
 import sys
 
@@ -18,6 +19,10 @@ def main():
     from bench import robustness  # pylint: disable=g-import-not-at-top
 
     sys.exit(robustness.main(sys.argv[2:]))
+  elif sys.argv[1:2] == ["attackers"]:
+    from bench import attacker_bench  # pylint: disable=g-import-not-at-top
+
+    attacker_bench.run(sys.argv[2:])
   else:
     from bench import ran_bench  # pylint: disable=g-import-not-at-top
 

@@ -1,7 +1,7 @@
 """Attacker evaluation of the frozen encoder of a finished training run.
 
   python -m ran_jax.attack --workdir=runs/digits [--attackers=mlp_decoder,ridge] \
-      [--attack_train_limit=20000] [--attack_max_epochs=50]
+      [--attack_train_limit=20000] [--attack_max_epochs=100]
 
 Trains the attackers of `ran_jax.privacy.attackers` from scratch on
 (input, released E(input)) pairs of the whole training split by default (encoder

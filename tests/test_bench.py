@@ -123,3 +123,44 @@ def test_torch_iteration_makes_only_algorithm_1_passes():
   assert calls == {"E": 5, "C": 3, "D": 3}, calls
   assert {"disc/ce", "gen/recon_sse", "adv/loss"} <= set(metrics)
   assert all(p.requires_grad for p in ran.D.parameters())  # unfrozen after adv
+
+
+# ---------------------------------------------------------------- attacker case
+
+
+def test_attacker_bench_writes_its_json_without_torch(tmp_path):
+  """`python -m bench attackers`: the project's epoch and the per-batch loop, same run."""
+  import json
+
+  from bench import attacker_bench
+
+  out = tmp_path / "att.json"
+  attacker_bench.run(["--n=64", "--batch=32", "--rounds=1", "--warmup=1",
+                      "--families=mirrored_decoder", "--no-torch", f"--out={out}"])
+  r = json.loads(out.read_text())
+  assert r["complete"] and r["setup"]["steps_per_epoch"] == 2
+  assert set(r["examples_per_s"]) == {"jax/mirrored_decoder", "jax_steps/mirrored_decoder"}
+  assert r["ratios"]["jax_over_jax_steps/mirrored_decoder"] > 0
+  assert "no-torch" in r["torch_note"]
+
+
+@pytest.mark.parametrize("family", ["mirrored_decoder", "resnet_decoder"])
+def test_torch_attackers_are_the_jax_architectures(family):
+  """Same parameter count and output shape as the JAX attacker; an epoch takes steps."""
+  torch = pytest.importorskip("torch")
+  import jax
+
+  from bench import attacker_bench as ab
+  from bench import torch_attackers as ta
+
+  jm, tm = ab.jax_module(family, 16), ab.torch_module(family, 16)
+  z0 = np.zeros((2, ab.FEATURES), np.float32)
+  params = jax.eval_shape(lambda: jm.init(jax.random.PRNGKey(0), z0, train=False))["params"]
+  assert ta.parameter_count(tm) == sum(int(np.prod(p.shape))
+                                       for p in jax.tree.leaves(params))
+  z, x, zv, xv = ab.synthetic(16, 4)
+  with torch.no_grad():
+    assert tuple(tm(torch.from_numpy(z)).shape) == (16, 1, 28, 28)
+  w0 = [p.detach().clone() for p in tm.parameters()]
+  val = ta.TorchAttacker(tm, z, x, zv, xv, noise=ab.NOISE).epoch(np.arange(16).reshape(2, 8))
+  assert np.isfinite(val) and all(not torch.equal(a, b) for a, b in zip(w0, tm.parameters()))

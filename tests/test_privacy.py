@@ -1,5 +1,8 @@
 """Metrics against hand-computed values; attackers that must (and must not) succeed."""
 
+import chex
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -156,3 +159,113 @@ def test_attackers_see_the_release_noise():
   assert noisy["worst"]["mse_mean"] > 0.02 and noisy["feature_noise"] == 0.5
   # the reference levels: the mean image scores the data's variance (uniform(0.05, 0.95))
   assert noisy["reference"]["mean_image"]["mse_mean"] == pytest.approx(0.9 ** 2 / 12, rel=0.15)
+
+
+# ---------------------------------------------------------------- the compiled group training
+
+
+def _recon_data(n=320, n_val=64, d=8, seed=0):
+  rng = np.random.default_rng(seed)
+  z = rng.normal(size=(n + n_val, d)).astype(np.float32)
+  x = _images(n + n_val, seed=seed + 1)
+  return z[:n], x[:n], z[n:], x[n:]
+
+
+def test_group_trains_each_job_as_if_alone_and_skips_stopped_jobs():
+  """Two decoders in one program: each ends with the weights, epochs and schedule it
+  gets alone (same batches, same noise, same init); the one that stops first (its
+  lower cap) no longer moves while the other goes on."""
+  z, x, zv, xv = _recon_data()
+  a = atk.Job("a", atk.MLPDecoder((4, 4, 1), (32,)), atk.recon_loss, "x",
+              atk.FitConfig(batch_size=32, max_epochs=4, patience=1, lr_decays=1))
+  b = atk.Job("b", atk.MLPDecoder((4, 4, 1), (16, 16)), atk.recon_loss, "x",
+              atk.FitConfig(batch_size=32, max_epochs=2))
+  noise = dict(input_noise=0.3, noise_kind="gaussian")
+  both = atk.fit_group([a, b], z, {"x": x}, zv, {"x": xv}, **noise)
+  alone = atk.fit_group([a], z, {"x": x}, zv, {"x": xv}, **noise)["a"]
+  assert both["b"].epochs == 2 and not both["b"].converged      # the cap, reported
+  for field in ("epochs", "best_epoch", "lr_cuts", "converged"):
+    assert getattr(both["a"], field) == getattr(alone, field), field
+  assert both["a"].best_val == pytest.approx(alone.best_val, rel=1e-5)
+  chex.assert_trees_all_close(both["a"].variables, alone.variables, rtol=1e-4, atol=1e-6)
+  # b stopped after epoch 2: a later epoch with b inactive leaves its state untouched
+  group = atk.Group([a, b], z, {"x": x}, zv, {"x": xv}, **noise)
+  before = jax.device_get(group.states[1])
+  vals, improved = group.epoch(jax.random.PRNGKey(1), [1e-3, 1e-3], [True, False],
+                               [np.inf, np.inf], [1e-4, 1e-4])
+  assert np.isfinite(vals[0]) and improved[0] and not improved[1]
+  chex.assert_trees_all_equal(jax.device_get(group.states[1]), before)
+
+
+def test_group_keeps_the_best_epoch_and_compiles_once_per_shape():
+  z, x, zv, xv = _recon_data(seed=2)
+  job = atk.Job("m", atk.MLPDecoder((4, 4, 1), (16,)), atk.recon_loss, "x",
+                atk.FitConfig(batch_size=32, max_epochs=6, patience=1))
+  f = atk.fit_group([job], z, {"x": x}, zv, {"x": xv})["m"]
+  # the kept weights are the best epoch's: they score the reported best validation loss
+  val = float(atk.recon_loss(f.predict(zv), xv))
+  assert val == pytest.approx(f.best_val, rel=1e-4)
+  # another encoder's features of the same shape (a sweep's next point) reuse the program
+  z2, x2, zv2, xv2 = _recon_data(seed=3)
+  atk.fit_group([job], z2, {"x": x2}, zv2, {"x": xv2})
+  fn = atk._epoch_fn(((job.module, job.loss, job.target),), 32, None)
+  assert fn._cache_size() == 1
+
+
+def test_group_refuses_jobs_it_cannot_batch_together():
+  z, x, zv, xv = _recon_data(n=64, n_val=8)
+  m = atk.MLPDecoder((4, 4, 1), (8,))
+  a = atk.Job("a", m, atk.recon_loss, "x", atk.FitConfig(batch_size=16))
+  with pytest.raises(ValueError, match="batch_size and seed"):
+    atk.fit_group([a, atk.Job("b", m, atk.recon_loss, "x", atk.FitConfig(batch_size=8))],
+                  z, {"x": x}, zv, {"x": xv})
+  with pytest.raises(ValueError, match="distinct names"):
+    atk.fit_group([a, a], z, {"x": x}, zv, {"x": xv})
+  with pytest.raises(ValueError, match="No targets"):
+    atk.fit_group([atk.Job("c", m, atk.ce_loss, "y")], z, {"x": x}, zv, {"x": xv})
+  with pytest.raises(ValueError, match="noise_kind"):
+    atk.fit_group([a], z, {"x": x}, zv, {"x": xv}, input_noise=0.1, noise_kind="uniform")
+
+
+def test_attacker_noise_is_the_release_noise():
+  """The noise drawn inside the compiled epoch is `stages.release`'s, key for key."""
+  import types
+
+  from ran_jax import stages
+
+  z = jnp.asarray(np.random.default_rng(0).normal(size=(16, 8)).astype(np.float32))
+  key = jax.random.PRNGKey(3)
+  chex.assert_trees_all_equal(atk.add_noise(z, key, 0.5, "gaussian"),
+                              stages.release(types.SimpleNamespace(feature_noise=0.5), z, key))
+
+
+def test_resnet_decoder_fast_convs_match_xla(shape=(7, 7, 2), stages=2):
+  """The residual decoder's row-patch convolutions compute nn.Conv's function."""
+  z = jnp.asarray(np.random.default_rng(0).normal(size=(3, 12)).astype(np.float32))
+  fast = atk.ResNetDecoder(shape, (0.0, 1.0), 16, stages=stages, conv_impl="fast")
+  xla = atk.ResNetDecoder(shape, (0.0, 1.0), 16, stages=stages, conv_impl="xla")
+  v = jax.jit(fast.init)(jax.random.PRNGKey(0), z)
+  chex.assert_trees_all_equal_shapes(v, jax.eval_shape(xla.init, jax.random.PRNGKey(0), z))
+  run = lambda m: jax.jit(lambda v, z: m.apply(v, z, train=True, mutable=["batch_stats"])[0])
+  out, want = run(fast)(v, z), run(xla)(v, z)
+  assert out.shape == (3,) + shape
+  np.testing.assert_allclose(out, want, atol=2e-5)
+
+
+def test_protocol_trains_the_decoder_families_together():
+  """attack_features: the trained families go through one group on the released features
+  (noise drawn per batch), each scored with its own schedule's outcome."""
+  x = _images(400)
+  data = protocol.Data(x[:300], np.zeros(300, np.int32), x[300:350], np.zeros(50, np.int32),
+                       x[350:], np.zeros(50, np.int32), (4, 4, 1), 1, (0.0, 1.0))
+  fit = atk.FitConfig(batch_size=32, max_epochs=3, patience=1)
+  cfg = protocol.AttackConfig(attackers=("mirrored_decoder", "mlp_decoder"), attacker_fit=fit,
+                              retrain_classifier=False, mlp_hidden=(16,), n_show=2,
+                              n_scatter=10)
+  res, art = protocol.attack_features(data, lambda a: a, cfg, feature_noise=0.2,
+                                      mirrored=atk.MLPDecoder((4, 4, 1), (8,)), name="t")
+  assert set(res["attackers"]) == {"mirrored_decoder", "mlp_decoder"}
+  for m in res["attackers"].values():
+    assert 1 <= m["best_epoch"] <= m["epochs"] <= 3 and np.isfinite(m["mse_sum"])
+  assert res["worst"]["attacker"] in res["attackers"]
+  assert art["rec_mlp_decoder"].shape == (2, 4, 4, 1)

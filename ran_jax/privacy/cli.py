@@ -14,7 +14,9 @@ def define_attack_flags() -> None:
   flags.DEFINE_integer("attack_train_limit", 0,
                        "First N training examples for attackers (0: the whole split).")
   flags.DEFINE_integer("test_limit", 0, "First N test examples (0: all).")
-  flags.DEFINE_integer("attack_max_epochs", 50, "Epoch cap of each early-stopped fit.")
+  flags.DEFINE_integer("attack_max_epochs", 100,
+                       "Epoch cap of each early-stopped fit (a safety net; fits end on a "
+                       "plateau, and a fit that hits the cap is reported as not converged).")
   flags.DEFINE_integer("patience", 3, "Epochs without validation improvement before a cut/stop.")
   flags.DEFINE_list("attackers", list(protocol.ATTACKERS), "Attacker families to train.")
   flags.DEFINE_integer("resnet_width", 64, "Channels of the residual decoder's coarsest stage.")

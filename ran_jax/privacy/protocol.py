@@ -213,13 +213,16 @@ def attack_features(data: Data, encode: Callable, cfg: AttackConfig, *,
       "resnet_decoder": atk.ResNetDecoder(data.input_shape, data.value_range, cfg.resnet_width,
                                           cfg.resnet_blocks),
   }
-  for attacker in TRAINED_ATTACKERS:
-    if attacker not in cfg.attackers or families[attacker] is None:
-      continue
-    f = atk.fit(families[attacker], atk.recon_loss, z_fit, data.x_fit, z_val, data.x_val,
-                cfg.attacker_fit, name=f"{name}/{attacker}", **noise)
-    score(attacker, f.predict(z_test), f.predict, epochs=f.epochs, best_epoch=f.best_epoch,
-          lr_cuts=f.lr_cuts, converged=f.converged)
+  # The decoder families train together: one compiled program over the same batches.
+  trained = [a for a in TRAINED_ATTACKERS if a in cfg.attackers and families[a] is not None]
+  if trained:
+    jobs = [atk.Job(f"{name}/{a}", families[a], atk.recon_loss, "x", cfg.attacker_fit)
+            for a in trained]
+    fitted = atk.fit_group(jobs, z_fit, {"x": data.x_fit}, z_val, {"x": data.x_val}, **noise)
+    for attacker, job in zip(trained, jobs):
+      f = fitted[job.name]
+      score(attacker, f.predict(z_test), f.predict, epochs=f.epochs, best_epoch=f.best_epoch,
+            lr_cuts=f.lr_cuts, converged=f.converged)
   if "ridge" in cfg.attackers:
     z_ridge = add_release_noise(z_fit, sigma, (cfg.seed, 0))
     r = atk.fit_ridge(z_ridge, data.x_fit, z_val, data.x_val, data.value_range)
