@@ -24,7 +24,8 @@ Sized for one lent GPU/TPU and about ten minutes (`bash bench/tasks_accelerator.
 Every step has its own time limit and writes as it goes; OUT/summary.json and
 OUT/summary.md are rewritten after each step, so a run cut short keeps what it measured.
 Exit 0 when every step ran and passed its checks, 1 otherwise. `--tiny` runs the same
-steps with the configs' smoke variants and tiny budgets (seconds on a CPU; the tests use it).
+steps with the configs' smoke variants and tiny budgets, one discriminative/generative pair
+per iteration (k=1, half the compilation), in seconds on a CPU; the tests use it.
 """
 
 from __future__ import annotations
@@ -112,7 +113,7 @@ def cifar_command(a) -> tuple[list, str]:
   if a.cifar_data_dir:
     cmd.append(f"--config.data.data_dir={os.path.abspath(a.cifar_data_dir)}")
   if a.tiny:
-    cmd += ["--config.eval_batch_size=32", "--config.log_every_steps=1"]
+    cmd += ["--config.eval_batch_size=32", "--config.log_every_steps=1", "--config.ran.k=1"]
   return cmd, out
 
 
@@ -161,6 +162,8 @@ def imagenet_command(a, workdir: str) -> tuple[list, bool]:
          f"--config.log_every_steps={max(1, min(10, half // 4))}",
          "--config.checkpoint_every_steps=0", "--config.keep_checkpoints=1",
          "--config.export_deployment=False", "--config.num_epochs=1000"]
+  if a.tiny:
+    cmd.append("--config.ran.k=1")
   if a.imagenet_data_dir:
     cmd.append(f"--config.data.data_dir={os.path.abspath(a.imagenet_data_dir)}")
   else:

@@ -6,6 +6,14 @@ processes that compile the same programs, and on 2 CPU cores compilation is most
 of their time. A cached executable is the same program, so results are unchanged.
 Set RAN_TEST_COMPILATION_CACHE=0 to compile everything afresh.
 
+The tests compile with XLA's backend optimisations off (JAX's own switch,
+JAX_DISABLE_MOST_OPTIMIZATIONS, inherited by the subprocesses): the programs are the same
+HLO, lowered by LLVM without its optimisation passes, which halves compilation, most of
+the suite's time, while the tests' tiny shapes make the slower code cost nothing. Values
+move by float rounding only (a few ulps: no fast-math is on either way). A test that
+compares with numbers recorded under the default level is marked `xla_optimized` and
+compiles as users do; RAN_TEST_XLA_OPTIMIZE=1 runs the whole suite that way.
+
 The README's test command runs the tests in two pytest-xdist workers (`-n 2 --dist
 loadfile`: a file stays on one worker, so its module fixtures are built once). On a
 2-core machine most of a test's time is single-threaded XLA compilation, so two workers
@@ -18,8 +26,16 @@ import shutil
 import sys
 import tempfile
 
-import jax
+import pytest
 
+# Read by JAX when it is imported, and by every subprocess through the environment.
+_OPTIMIZE = os.environ.get("RAN_TEST_XLA_OPTIMIZE", "0") == "1"
+if not _OPTIMIZE:
+  os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "1"
+
+import jax  # noqa: E402
+
+jax.config.update("jax_disable_most_optimizations", not _OPTIMIZE)
 # Must happen before any JAX computation initialises the backend.
 jax.config.update("jax_num_cpu_devices", 4)
 
@@ -41,3 +57,22 @@ if os.environ.get("RAN_TEST_COMPILATION_CACHE", "1") != "0":
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
+
+
+def pytest_configure(config):
+  config.addinivalue_line(
+      "markers", "xla_optimized: compile with XLA's default optimisations (the test compares "
+      "with values recorded under them)")
+
+
+@pytest.fixture(autouse=True)
+def _xla_optimization_level(request):
+  """In-process compilation at XLA's default level for tests marked `xla_optimized`."""
+  if request.node.get_closest_marker("xla_optimized") is None or _OPTIMIZE:
+    yield
+    return
+  jax.config.update("jax_disable_most_optimizations", False)
+  try:
+    yield
+  finally:
+    jax.config.update("jax_disable_most_optimizations", True)

@@ -46,6 +46,7 @@ def _sub(tree, keys):
 # ---------------------------------------------------------------- the paper's RAN is unchanged
 
 
+@pytest.mark.xla_optimized
 def test_defaults_reproduce_the_paper_iteration_recorded_before_the_defences():
   """tests/golden/make_paper_ran_2iter.py, recorded on the code before any defence existed."""
   from tests.golden.make_paper_ran_2iter import paper_ran_state

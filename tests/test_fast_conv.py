@@ -34,6 +34,22 @@ def _rand(seed, shape):
   return jax.random.normal(jax.random.PRNGKey(seed), shape, jnp.float32)
 
 
+def _assert_same_values_and_grads(f, g, a, b):
+  """f(a, b) == g(a, b), and so are the gradients of sum(sin(.)); returns f(a, b).
+
+  Each side is one jitted program computing its values and gradients: one compilation,
+  where executing op by op compiles every operation on its own."""
+
+  def values_and_grads(h):
+    loss = lambda a, b: jnp.sum(jnp.sin(h(a, b)))  # noqa: E731
+    return jax.jit(lambda a, b: (h(a, b), jax.grad(loss, (0, 1))(a, b)))(a, b)
+
+  (yf, gf), (yg, gg) = values_and_grads(f), values_and_grads(g)
+  chex.assert_trees_all_close(yf, yg, atol=1e-5, rtol=1e-5)
+  chex.assert_trees_all_close(gf, gg, atol=1e-4, rtol=1e-4)
+  return yf
+
+
 @pytest.mark.parametrize("xshape,kernel,strides,padding", [
     ((2, 9, 9, 3), (5, 5), (1, 1), "SAME"),
     ((2, 9, 9, 3), (5, 5), (1, 1), "VALID"),
@@ -51,10 +67,7 @@ def test_conv2d_matches_lax(xshape, kernel, strides, padding, method):
   def f_xla(x, w):
     return lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=DN)
 
-  chex.assert_trees_all_close(f_fast(x, w), f_xla(x, w), atol=1e-5, rtol=1e-5)
-  loss = lambda f: lambda x, w: jnp.sum(jnp.sin(f(x, w)))  # noqa: E731
-  chex.assert_trees_all_close(jax.grad(loss(f_fast), (0, 1))(x, w),
-                              jax.grad(loss(f_xla), (0, 1))(x, w), atol=1e-4, rtol=1e-4)
+  _assert_same_values_and_grads(f_fast, f_xla, x, w)
 
 
 @pytest.mark.parametrize("n,k,s,pad,c", [
@@ -81,11 +94,8 @@ def test_conv_transpose_cropped_matches_flax(n, k, s, pad, c):
   def f_fast(z, w):
     return fast_conv.conv_transpose_cropped(z, w, s, lo, n)
 
-  chex.assert_shape(f_fast(z, w), (2,) + n + (c,))
-  chex.assert_trees_all_close(f_fast(z, w), f_xla(z, w), atol=1e-5, rtol=1e-5)
-  loss = lambda f: lambda z, w: jnp.sum(jnp.sin(f(z, w)))  # noqa: E731
-  chex.assert_trees_all_close(jax.grad(loss(f_fast), (0, 1))(z, w),
-                              jax.grad(loss(f_xla), (0, 1))(z, w), atol=1e-4, rtol=1e-4)
+  y = _assert_same_values_and_grads(f_fast, f_xla, z, w)
+  chex.assert_shape(y, (2,) + n + (c,))
 
 
 @pytest.mark.parametrize("n,pool,k,lo,t", [
@@ -106,11 +116,8 @@ def test_unpool_conv_transpose_equals_unpool_then_conv(n, pool, k, lo, t):
   def f_fold(z, w):
     return fast_conv.unpool_conv_transpose_cropped(z, w, pool, lo, t)
 
-  chex.assert_shape(f_fold(z, w), (2,) + t + (2,))
-  chex.assert_trees_all_close(f_fold(z, w), f_ref(z, w), atol=1e-5, rtol=1e-5)
-  loss = lambda f: lambda z, w: jnp.sum(jnp.sin(f(z, w)))  # noqa: E731
-  chex.assert_trees_all_close(jax.grad(loss(f_fold), (0, 1))(z, w),
-                              jax.grad(loss(f_ref), (0, 1))(z, w), atol=1e-4, rtol=1e-4)
+  y = _assert_same_values_and_grads(f_fold, f_ref, z, w)
+  chex.assert_shape(y, (2,) + t + (2,))
 
 
 def test_conv_method_choice():

@@ -68,19 +68,27 @@ def test_outputs_written(reference):
   assert json.load(open(wd / "config.json"))["ran"]["k"] == 3
 
 
-def test_resume_continues_bit_identical(reference, tmp_path):
-  wd = tmp_path / "wd"
+@pytest.fixture(scope="module")
+def six_steps(tmp_path_factory):
+  """The same run stopped by max_steps=6 on 4 devices (each test resumes a copy)."""
+  wd = tmp_path_factory.mktemp("six")
   _ok(run_train([SMOKE, f"--workdir={wd}", *LONG[:-2], "--config.max_steps=6"], devices(4)))
   assert load_trained(str(wd)).meta["step"] == 6
+  return wd
+
+
+def test_resume_continues_bit_identical(reference, six_steps, tmp_path):
+  wd = tmp_path / "wd"
+  shutil.copytree(six_steps, wd)
   r = _ok(run_train([SMOKE, f"--workdir={wd}", *LONG], devices(4)))
   assert "Resumed from" in r.stderr and "at step 6" in r.stderr
   chex.assert_trees_all_equal(_params(wd), _params(reference))
 
 
-def test_resume_on_a_different_device_count(tmp_path):
+def test_resume_on_a_different_device_count(six_steps, tmp_path):
   """A 4-device checkpoint restores exactly onto a 2-device mesh and training goes on."""
   wd = tmp_path / "wd"
-  _ok(run_train([SMOKE, f"--workdir={wd}", *LONG[:-2], "--config.max_steps=6"], devices(4)))
+  shutil.copytree(six_steps, wd)
   saved = _params(wd)
   shutil.rmtree(wd / "export")
   r = _ok(run_train([SMOKE, f"--workdir={wd}", *LONG[:-2], "--config.max_steps=6"], devices(2)))
