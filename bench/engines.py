@@ -90,7 +90,10 @@ class JaxEngine:
 
   def __init__(self, config, mesh, input_spec: InputSpec, host_batch: dict,
                per_stage: bool = False):
-    self.program = build_program(config, mesh, input_spec)
+    # A schedule's length changes the learning-rate values, not the work that is timed.
+    steps = int(config.get("max_steps", -1))
+    self.program = build_program(config, mesh, input_spec,
+                                 total_steps=steps if steps > 0 else 1000)
     self.k = int(config.ran.k)
     self.batch = parallel.to_global(host_batch, mesh)
     self.state = self.program.create_state(config.seed)
