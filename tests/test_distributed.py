@@ -17,6 +17,8 @@ import pytest
 from ran_jax.export import load_trained
 from tests.helpers import ROOT, run_train
 
+pytestmark = pytest.mark.slow
+
 ARGS = ["--config=configs/digits_lenet.py:smoke", "--config.max_steps=1", "--config.num_epochs=2"]
 
 
