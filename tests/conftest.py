@@ -17,7 +17,11 @@ compiles as users do; RAN_TEST_XLA_OPTIMIZE=1 runs the whole suite that way.
 The README's test command runs the tests in two pytest-xdist workers (`-n 2 --dist
 loadfile`: a file stays on one worker, so its module fixtures are built once). On a
 2-core machine most of a test's time is single-threaded XLA compilation, so two workers
-finish in about half the time.
+finish in about half the time. The files that take longest are handed out first
+(`_LONGEST_FIRST`), so that the short ones fill the gaps at the end.
+
+`-m "not slow"` leaves out the end-to-end tests (train.py, the notebook and the bench
+commands as subprocesses, and the tests of a module fixture that trains) for a quick run.
 """
 
 import atexit
@@ -59,10 +63,28 @@ if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
 
+# Test files by their CPU time, longest first (measured with the suite on 2 cores); the rest
+# follow in their usual order.
+_LONGEST_FIRST = ("test_train_e2e.py", "test_paper_tasks.py", "test_fast_conv.py",
+                  "test_packaging.py", "test_defences.py", "test_distributed.py",
+                  "test_fused.py", "test_deploy.py", "test_stages.py")
+
+
 def pytest_configure(config):
   config.addinivalue_line(
       "markers", "xla_optimized: compile with XLA's default optimisations (the test compares "
       "with values recorded under them)")
+  config.addinivalue_line(
+      "markers", "slow: end to end (subprocesses, a notebook, a trained module fixture); "
+      "`-m 'not slow'` for a quick local run")
+  if hasattr(config.option, "loadscopereorder"):
+    # pytest-xdist would hand out files by their number of tests; keep the order below.
+    config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(config, items):
+  rank = {name: i for i, name in enumerate(_LONGEST_FIRST)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: files stay whole
 
 
 @pytest.fixture(autouse=True)

@@ -26,6 +26,8 @@ from ran_jax import deploy, export, input_pipeline, losses, trainer  # noqa: E40
 from ran_jax.models import build_models  # noqa: E402
 from tests.helpers import ROOT  # noqa: E402
 
+pytestmark = pytest.mark.slow  # the module fixture trains
+
 SIGMA = 0.5
 
 

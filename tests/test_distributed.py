@@ -17,6 +17,8 @@ import pytest
 from ran_jax.export import load_trained
 from tests.helpers import ROOT, run_train
 
+pytestmark = pytest.mark.slow
+
 # Algorithm 1 as published (':paper': constant rates, no weight averaging): what is compared
 # is the data-parallel computation, not the schedule (test_train_e2e covers resuming that).
 ARGS = ["--config=configs/digits_lenet.py:paper,smoke", "--config.max_steps=1",

@@ -172,6 +172,7 @@ def test_notebook_is_committed_without_outputs():
   assert code and all(not c["outputs"] and c["execution_count"] is None for c in code)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_quickstart_notebook_runs(tmp_path, monkeypatch):
   """The notebook, headless: trains, attacks, exports and runs the encoder in LiteRT."""

@@ -20,6 +20,7 @@ from bench import paper_tasks
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 def test_tasks_tiny_end_to_end(tmp_path):
   manual = data_fakes.write_cifar10_jpg(tmp_path / "cifar", per_class_train=4, per_class_test=2)
   out = tmp_path / "out"

@@ -19,6 +19,8 @@ import pytest
 from ran_jax.export import load_trained
 from tests.helpers import ROOT, run_train
 
+pytestmark = pytest.mark.slow
+
 SMOKE = "--config=configs/digits_lenet.py:smoke"
 LONG = ["--config.num_epochs=4", "--config.max_steps=12", "--config.checkpoint_every_steps=1",
         "--config.keep_checkpoints=3"]
