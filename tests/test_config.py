@@ -208,6 +208,22 @@ def test_smoke_variant_and_unknown_variant():
   assert common.get_base_config().ran.recon_reduction == "sum"
 
 
+def test_paper_variant_is_algorithm_1_as_published():
+  """':paper' removes everything the shipped configs add to the game's end, for every task."""
+  import glob
+  import importlib
+
+  base = common.get_base_config().ran
+  fields = ("schedule", "lr_warmup_steps", "lr_floor", "ema_decay", "target_psnr")
+  assert digits_lenet.get_config().ran.target_psnr > 0      # the shipped end: capped push
+  for p in glob.glob(os.path.join(ROOT, "configs", "*.py")):
+    name = os.path.basename(p)[:-3]
+    if name in ("common", "__init__"):
+      continue
+    ran = importlib.import_module(f"configs.{name}").get_config("paper").ran
+    assert {f: ran[f] for f in fields} == {f: base[f] for f in fields}, name
+
+
 # ---------------------------------------------------------------- through train.py
 # Few: each subprocess that reaches the trainer costs ~10 s on a 2-core machine.
 

@@ -37,11 +37,13 @@ def stable_end(c: ml_collections.ConfigDict, ema_decay: float = 0.99,
 
 
 def apply_paper(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """Algorithm 1 as published: constant learning rates, the last weights evaluated."""
+  """Algorithm 1 as published: constant learning rates, the last weights evaluated, and
+  the adversarial push never capped."""
   c.ran.schedule = "constant"
   c.ran.lr_warmup_steps = 0
   c.ran.lr_floor = 0.0
   c.ran.ema_decay = 0.0
+  c.ran.target_psnr = 0.0
   return c
 
 
