@@ -107,6 +107,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.ran.reinit_every_steps = 0  # >0: re-initialise every decoder (and its Adam state) this often
   c.ran.target_psnr = 0.0      # >0 dB: stop pushing once the strongest decoder's PSNR is below it
   c.ran.compactness = 0.0      # weight (>= 0) of the within-class feature variance penalty
+  # weight (>= 0) of the attribute entanglement penalty (losses.attribute_entanglement): the
+  # features' soft nearest neighbours pushed to share the attribute no more than chance
+  # does. Needs data.attribute. Its temperature (> 0) is relative to the batch's mean distance.
+  c.ran.entangle = 0.0
+  c.ran.entangle_temperature = 0.1
   # The attribute game (docs/privacy_identity.md): attribute heads on the released features
   # trained beside the decoders, and the encoder pushed to confuse them. Needs data.attribute.
   c.ran.attribute_weight = 0.0  # >= 0; weight of the heads' confusion loss in O_a (0: off)
@@ -316,6 +321,8 @@ def _rules() -> dict[str, Rule]:
       "ran.target_psnr": _number(0.0, text="0 (off) or a finite number of dB > 0"),
       "ran.compactness": _number(0.0),
       "ran.attribute_weight": _number(0.0),
+      "ran.entangle": _number(0.0),
+      "ran.entangle_temperature": _number(0.0, lo_open=True),
       "ran.attribute_heads": ((lambda v: _names_from(ATTRIBUTE_HEADS)[0](v) and len(v) > 0),
                               f"a non-empty tuple of names from {list(ATTRIBUTE_HEADS)}, "
                               "without duplicates"),
@@ -377,6 +384,12 @@ def validate_config(config, num_devices: int | None = None) -> None:
   weight = values.get("ran.attribute_weight")
   if _is_number(weight) and weight > 0 and not values.get("data.attribute"):
     problems.append(f"ran.attribute_weight={weight!r}: the attribute game needs a sensitive "
+                    "attribute in the data; set data.attribute (e.g. 'subject' for uci_har, "
+                    "'speaker' for spoken_digit).")
+
+  weight = values.get("ran.entangle")
+  if _is_number(weight) and weight > 0 and not values.get("data.attribute"):
+    problems.append(f"ran.entangle={weight!r}: the entanglement penalty needs a sensitive "
                     "attribute in the data; set data.attribute (e.g. 'subject' for uci_har, "
                     "'speaker' for spoken_digit).")
 

@@ -321,10 +321,27 @@ def attribute_logits(models, params, z):
 # it updates; a frozen network's parameters *and* statistics stay bit-identical.
 
 
+def feature_penalties(z, batch, models: RANModels, *, compactness: float = 0.0,
+                      entangle: float = 0.0, entangle_temperature: float = 0.1):
+  """The penalties on the features before the release noise (0.0 when both are off):
+  compactness x the within-class variance, entangle x the attribute entanglement of the
+  standardised features (`losses.attribute_entanglement`)."""
+  loss = 0.0
+  if compactness:
+    loss = loss + compactness * losses.within_class_variance(z, batch["label"],
+                                                            models.num_classes)
+  if entangle:
+    loss = loss + entangle * losses.attribute_entanglement(
+        standardise(z), _attributes(batch), entangle_temperature)
+  return loss
+
+
 def discriminative_step(state: TrainState, batch, *, models: RANModels,
-                        optimizer: optax.GradientTransformation, compactness: float = 0.0):
+                        optimizer: optax.GradientTransformation, compactness: float = 0.0,
+                        entangle: float = 0.0, entangle_temperature: float = 0.1):
   """Line 5 of Algorithm 1: update theta_e, theta_c minimising O_d (Eq. 2).
 
+  Plus the feature penalties (`feature_penalties`) when set.
   Reports only what the update computes (no decoder pass).
   """
   x, y = batch["image"], batch["label"]
@@ -335,8 +352,10 @@ def discriminative_step(state: TrainState, batch, *, models: RANModels,
     logits = classify(models, ec["classifier"], release(models, z, _noise_key(rng)), True, rng)
     ce = losses.cross_entropy(logits, y)
     loss = ce
-    if compactness:
-      loss = ce + compactness * losses.within_class_variance(z, y, models.num_classes)
+    if compactness or entangle:
+      loss = ce + feature_penalties(z, batch, models, compactness=compactness,
+                                    entangle=entangle,
+                                    entangle_temperature=entangle_temperature)
     return loss, (enc_stats, logits, ce)
 
   ec = _ec(state.params)
@@ -408,7 +427,8 @@ def adversarial_step(state: TrainState, batch, *, models: RANModels,
                      recon_reduction: str = "sum", adversary_reduce: str = "min",
                      softmin_temperature: float = 1.0, warmup_steps: int = 0,
                      target_recon: float | None = None, compactness: float = 0.0,
-                     attribute_weight: float = 0.0):
+                     attribute_weight: float = 0.0, entangle: float = 0.0,
+                     entangle_temperature: float = 0.1):
   """Line 8 of Algorithm 1: update theta_e, theta_c minimising O_a (Eq. 4), decoders frozen.
 
   The reconstruction term is the strongest decoder's error (`strongest`), capped at
@@ -437,8 +457,10 @@ def adversarial_step(state: TrainState, batch, *, models: RANModels,
     if warmup_steps:
       term = term * (state.step >= warmup_steps).astype(term.dtype)
     loss = losses.adversarial_objective(ce, term, lam)
-    if compactness:
-      loss = loss + compactness * losses.within_class_variance(z, y, models.num_classes)
+    if compactness or entangle:
+      loss = loss + feature_penalties(z, batch, models, compactness=compactness,
+                                      entangle=entangle,
+                                      entangle_temperature=entangle_temperature)
     confusion = None
     if use_attr:
       heads = attribute_logits(models, state.params, z)
@@ -546,9 +568,12 @@ def bind_stages(models: RANModels, optimizers, ran_config) -> StageFns:
   red = ran_config.recon_reduction
   compact = float(ran_config.get("compactness", 0.0))
   every = int(ran_config.get("reinit_every_steps", 0))
+  penalties = dict(compactness=compact,
+                   entangle=float(ran_config.get("entangle", 0.0) or 0.0),
+                   entangle_temperature=float(ran_config.get("entangle_temperature", 0.1)))
   return StageFns(
       disc=functools.partial(discriminative_step, models=models, optimizer=optimizers["disc"],
-                             compactness=compact),
+                             **penalties),
       gen=functools.partial(generative_step, models=models, optimizer=optimizers["gen"],
                             recon_reduction=red),
       adv=functools.partial(
@@ -558,7 +583,7 @@ def bind_stages(models: RANModels, optimizers, ran_config) -> StageFns:
           softmin_temperature=float(ran_config.get("softmin_temperature", 1.0)),
           warmup_steps=int(ran_config.get("warmup_steps", 0)),
           target_recon=target_recon_error(ran_config, models.input_shape, models.value_range),
-          compactness=compact,
+          **penalties,
           attribute_weight=float(ran_config.get("attribute_weight", 0.0) or 0.0)),
       reinit=(functools.partial(reinit_decoders, models=models, optimizer=optimizers["gen"],
                                 every=every) if every > 0 else None),

@@ -95,6 +95,8 @@ BAD_VALUES = [
     ("ran.target_psnr", -1.0, "0 (off) or a finite number of dB > 0"),
     ("ran.compactness", -0.5, "a finite number >= 0"),
     ("ran.attribute_weight", -1.0, "a finite number >= 0"),
+    ("ran.entangle", -1.0, "a finite number >= 0"),
+    ("ran.entangle_temperature", 0.0, "a finite number > 0"),
     ("ran.attribute_heads", (), "a non-empty tuple of names from ['linear', 'mlp']"),
     ("ran.attribute_heads", ("svm",), "a non-empty tuple of names from ['linear', 'mlp']"),
     ("ran.attribute_hidden", (0,), "a tuple of positive integers (hidden widths"),
@@ -199,6 +201,13 @@ def test_task_configs_validate():
   for name in names:
     for arg in (None, "smoke"):
       validate_config(importlib.import_module(f"configs.{name}").get_config(arg))
+
+
+def test_entanglement_needs_an_attribute():
+  with pytest.raises(ConfigError, match="ran.entangle=1.0: the entanglement penalty needs"):
+    validate_config(_cfg(ran__entangle=1.0), num_devices=1)
+  validate_config(_cfg(ran__entangle=1.0, data__name="uci_har", data__attribute="subject"),
+                  num_devices=1)
 
 
 def test_smoke_variant_and_unknown_variant():
