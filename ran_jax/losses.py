@@ -72,33 +72,37 @@ def within_class_variance(z, labels, num_classes: int):
   return jnp.mean(jnp.square(z - onehot @ means))
 
 
-def attribute_entanglement(zs, attributes, temperature: float = 0.1):
-  """How far each example's soft nearest neighbours over-share its attribute (>= 0).
+def attribute_entanglement(zs, attributes, labels, temperature: float = 0.1):
+  """How far each example's soft nearest neighbours of its class over-share its attribute.
 
-  zs: features [B, D], standardised over the batch; attributes: int ids [B]. Example i
-  weighs every other example j by softmax_j(-d_ij / (temperature x mean d)), d the mean
-  squared difference per feature, so the weights follow its nearest neighbours (the mean
-  distance carries no gradient: shrinking every feature does not help). p_i is the weight
-  on examples of i's own attribute, b_i the share of those in the rest of the batch. The
-  loss is the mean binary KL(b_i || p_i): zero exactly when the neighbourhoods are no
-  likelier than the batch to share the attribute, which is what a kNN attacker reads
-  (the soft nearest-neighbour loss of Frosst et al. 2019, pushed to its chance value
-  rather than maximised, so that "far" does not become a sign of "same").
+  zs: features [B, D], standardised over the batch; attributes, labels: int ids [B].
+  Example i weighs every other example j *of its own class* by
+  softmax_j(-d_ij / (temperature x mean d)), d the mean squared difference per feature, so
+  the weights follow its nearest same-class neighbours (the mean distance carries no
+  gradient: shrinking every feature does not help). p_i is the weight on examples of i's
+  own attribute, b_i the share of those among i's classmates in the batch. The loss is
+  the mean of (p_i - b_i)^2 over examples with a classmate, in [0, 1] (a KL divergence
+  here is unbounded as p_i -> 1 and its gradient swamped the task's): zero exactly when the
+  neighbourhoods inside a class are no likelier than the class to share the attribute,
+  which is what a kNN attacker reads. It is the soft nearest-neighbour loss of Frosst et
+  al. 2019, pushed to its chance value rather than maximised (so "far" does not become a
+  sign of "same") and kept inside each class (across classes it would pull the classes
+  together and cost the task its accuracy).
   """
   zs = zs.reshape(zs.shape[0], -1).astype(jnp.float32)
   b_size, dim = zs.shape
   sq = jnp.sum(zs * zs, axis=1)
   d2 = jnp.maximum(sq[:, None] + sq[None, :] - 2.0 * zs @ zs.T, 0.0) / dim
   eye = jnp.eye(b_size, dtype=bool)
+  mates = jnp.logical_and(labels[:, None] == labels[None, :], ~eye)
   scale = jax.lax.stop_gradient(jnp.sum(jnp.where(eye, 0.0, d2)) / (b_size * (b_size - 1)))
-  logits = jnp.where(eye, -jnp.inf, -d2 / (temperature * scale + 1e-12))
-  w = jax.nn.softmax(logits, axis=1)
-  same = jnp.logical_and(attributes[:, None] == attributes[None, :], ~eye)
-  p = jnp.clip(jnp.sum(jnp.where(same, w, 0.0), axis=1), 1e-6, 1.0 - 1e-6)
-  b = jnp.sum(same, axis=1) / (b_size - 1)
-  kl = (jax.scipy.special.xlogy(b, b) - b * jnp.log(p)
-        + jax.scipy.special.xlogy(1.0 - b, 1.0 - b) - (1.0 - b) * jnp.log1p(-p))
-  return jnp.mean(kl)
+  logits = jnp.where(mates, -d2 / (temperature * scale + 1e-12), -jnp.inf)
+  has = jnp.any(mates, axis=1)
+  w = jax.nn.softmax(jnp.where(has[:, None], logits, 0.0), axis=1)
+  same = jnp.logical_and(attributes[:, None] == attributes[None, :], mates)
+  p = jnp.sum(jnp.where(same, w, 0.0), axis=1)
+  b = jnp.sum(same, axis=1) / jnp.maximum(jnp.sum(mates, axis=1), 1)
+  return jnp.sum(jnp.where(has, jnp.square(p - b), 0.0)) / jnp.maximum(jnp.sum(has), 1)
 
 
 def confusion_loss(logits):

@@ -325,14 +325,14 @@ def feature_penalties(z, batch, models: RANModels, *, compactness: float = 0.0,
                       entangle: float = 0.0, entangle_temperature: float = 0.1):
   """The penalties on the features before the release noise (0.0 when both are off):
   compactness x the within-class variance, entangle x the attribute entanglement of the
-  standardised features (`losses.attribute_entanglement`)."""
+  standardised features within each class (`losses.attribute_entanglement`)."""
   loss = 0.0
   if compactness:
     loss = loss + compactness * losses.within_class_variance(z, batch["label"],
                                                             models.num_classes)
   if entangle:
     loss = loss + entangle * losses.attribute_entanglement(
-        standardise(z), _attributes(batch), entangle_temperature)
+        standardise(z), _attributes(batch), batch["label"], entangle_temperature)
   return loss
 
 

@@ -145,23 +145,32 @@ def test_recommended_har_config_trains_end_to_end_with_the_game(tmp_path):
 def test_entanglement_is_chance_level_zero_and_high_for_attribute_clusters():
   rng = np.random.default_rng(0)
   attr = jnp.asarray(np.arange(64) % 4, jnp.int32)
+  labels = jnp.asarray(np.arange(64) // 32, jnp.int32)          # two classes of 32
   centres = rng.normal(0, 1, (4, 8))
   clustered = stages.standardise(jnp.asarray(centres[np.arange(64) % 4]
                                              + 0.05 * rng.normal(0, 1, (64, 8)), jnp.float32))
   mixed = stages.standardise(jnp.asarray(rng.normal(0, 1, (64, 8)), jnp.float32))
-  high = float(losses.attribute_entanglement(clustered, attr, 0.1))
-  low = float(losses.attribute_entanglement(mixed, attr, 0.1))
+  high = float(losses.attribute_entanglement(clustered, attr, labels, 0.1))
+  low = float(losses.attribute_entanglement(mixed, attr, labels, 0.1))
   chex.assert_tree_all_finite((high, low))
-  assert high > 1.0 > 0.2 > low >= 0.0
+  assert high > 0.3 > 0.05 > low >= 0.0
   # Soft neighbours that share the attribute exactly as often as the batch: zero.
   flat = jnp.zeros((8, 4), jnp.float32)
-  assert float(losses.attribute_entanglement(flat, attr[:8], 0.1)) == pytest.approx(0.0, abs=1e-4)
+  assert float(losses.attribute_entanglement(flat, attr[:8], labels[:8], 0.1)) == pytest.approx(0.0, abs=1e-4)
   # Its gradient pulls the examples of different attributes together: descending it mixes them.
   z = clustered
   for _ in range(50):
     z = z - 0.5 * jax.grad(lambda v: losses.attribute_entanglement(stages.standardise(v), attr,
-                                                                   0.1))(z)
-  assert float(losses.attribute_entanglement(stages.standardise(z), attr, 0.1)) < 0.5 * high
+                                                                   labels, 0.1))(z)
+  assert float(losses.attribute_entanglement(stages.standardise(z), attr, labels, 0.1)) < 0.5 * high
+  # Only classmates count: an attribute that coincides with the class costs nothing.
+  by_class = stages.standardise(jnp.asarray(centres[np.arange(64) // 32]
+                                            + 0.05 * rng.normal(0, 1, (64, 8)), jnp.float32))
+  assert float(losses.attribute_entanglement(by_class, labels, labels, 0.1)) == pytest.approx(
+      0.0, abs=1e-4)
+  # An example without a classmate in the batch adds nothing (and no NaN).
+  lone = losses.attribute_entanglement(mixed[:3], attr[:3], jnp.asarray([0, 1, 2]), 0.1)
+  assert float(lone) == 0.0
 
 
 def test_entanglement_in_the_disc_and_adv_stages(game):
@@ -172,13 +181,14 @@ def test_entanglement_in_the_disc_and_adv_stages(game):
   on = stages.bind_stages(models, opts, c.ran)
   assert on.disc.keywords["entangle"] == on.adv.keywords["entangle"] == 2.0
   off = stages.bind_stages(models, opts, _config().ran)
+  batch = {**game["batch"], "label": jnp.asarray(np.arange(16) % 2, jnp.int32)}  # 8 classmates
   for name in ("disc", "adv"):
-    s_on, m_on = jax.jit(getattr(on, name))(state, game["batch"])
-    s_off, m_off = jax.jit(getattr(off, name))(state, game["batch"])
+    s_on, m_on = jax.jit(getattr(on, name))(state, batch)
+    s_off, m_off = jax.jit(getattr(off, name))(state, batch)
     assert float(m_on[f"{name}/loss"]) > float(m_off[f"{name}/loss"])   # the penalty is in it
     delta = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), s_on.params["encoder"],
                          s_off.params["encoder"])
     assert max(jax.tree.leaves(delta)) > 0
-  batch = {k: v for k, v in game["batch"].items() if k != "attribute"}
+  batch = {k: v for k, v in batch.items() if k != "attribute"}
   with pytest.raises(ValueError, match="set data.attribute"):
     on.disc(state, batch)
