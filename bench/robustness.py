@@ -118,9 +118,29 @@ def one_run(args, seed, impl) -> dict:
       _run(cmd, log_path, args.timeout)
     with open(result_path) as f:
       res = json.load(f)
-    rec.update(worst_attacker=res["worst"]["attacker"], worst_mse_sum=res["worst"]["mse_sum"],
-               attack_accuracy=res.get("accuracy"))
+    rec.update(attack_figures(res))
   return rec
+
+
+def attack_figures(res: dict) -> dict:
+  """The worst cases of one `ran_jax.attack` result.json: reconstruction (one release and,
+  for a noisy release, the clean-feature limit) and identity (one release, N releases of
+  a person, the clean features), for whichever of them the attack ran."""
+  out = {}
+  if "worst" in res:
+    out.update(worst_attacker=res["worst"]["attacker"], worst_mse_sum=res["worst"]["mse_sum"],
+               attack_accuracy=res.get("accuracy"))
+    clean = (res.get("releases") or {}).get("clean")
+    if clean:
+      out["worst_clean_mse_sum"] = clean["worst"]["mse_sum"]
+  settings = (res.get("identity") or {}).get("settings", {})
+  if "single" in settings:
+    out["identity_single"] = settings["single"]["worst"]["top1"]
+    if settings["single"].get("person"):
+      out["identity_person"] = settings["single"]["person"]["top1"]
+  if "clean" in settings:
+    out["identity_clean"] = settings["clean"]["worst"]["top1"]
+  return out
 
 
 def spread(values) -> dict:
@@ -129,15 +149,21 @@ def spread(values) -> dict:
           "range": max(values) - min(values), "n": len(values)}
 
 
+ATTACK_FIGURES = ("worst_mse_sum", "worst_clean_mse_sum", "identity_single", "identity_person",
+                  "identity_clean")
+
+
 def summarize(runs) -> dict:
   out = {k: spread([r[k] for r in runs])
          for k in ("final_accuracy", "best_epoch_accuracy", "end_minus_best") if runs}
-  if runs and "worst_mse_sum" in runs[0]:
-    out["worst_mse_sum"] = spread([r["worst_mse_sum"] for r in runs])
+  for k in ATTACK_FIGURES:
+    if runs and all(k in r for r in runs):
+      out[k] = spread([r[k] for r in runs])
   return out
 
 
 def write_report(args, runs, summary):
+  shown = [k for k in ATTACK_FIGURES if any(k in r for r in runs)]
   report = {"config": args.config, "overrides": args.set, "seeds": args.seeds,
             "conv_impls": args.conv_impls, "runs": runs, "summary": summary}
   with open(os.path.join(args.out, "robustness.json"), "w") as f:
@@ -148,13 +174,11 @@ def write_report(args, runs, summary):
            "epoch = the highest per-epoch test accuracy, shown only to measure the end's "
            "distance from it (nothing is chosen by it).", "",
            "| run | final accuracy | best epoch | end - best |"
-           + (" worst attacker | worst mse_sum |" if args.attack else ""),
-           "|---|---|---|---|" + ("---|---|" if args.attack else "")]
+           + "".join(f" {k} |" for k in shown), "|---|---|---|---|" + "---|" * len(shown)]
   for r in runs:
     row = (f"| {r['run']} | {r['final_accuracy']:.4f} | {r['best_epoch_accuracy']:.4f} | "
            f"{r['end_minus_best']:+.4f} |")
-    if args.attack:
-      row += f" {r['worst_attacker']} | {r['worst_mse_sum']:.4g} |"
+    row += "".join(f" {r[k]:.4g} |" if k in r else " - |" for k in shown)
     lines.append(row)
   lines += ["", "| figure | min | median | max |", "|---|---|---|---|"]
   for k, s in summary.items():
@@ -179,7 +203,7 @@ def main(argv=None) -> int:
       write_report(args, runs, summary)
       r = runs[-1]
       print(f"{r['run']}: final {r['final_accuracy']:.4f} best {r['best_epoch_accuracy']:.4f}"
-            + (f" worst {r['worst_mse_sum']:.4g}" if args.attack else ""), flush=True)
+            + "".join(f" {k} {r[k]:.4g}" for k in ATTACK_FIGURES if k in r), flush=True)
   if runs:
     for k, s in summarize(runs).items():
       print(f"{k}: min {s['min']:.4f} median {s['median']:.4f} max {s['max']:.4f}")

@@ -164,3 +164,36 @@ def test_torch_attackers_are_the_jax_architectures(family):
   w0 = [p.detach().clone() for p in tm.parameters()]
   val = ta.TorchAttacker(tm, z, x, zv, xv, noise=ab.NOISE).epoch(np.arange(16).reshape(2, 8))
   assert np.isfinite(val) and all(not torch.equal(a, b) for a, b in zip(w0, tm.parameters()))
+
+
+# ---------------------------------------------------------------- robustness
+
+
+def test_robustness_attack_figures_and_report(tmp_path):
+  """The worst cases read from an attack's result.json, and the report over runs."""
+  from bench import robustness
+
+  res = {"accuracy": 0.98, "worst": {"attacker": "mlp_decoder", "mse_sum": 39.7},
+         "releases": {"clean": {"worst": {"attacker": "ridge", "mse_sum": 38.1}}},
+         "identity": {"settings": {
+             "single": {"worst": {"top1": 0.05}, "person": {"top1": 0.06}},
+             "clean": {"worst": {"top1": 0.17}}}}}
+  fig = robustness.attack_figures(res)
+  assert fig == {"worst_attacker": "mlp_decoder", "worst_mse_sum": 39.7, "attack_accuracy": 0.98,
+                 "worst_clean_mse_sum": 38.1, "identity_single": 0.05, "identity_person": 0.06,
+                 "identity_clean": 0.17}
+  # An identity-only attack (--noreconstruction) has no reconstruction figures.
+  assert set(robustness.attack_figures({"identity": res["identity"]})) == {
+      "identity_single", "identity_person", "identity_clean"}
+  runs = [dict(run=f"seed{i}_fast", final_accuracy=0.9 + i / 100, best_epoch_accuracy=0.95,
+               end_minus_best=i / 100 - 0.05, **fig) for i in range(3)]
+  summary = robustness.summarize(runs)
+  acc = summary["final_accuracy"]
+  assert (acc["min"], acc["median"], acc["max"], acc["n"]) == (0.9, 0.91, 0.92, 3)
+  assert acc["range"] == pytest.approx(0.02)
+  assert summary["identity_clean"]["max"] == 0.17
+  args = robustness.parse_args(["--config=configs/digits_lenet.py", f"--out={tmp_path}",
+                                "--seeds=0,1,2", "--conv_impls=fast", "--attack"])
+  robustness.write_report(args, runs, summary)
+  md = (tmp_path / "robustness.md").read_text()
+  assert "| seed2_fast | 0.9200 |" in md and "identity_clean" in md and "| 0.17 |" in md
