@@ -223,6 +223,13 @@ def test_new_knobs(npz_path):
   assert search.knob_value(0.25, "ran.attribute_weight", 0.0, 8.0) == 2.0
   cfg.ran.attribute_weight = 1.0   # the reference plays no game
   assert search.reference_overrides(cfg)["ran.attribute_weight"] == 0.0
+  cfg.ran.entangle = 2.0          # nor the entanglement penalty
+  assert search.reference_overrides(cfg)["ran.entangle"] == 0.0
+  assert search.check_args(cfg, "ran.entangle", None, None, 0.005, 6, 0.1,
+                           objective="identity") == (0.0, 8.0)
+  with pytest.raises(ConfigError, match="needs a sensitive attribute"):
+    search.check_args(digits_lenet.get_config("smoke"), "ran.entangle", None, None,
+                      0.005, 6, 0.1)
   assert "ran.attribute_weight" not in search.reference_overrides(config_with_attribute(npz_path))
 
 
