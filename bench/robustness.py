@@ -146,7 +146,7 @@ def attack_figures(res: dict) -> dict:
 def spread(values) -> dict:
   values = [float(v) for v in values]
   return {"min": min(values), "median": statistics.median(values), "max": max(values),
-          "range": max(values) - min(values), "n": len(values)}
+          "mean": statistics.fmean(values), "range": max(values) - min(values), "n": len(values)}
 
 
 ATTACK_FIGURES = ("worst_mse_sum", "worst_clean_mse_sum", "identity_single", "identity_person",
@@ -180,9 +180,10 @@ def write_report(args, runs, summary):
            f"{r['end_minus_best']:+.4f} |")
     row += "".join(f" {r[k]:.4g} |" if k in r else " - |" for k in shown)
     lines.append(row)
-  lines += ["", "| figure | min | median | max |", "|---|---|---|---|"]
+  lines += ["", "| figure | min | median | max | mean | range |", "|---|---|---|---|---|---|"]
   for k, s in summary.items():
-    lines.append(f"| {k} | {s['min']:.4g} | {s['median']:.4g} | {s['max']:.4g} |")
+    lines.append(f"| {k} | {s['min']:.4g} | {s['median']:.4g} | {s['max']:.4g} | "
+                 f"{s['mean']:.4g} | {s['range']:.4g} |")
   with open(os.path.join(args.out, "robustness.md"), "w") as f:
     f.write("\n".join(lines) + "\n")
 

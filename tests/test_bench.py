@@ -190,7 +190,7 @@ def test_robustness_attack_figures_and_report(tmp_path):
   summary = robustness.summarize(runs)
   acc = summary["final_accuracy"]
   assert (acc["min"], acc["median"], acc["max"], acc["n"]) == (0.9, 0.91, 0.92, 3)
-  assert acc["range"] == pytest.approx(0.02)
+  assert acc["range"] == pytest.approx(0.02) and acc["mean"] == pytest.approx(0.91)
   assert summary["identity_clean"]["max"] == 0.17
   args = robustness.parse_args(["--config=configs/digits_lenet.py", f"--out={tmp_path}",
                                 "--seeds=0,1,2", "--conv_impls=fast", "--attack"])
