@@ -13,9 +13,10 @@ The attribute game (`--config.ran.attribute_weight=2`) was measured too: on FSDD
 accuracy without lowering the clean-feature leakage (docs/privacy_identity.md), so it is
 off here. `data.attribute='speaker'` makes `ran_jax.attack` measure speaker identification.
 
-Measured (docs/privacy_identity.md, "Defences"; one training of 12 epochs): test accuracy
-0.9733 (DNN 0.9733); speaker named from one release 16.3 %, from 10 releases of a speaker
-18.6 % (chance 16.7 %), from the clean features 86 %.
+Measured (docs/privacy_identity.md, "Against the targets"; 3 trainings of 12 epochs, means,
+identity attackers with 3 seeds): test accuracy 0.9667 (0.9600-0.9733; DNN at the same
+budget 0.9856); speaker named from one release 17.9 %, from 10 releases of a speaker
+18.4 % (chance 16.7 %), from the clean features 84 %.
 
 What it does not protect: an attacker who averages many releases of the *same* recording
 (sent again with fresh noise) approaches the clean features, which still identify the
