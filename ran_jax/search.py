@@ -41,7 +41,8 @@ training-split examples only (`identity.IdentityConfig.scored_part`), and the qu
 candidate with the lowest worst case of those three top-1 figures is chosen (ties: the more
 private one). The reference and the chosen run then get the full identity attack on the
 test part (DIR/confirm/<name>/identity.json), reported with chance, and DIR/front_identity.png.
-The knobs `ran.attribute_weight`, `ran.entangle` and `ran.compactness` serve it (more is more private).
+The knobs `ran.attribute_weight`, `ran.entangle` and `ran.compactness` serve it (more is more
+private).
 
 Resumable: the next candidate is a pure function of the finished ones, so a killed
 search rerun with the same command continues where it stopped; a run with an export is

@@ -156,7 +156,8 @@ def test_entanglement_is_chance_level_zero_and_high_for_attribute_clusters():
   assert high > 0.3 > 0.05 > low >= 0.0
   # Soft neighbours that share the attribute exactly as often as the batch: zero.
   flat = jnp.zeros((8, 4), jnp.float32)
-  assert float(losses.attribute_entanglement(flat, attr[:8], labels[:8], 0.1)) == pytest.approx(0.0, abs=1e-4)
+  flat_loss = losses.attribute_entanglement(flat, attr[:8], labels[:8], 0.1)
+  assert float(flat_loss) == pytest.approx(0.0, abs=1e-4)
   # Its gradient pulls the examples of different attributes together: descending it mixes them.
   z = stages.standardise(jnp.asarray(centres[np.arange(64) % 4] + 0.3 * rng.normal(0, 1, (64, 8)),
                                      jnp.float32))
