@@ -15,8 +15,8 @@ generative stage and is reported, never used as privacy evidence.
 Measured (docs/privacy.md; 3 trainings of 3 epochs under the shipped schedule; attackers
 trained after freezing on all 60,000 training images' noisy releases, worst case over the
 mirrored and MLP decoders and ridge on the 10,000 test images): test accuracy 0.9889
-(0.9880-0.9894) vs the undefended DNN's 0.9921; worst-case reconstruction error (sum
-over 784 pixels in [0, 1]) 39.8 vs DNN's 3.64 (10.9x), and 39.3 (10.8x) from
+(0.9880-0.9894) vs the undefended DNN's 0.9924; worst-case reconstruction error (sum
+over 784 pixels in [0, 1]) 39.8 vs DNN's 3.64 (11.0x), and 39.3 (10.8x) from
 the clean features an attacker averaging many releases of one image approaches; the
 label-only ceiling, the class-mean image, is 41.5. The attackers rebuild the digit's class,
 not the writer's digit.
