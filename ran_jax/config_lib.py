@@ -381,17 +381,13 @@ def validate_config(config, num_devices: int | None = None) -> None:
     if msg:
       problems.append(f"model.widths={widths!r}: {msg}")
 
-  weight = values.get("ran.attribute_weight")
-  if _is_number(weight) and weight > 0 and not values.get("data.attribute"):
-    problems.append(f"ran.attribute_weight={weight!r}: the attribute game needs a sensitive "
-                    "attribute in the data; set data.attribute (e.g. 'subject' for uci_har, "
-                    "'speaker' for spoken_digit).")
-
-  weight = values.get("ran.entangle")
-  if _is_number(weight) and weight > 0 and not values.get("data.attribute"):
-    problems.append(f"ran.entangle={weight!r}: the entanglement penalty needs a sensitive "
-                    "attribute in the data; set data.attribute (e.g. 'subject' for uci_har, "
-                    "'speaker' for spoken_digit).")
+  for field, what in (("ran.attribute_weight", "the attribute game"),
+                      ("ran.entangle", "the entanglement penalty")):
+    weight = values.get(field)
+    if _is_number(weight) and weight > 0 and not values.get("data.attribute"):
+      problems.append(f"{field}={weight!r}: {what} needs a sensitive attribute in the data; "
+                      "set data.attribute (e.g. 'subject' for uci_har, 'speaker' for "
+                      "spoken_digit).")
 
   from ran_jax.data.datasets import BUILTIN_ATTRIBUTES
 

@@ -566,9 +566,8 @@ def target_recon_error(ran_config, input_shape, value_range):
 def bind_stages(models: RANModels, optimizers, ran_config) -> StageFns:
   """Binds modules, optimizers, lambda and the defences; returns plain (un-jitted) steps."""
   red = ran_config.recon_reduction
-  compact = float(ran_config.get("compactness", 0.0))
   every = int(ran_config.get("reinit_every_steps", 0))
-  penalties = dict(compactness=compact,
+  penalties = dict(compactness=float(ran_config.get("compactness", 0.0)),
                    entangle=float(ran_config.get("entangle", 0.0) or 0.0),
                    entangle_temperature=float(ran_config.get("entangle_temperature", 0.1)))
   return StageFns(
