@@ -1,7 +1,7 @@
 """Throughput benchmark of RAN training: JAX stages and iteration vs PyTorch eager and compiled.
 
   python -m bench                        # default cases, a few minutes on 2 CPU cores
-  python -m bench --cases=lenet_mnist:128 --rounds=7 --out=docs/bench_lenet128_cpu.json
+  python -m bench --cases=lenet_mnist:128 --rounds=7 --out=docs/data/bench_lenet128_cpu.json
   python -m bench --cases=lenet_mnist:128 --rounds=7 --threads=1   # one core (a shared machine)
   python -m bench --full                 # every case x batch 16..512, plain path too
   python -m bench --cases=vgg16_imagenet:64 --dtype=bfloat16 --no-torch   # GPU
