@@ -26,8 +26,11 @@ def get_config(arg=None):
   c.num_epochs = 30
   c.log_every_steps = 100
   c.ran.lam = 0.5
-  c = common.finish(c, arg)
-  if arg == "smoke":  # seconds on CPU: narrow layers, same code path
-    c.model.widths = (8, 8, 8, 8, 8)
-    c.model.classifier_hidden = (16, 16)
+  return common.finish(c, arg, smoke=_smoke)
+
+
+def _smoke(c):
+  """Seconds on CPU: narrow layers, same code path."""
+  c.model.widths = (8, 8, 8, 8, 8)
+  c.model.classifier_hidden = (16, 16)
   return c

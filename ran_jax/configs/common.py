@@ -63,14 +63,24 @@ def apply_smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 VARIANTS = {"smoke": apply_smoke, "paper": apply_paper}
 
 
-def finish(c: ml_collections.ConfigDict, arg) -> ml_collections.ConfigDict:
-  """Applies the variants named in `arg` (comma-separated, e.g. 'paper,smoke')."""
-  for name in (arg or "").split(","):
-    name = name.strip()
-    if not name:
-      continue
+def variant_names(arg) -> list:
+  """The variants named in `arg` ('paper,smoke' -> ['paper', 'smoke']), checked."""
+  names = [n.strip() for n in (arg or "").split(",") if n.strip()]
+  for name in names:
     if name not in VARIANTS:
       raise ValueError(f"Unknown config variant {name!r}; allowed: {sorted(VARIANTS)} "
                        "(configs/x.py:smoke, configs/x.py:paper,smoke).")
+  return names
+
+
+def finish(c: ml_collections.ConfigDict, arg, smoke=None) -> ml_collections.ConfigDict:
+  """Applies the variants named in `arg` (comma-separated, e.g. 'paper,smoke', in any order).
+
+  smoke: the config's own extra shrink (e.g. narrow layers for a wide encoder), applied
+  after `apply_smoke` whenever 'smoke' is among the variants, alone or combined.
+  """
+  for name in variant_names(arg):
     c = VARIANTS[name](c)
+    if name == "smoke" and smoke is not None:
+      c = smoke(c) or c
   return c

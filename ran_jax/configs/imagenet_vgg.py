@@ -31,11 +31,14 @@ def get_config(arg=None):
   c.log_every_steps = 500
   c.checkpoint_every_steps = 5000
   c.ran.lam = 0.5
-  c = common.finish(c, arg)
-  if arg == "smoke":  # seconds on CPU: small images and narrow layers, same code path
-    c.data.image_size = 32
-    c.model.widths = (4, 4, 8, 8, 8)
-    c.model.classifier_hidden = (16, 16)
-    c.model.dtype = "float32"
-    c.checkpoint_every_steps = 0
+  return common.finish(c, arg, smoke=_smoke)
+
+
+def _smoke(c):
+  """Seconds on CPU: small images and narrow layers, same code path."""
+  c.data.image_size = 32
+  c.model.widths = (4, 4, 8, 8, 8)
+  c.model.classifier_hidden = (16, 16)
+  c.model.dtype = "float32"
+  c.checkpoint_every_steps = 0
   return c
