@@ -18,8 +18,10 @@
 3. **Search.** Bisection on the knob, which assumes accuracy falls monotonically as the
    knob gets more private (`KNOBS` says which direction that is: more `model.feature_noise`,
    less `ran.lam`, less `ran.target_psnr`). The ends are assumed (the least private end
-   qualifies, the most private does not) and not trained, except that when every
-   candidate so far failed, the last allowed training checks the least private end. At
+   qualifies, the most private does not) and not trained: every training goes to an
+   untried point inside the bracket (after sigma 1 and 0.5 fail, 0.25 next, never the
+   least private end; that end is trained only once the bracket is `resolution` narrow,
+   nothing qualified, and it is not the undefended reference itself). At
    most `max_trainings` candidates are trained (plus the reference), and the bisection
    stops once the bracket is `resolution` of the interval wide (1/16). Each candidate is
    scored on the validation split by the fast attackers (ridge + a capped MLP decoder by
@@ -186,16 +188,25 @@ def knob_value(t: float, knob: str, low: float, high: float) -> float:
   return low + t * (high - low) if up else high - t * (high - low)
 
 
-def next_position(tested: dict, max_trainings: int,
-                  resolution: float = 0.0) -> Optional[float]:
+def next_position(tested: dict, max_trainings: int, resolution: float = 0.0,
+                  end_is_reference: bool = False) -> Optional[float]:
   """The next position to train, or None when the search is over.
 
   tested: {position t: within budget (bool)}. Bisection between the most private
   qualifying position (0 when none) and the least private failing one above it (1 when
-  none); a pure function of what was tested, so a resumed search repeats it exactly.
+  none); a pure function of its arguments, so a resumed search repeats it exactly.
   It stops after `max_trainings` positions, or once that bracket is at most `resolution`
   wide (a fraction of the knob's interval): finer steps than the accuracy noise of the
   validation split resolve nothing and cost a training each.
+
+  Every training goes to an untried point inside the bracket: when every candidate so
+  far failed, the next one is halfway towards the least private end, never that end
+  itself: when it is the undefended reference its outcome is known, and otherwise it can
+  at best return the setting without this defence, while an untried point between can
+  still qualify. The end (t = 0) is trained only once the
+  bracket is narrow and nothing qualified, and never when `end_is_reference` (no other
+  defence in the config: t = 0 is the reference, already trained, qualifying by
+  definition).
   """
   if len(tested) >= max_trainings:
     return None
@@ -204,9 +215,8 @@ def next_position(tested: dict, max_trainings: int,
   hi = min((t for t, good in tested.items() if not good and t > lo), default=1.0)
   if hi - lo <= resolution + 1e-12:
     # Narrow enough. With nothing qualified yet, the least private end is what is left.
-    return 0.0 if not ok and tested and 0.0 not in tested else None
-  if not ok and tested and len(tested) == max_trainings - 1 and 0.0 not in tested:
-    return 0.0   # every candidate failed: spend the last training on the least private end
+    check_end = not end_is_reference and not ok and tested and 0.0 not in tested
+    return 0.0 if check_end else None
   if not ok and 0.0 in tested:
     return None  # even the least private end fails the budget
   t = (lo + hi) / 2
@@ -450,9 +460,12 @@ def run_search(config, workdir: str, *, knob: str = "model.feature_noise",
 
   # ------------------------------------------------------------ bisection
   by_t = {c["t"]: c for c in state["candidates"]}
+  end_is_reference = (_config_json(sweep.apply_overrides(base, {knob: knob_value(0.0, knob, low,
+                                                                               high)}))
+                      == _config_json(sweep.apply_overrides(base, ref_overrides)))
   while True:
     tested = {t: float(c["accuracy"]) >= threshold - 1e-12 for t, c in by_t.items()}
-    t = next_position(tested, max_trainings, resolution)
+    t = next_position(tested, max_trainings, resolution, end_is_reference)
     if t is None:
       break
     value = knob_value(t, knob, low, high)

@@ -78,11 +78,11 @@ def test_next_position_is_a_bisection():
     tested[t] = t <= 0.3
   assert list(tested) == [0.5, 0.25, 0.375, 0.3125, 0.28125, 0.296875]
   assert max(t for t, ok in tested.items() if ok) == 0.296875
-  # nothing qualifies: the last training checks the least private end, then stops
+  # nothing qualifies: every training halves towards the least private end, never spent on it
   tested = {}
   while (t := search.next_position(tested, 4)) is not None:
     tested[t] = False
-  assert list(tested) == [0.5, 0.25, 0.125, 0.0]
+  assert list(tested) == [0.5, 0.25, 0.125, 0.0625]
   # everything qualifies: the most private end is approached, never assumed
   tested = {}
   while (t := search.next_position(tested, 3)) is not None:
@@ -186,23 +186,23 @@ def test_search_reports_when_nothing_qualifies(tmp_path):
   state = search.run_search(smoke(), wd, max_accuracy_drop=0.005, max_trainings=3,
                             train_fn=marker_train([]),
                             evaluate_fn=synthetic_evaluate([], penalty=0.01))
-  assert [c["value"] for c in state["candidates"]] == [0.0, 0.5, 1.0]
+  assert [c["value"] for c in state["candidates"]] == [0.25, 0.5, 1.0]
   assert state["chosen"] is None and "chosen" not in state["confirm"]
   assert not os.path.exists(os.path.join(wd, "chosen"))
   assert "No setting qualifies" in open(os.path.join(wd, "report.md")).read()
 
 
-def test_a_candidate_equal_to_the_reference_reuses_its_run(tmp_path):
+def test_the_reference_end_is_never_a_candidate(tmp_path):
   cfg = smoke()
   cfg.ran.lam = 1.0             # no defence left at feature_noise = 0: the reference itself
   trains = []
   state = search.run_search(cfg, str(tmp_path / "s"), max_accuracy_drop=BUDGET, max_trainings=2,
                             train_fn=marker_train(trains), evaluate_fn=synthetic_evaluate([]))
-  assert [n for n, _, _ in trains] == ["reference", "feature_noise1"]
-  c0 = state["candidates"][0]
-  assert c0["value"] == 0.0 and c0["same_as_reference"] and c0["run"] == "runs/reference"
-  assert state["chosen"]["value"] == 0.0
-  assert state["trainings"]["candidates"] == 1
+  # sigma 1 fails the budget; the last training goes to sigma 0.5, which qualifies
+  assert [n for n, _, _ in trains] == ["reference", "feature_noise1", "feature_noise0.5"]
+  assert [c["value"] for c in state["candidates"]] == [0.5, 1.0]
+  assert state["chosen"]["value"] == 0.5
+  assert state["trainings"]["candidates"] == 2
 
 
 def test_search_through_real_exports_and_attackers(tmp_path):
