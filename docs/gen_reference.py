@@ -77,7 +77,9 @@ def _allowed(text: str) -> str:
 
 
 def _cell(text: str) -> str:
-  return text.replace("|", "\\|").replace("\n", " ")
+  """Text for a table cell: pipes escaped, and `<...>` shown as text, not read as HTML."""
+  return (text.replace("|", "\\|").replace("\n", " ").replace("<", "&lt;")
+          .replace(">", "&gt;"))
 
 
 def _value(v) -> str:
