@@ -12,9 +12,10 @@ the worst case over attackers and, for a noisy release, the Fisher bound.
 Writes WORKDIR/eval/result.json (and artifacts.npz) and prints a table.
 MSE convention: see `ran_jax.privacy.metrics`.
 
-Repeated releases: for a noisy release the same attackers are also scored on the mean
-of N releases of each test input (`--releases`, default 4 and 16) and on the clean
-features (the limit), under result['releases'].
+Repeated releases: for a noisy release every attacker family is also trained, validated
+and scored on the mean of N releases of each input (`--releases`, default 4 and 16) and on
+the clean features (the limit: an attacker holding the encoder computes them), under
+result['releases'].
 
 Identity: with an attribute (`--attribute=subject`, default the run's data.attribute)
 attribute attackers (`ran_jax.privacy.identity`) are trained on the releases too, for
@@ -90,8 +91,8 @@ def main(argv):
   result, art = {"name": name}, {}
   if FLAGS.reconstruction:
     data = protocol.prepare_data(source, cfg)
-    extra = identity.repeated_releases(trained, data.x_test, icfg.releases, seed=cfg.seed)
-    result, art = methods.attack_trained(trained, data, cfg, name=name, extra_tests=extra)
+    result, art = methods.attack_trained(trained, data, cfg, name=name, releases=icfg.releases,
+                                         clean=True)
   result["eval_config"] = cfg.to_dict()
   if attribute:
     result["identity"] = identity.attack_identity(trained, source, icfg)

@@ -269,3 +269,104 @@ def test_protocol_trains_the_decoder_families_together():
     assert 1 <= m["best_epoch"] <= m["epochs"] <= 3 and np.isfinite(m["mse_sum"])
   assert res["worst"]["attacker"] in res["attackers"]
   assert art["rec_mlp_decoder"].shape == (2, 4, 4, 1)
+
+
+# ---------------------------------------------------------------- threats beyond one release
+
+
+def _threat_data(n_fit=600, n_val=100, n_test=200):
+  x = _images(n_fit + n_val + n_test, seed=5)
+  y = np.zeros(len(x), np.int32)
+  a, b = n_fit, n_fit + n_val
+  return protocol.Data(x[:a], y[:a], x[a:b], y[a:b], x[b:], y[b:], (4, 4, 1), 1, (0.0, 1.0))
+
+
+def test_threats_and_their_features():
+  """The mean of N releases keeps noise of std sigma / sqrt(N), drawn from explicit seeds;
+  the clean threat is the features; a noise-free release has only one threat."""
+  assert [t.name for t in protocol.threats(0.5, (4, 16), clean=True)] == [
+      "single", "mean_4", "mean_16", "clean"]
+  assert [t.name for t in protocol.threats(0.0, (4, 16), clean=True)] == ["single"]
+  mean4 = protocol.Threat("mean_4", 4)
+  assert mean4.noise(0.5) == pytest.approx(0.25) and protocol.Threat("clean", 0).noise(0.5) == 0
+  z = np.zeros((4000, 16), np.float32)
+  m = mean4.features(z, 0.5, (0, 1))
+  chex.assert_shape(m, z.shape)
+  assert np.std(m) == pytest.approx(0.25, rel=0.03)
+  # literally the mean of four single releases, each from its own seed
+  want = np.mean([protocol.add_release_noise(z, 0.5, (0, 1, r)) for r in range(4)], 0)
+  chex.assert_trees_all_close(m, want, atol=1e-6)
+  chex.assert_trees_all_equal(protocol.Threat("clean", 0).features(z + 1, 0.5, (0, 1)), z + 1)
+  chex.assert_trees_all_equal(protocol.Threat("single", 1).features(z, 0.5, (0, 1)),
+                              protocol.add_release_noise(z, 0.5, (0, 1)))
+
+
+def test_each_threat_is_fitted_on_its_own_features(monkeypatch):
+  """Every attacker family is fitted once per threat, on that threat's kind of feature:
+  the in-step noise of the trained families (sigma, sigma / sqrt(N), none), the fixed copy
+  of ridge, and the validation features, cut from the training split's held-out part."""
+  data = _threat_data()
+  sigma = 0.8
+  calls = {"group": [], "ridge": []}
+  group, ridge = atk.fit_group, atk.fit_ridge
+
+  def spy_group(jobs, inputs, targets, val_inputs, val_targets, input_noise=0.0, **kw):
+    calls["group"].append((input_noise, np.asarray(val_inputs), val_targets["x"]))
+    return group(jobs, inputs, targets, val_inputs, val_targets, input_noise=input_noise, **kw)
+
+  def spy_ridge(features, inputs, val_features, val_inputs, value_range, **kw):
+    calls["ridge"].append((np.asarray(features), np.asarray(val_features), val_inputs))
+    return ridge(features, inputs, val_features, val_inputs, value_range, **kw)
+
+  monkeypatch.setattr(atk, "fit_group", spy_group)
+  monkeypatch.setattr(atk, "fit_ridge", spy_ridge)
+  cfg = protocol.AttackConfig(attackers=("mlp_decoder", "ridge"), retrain_classifier=False,
+                              attacker_fit=atk.FitConfig(batch_size=64, max_epochs=2),
+                              mlp_hidden=(16,), n_show=2, n_scatter=10)
+  res, _ = protocol.attack_features(data, lambda a: a, cfg, feature_noise=sigma,
+                                    releases=(4,), clean=True, name="t")
+  assert set(res["releases"]) == {"mean_4", "clean"}
+  expected = [sigma, sigma / 2, 0.0]    # single, mean of 4, clean
+  assert [c[0] for c in calls["group"]] == pytest.approx(expected)
+  assert len(calls["ridge"]) == 3
+  clean_fit = data.x_fit.reshape(len(data.x_fit), -1)
+  clean_val = data.x_val.reshape(len(data.x_val), -1)
+  for want, (_, z_val, x_val), (z_ridge, z_val_r, _) in zip(expected, calls["group"],
+                                                              calls["ridge"]):
+    chex.assert_trees_all_equal(x_val, data.x_val)      # never the test split
+    chex.assert_trees_all_equal(z_val, z_val_r)
+    assert np.std(z_val.reshape(len(z_val), -1) - clean_val) == pytest.approx(want, abs=0.03)
+    assert np.std(z_ridge.reshape(len(z_ridge), -1) - clean_fit) == pytest.approx(want, abs=0.03)
+  for name, rel in res["releases"].items():
+    assert rel["trained_on"] == name
+    assert set(rel["attackers"]) == {"mlp_decoder", "ridge"}
+    assert 1 <= rel["attackers"]["mlp_decoder"]["epochs"] <= 2
+    assert rel["worst"]["mse_sum"] == min(m["mse_sum"] for m in rel["attackers"].values())
+
+
+def test_clean_feature_attacker_beats_one_trained_on_releases():
+  """A toy encoder (the identity) released with heavy noise: a decoder trained on the noisy
+  releases learns to shrink towards the mean, so scored on the clean features it stays far
+  from the input, while one trained on the clean features (what an attacker holding the
+  encoder does) nearly inverts them. The protocol's clean-feature figure is the latter:
+  scoring the release-trained attackers on the clean features would overstate privacy."""
+  data = _threat_data()
+  sigma = 1.0
+  fit = atk.FitConfig(batch_size=32, max_epochs=40, patience=3)
+  cfg = protocol.AttackConfig(attackers=("mlp_decoder", "ridge"), retrain_classifier=False,
+                              attacker_fit=fit, mlp_hidden=(64,), n_show=2, n_scatter=10)
+  res, _ = protocol.attack_features(data, lambda a: a, cfg, feature_noise=sigma, clean=True)
+  clean = res["releases"]["clean"]["attackers"]
+  chex.assert_tree_all_finite({a: m["mse_mean"] for a, m in clean.items()})
+  # The same families trained on single releases and scored on the clean features.
+  job = atk.Job("m", atk.MLPDecoder((4, 4, 1), (64,), (0.0, 1.0)), atk.recon_loss, "x", fit)
+  z_val = protocol.add_release_noise(data.x_val, sigma, (0, 1))
+  noisy_mlp = atk.fit_group([job], data.x_fit, {"x": data.x_fit}, z_val, {"x": data.x_val},
+                            input_noise=sigma, noise_kind="gaussian")["m"]
+  noisy_ridge = atk.fit_ridge(protocol.add_release_noise(data.x_fit, sigma, (0, 0)),
+                              data.x_fit, z_val, data.x_val, data.value_range)
+  for attacker, model in (("mlp_decoder", noisy_mlp), ("ridge", noisy_ridge)):
+    scored_only = metrics.reconstruction_metrics(data.x_test, model.predict(data.x_test),
+                                                 data.value_range)["mse_mean"]
+    assert clean[attacker]["mse_mean"] < 0.5 * scored_only, (attacker, clean, scored_only)
+  assert res["releases"]["clean"]["worst"]["mse_mean"] < 0.5 * res["worst"]["mse_mean"]

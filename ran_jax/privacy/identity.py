@@ -210,21 +210,6 @@ def release_fn(trained, n: int | None, batch: int, flat: bool = True) -> Callabl
   return run
 
 
-def repeated_releases(trained, x: np.ndarray, releases: Sequence[int], clean: bool = True,
-                      seed: int = 0, batch: int = 512) -> dict:
-  """{'mean_N': mean of N releases of each input, 'clean': features before noise}, in the
-  feature shape: what an attacker holding repeated releases of the same inputs sees
-  (for `protocol.attack_features(extra_tests=...)`). Empty for a noise-free release."""
-  if not trained.feature_noise:
-    return {}
-  key = jax.random.fold_in(jax.random.PRNGKey(int(seed)), 7)
-  out = {f"mean_{int(n)}": release_fn(trained, int(n), batch, flat=False)(
-      x, jax.random.fold_in(key, int(n))) for n in releases}
-  if clean:
-    out["clean"] = release_fn(trained, None, batch, flat=False)(x, key)
-  return out
-
-
 def raw_fn(pool: Pool, dims: int) -> Callable:
   """x -> flattened raw input projected on the top `dims` principal components of the fit part."""
   flat = pool.x[pool.fit].reshape(len(pool.fit), -1).astype(np.float64)

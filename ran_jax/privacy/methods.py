@@ -46,16 +46,17 @@ BOUND_PROBES = 8
 
 
 def attack_trained(trained, data: protocol.Data, cfg: protocol.AttackConfig, name: str = "ran",
-                   extra_tests=None):
+                   releases=(), clean: bool = False):
   """RAN, DNN or a defended encoder: the workdir's frozen encoder as released (noise
   included), its classifier and its own decoder, plus the Fisher bound when noisy.
-  `extra_tests`: other releases of the test inputs to score the attackers on too
+  `releases`, `clean`: the further threats (mean of N releases of each input, the clean
+  features), each with attackers trained on its own kind of features
   (`protocol.attack_features`)."""
   feats = jax.jit(trained.features)
   result, art = protocol.attack_features(
       data, feats, cfg, feature_noise=trained.feature_noise, classify=jax.jit(trained.classify),
       own_decode=jax.jit(trained.decode), mirrored=fresh_mirror(trained),
-      classifier_module=fresh_classifier(trained), extra_tests=extra_tests, name=name)
+      classifier_module=fresh_classifier(trained), releases=releases, clean=clean, name=name)
   result["train_step"] = trained.meta.get("step")
   result["lam"] = float(trained.config.ran.lam)
   if trained.feature_noise:

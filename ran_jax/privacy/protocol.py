@@ -1,7 +1,10 @@
 """One evaluation of one frozen feature map: utility, attackers, worst case.
 
 `attack_features` is shared by RAN, DNN, DNN(resized) and Noisy so that every
-method goes through the same attackers, the same data and the same metrics.
+method goes through the same attackers, the same data and the same metrics. For a noisy
+release each threat (one release, the mean of N releases of one input, the clean
+features: `Threat`) has its own attackers, trained and early-stopped on that kind of
+feature, so every figure is a worst case over attackers trained for it.
 """
 
 from __future__ import annotations
@@ -114,6 +117,57 @@ def add_release_noise(z: np.ndarray, sigma: float, seed: Sequence[int]) -> np.nd
   return (z + sigma * noise).astype(np.float32)
 
 
+def mean_of_releases(z: np.ndarray, sigma: float, n: int, seed: Sequence[int]) -> np.ndarray:
+  """The mean of `n` independent releases of each clean feature vector in z, each drawn
+  from its own explicit seed (seed + (r,)); n = 1 is `add_release_noise(z, sigma, seed)`."""
+  if n == 1 or not sigma:
+    return add_release_noise(z, sigma, seed)
+  total = np.zeros(z.shape, np.float64)
+  for r in range(n):
+    total += add_release_noise(z, sigma, tuple(seed) + (r,))
+  return (total / n).astype(np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class Threat:
+  """What one attacker holds of each input, and so trains, validates and is scored on.
+
+  single   one release z + N(0, sigma^2) (what one request shows);
+  mean_N   the mean of N releases of the same input (a repeated input): z + the mean of N
+           independent N(0, sigma^2) draws;
+  clean    the clean features z (an attacker holding the encoder computes them for his own
+           inputs; the limit of averaging N -> infinity).
+  draws: N (0 for clean). An attacker of a threat trains on that threat's features of the
+  training inputs (fresh draws on every batch), early-stops on them for the validation
+  part, and is scored on them for the test inputs.
+  """
+
+  name: str
+  draws: int
+
+  def noise(self, sigma: float) -> float:
+    """Std of the noise left in this threat's features. The mean of N independent
+    N(0, sigma^2) draws is exactly N(0, sigma^2 / N): one fresh draw at sigma / sqrt(N)
+    per batch is a fresh mean of N releases (`attackers.fit_group`'s in-step noise)."""
+    return float(sigma) / float(np.sqrt(self.draws)) if self.draws else 0.0
+
+  def features(self, z: np.ndarray, sigma: float, seed: Sequence[int]) -> np.ndarray:
+    """This threat's copy of clean features z, from explicit seeds (validation, test, ridge)."""
+    return mean_of_releases(z, sigma, self.draws, seed) if self.draws else z
+
+
+def threats(feature_noise: float, releases: Sequence[int] = (), clean: bool = False) -> list:
+  """The threats an evaluation scores: one release first, then (a noisy release only) the
+  mean of each N in `releases` and, with `clean`, the clean features. Noise-free, all of
+  them are one release."""
+  out = [Threat("single", 1)]
+  if feature_noise:
+    out += [Threat(f"mean_{int(n)}", int(n)) for n in releases if int(n) > 1]
+    if clean:
+      out.append(Threat("clean", 0))
+  return out
+
+
 def reference_levels(data: Data) -> dict:
   """Errors of attackers that ignore the features: where privacy saturates.
 
@@ -140,7 +194,8 @@ def attack_features(data: Data, encode: Callable, cfg: AttackConfig, *,
                     mirrored: Optional[nn.Module] = None,
                     classifier_module: Optional[nn.Module] = None,
                     identity: bool = False,
-                    extra_tests: Optional[dict] = None,
+                    releases: Sequence[int] = (),
+                    clean: bool = False,
                     name: str = "") -> tuple[dict, dict]:
   """Scores one frozen feature map `encode` (numpy [B, ...] -> numpy features).
 
@@ -151,25 +206,33 @@ def attack_features(data: Data, encode: Callable, cfg: AttackConfig, *,
   one fixed noisy copy. Every figure and number is then about what the server
   really receives.
 
+  releases, clean (a noisy release only): the further threats (`Threat`): the mean of
+  N releases of each input for every N in `releases`, and the clean features. Every
+  attacker family is trained again for each, on that threat's features of the training
+  inputs (fresh means of N releases on every batch; the clean features), early-stopped
+  on the same kind of features of the validation part (cut from the training split, never
+  the test split), and scored on that kind for the test inputs: result['releases'][name]
+  (same 'attackers' / 'worst' layout, 'trained_on': name). The own decoder, trained with
+  the encoder, is only scored there.
+
   classify: the service-side classifier on features (utility as deployed).
   own_decode: the decoder trained together with the encoder, scored as one more attacker.
   mirrored: a fresh mirrored decoder module (skipped when None or not in cfg.attackers).
   classifier_module: a fresh classifier retrained on the frozen features.
   identity: also score the features themselves as the reconstruction (Noisy).
-  extra_tests: {name: features [N_test, ...]} other releases of the test inputs (e.g. the
-    mean of N releases, the clean features); every attacker trained above is also scored
-    on each, under result['releases'][name] (same 'attackers' / 'worst' layout).
 
   Returns (result, artifacts): result is JSON-able (accuracy, per-attacker metrics,
   worst case); artifacts are arrays for the figures (reconstructions, 3-D features).
   """
   sigma = float(feature_noise)
   z_fit = batched(encode, data.x_fit, cfg.encode_batch)
-  z_val = add_release_noise(batched(encode, data.x_val, cfg.encode_batch), sigma, (cfg.seed, 1))
-  z_test = add_release_noise(batched(encode, data.x_test, cfg.encode_batch), sigma, (cfg.seed, 2))
-  if not (np.all(np.isfinite(z_fit)) and np.all(np.isfinite(z_test))):
+  zc_val = batched(encode, data.x_val, cfg.encode_batch)
+  zc_test = batched(encode, data.x_test, cfg.encode_batch)
+  if not (np.all(np.isfinite(z_fit)) and np.all(np.isfinite(zc_test))):
     raise FloatingPointError(f"{name}: the encoder produced non-finite features.")
-  noise = dict(input_noise=sigma, noise_kind="gaussian") if sigma else {}
+  single, *further = threats(sigma, releases, clean)
+  z_val = single.features(zc_val, sigma, (cfg.seed, 1))
+  z_test = single.features(zc_test, sigma, (cfg.seed, 2))
   result = {"name": name, "n_fit": len(z_fit), "n_val": len(z_val), "n_test": len(z_test),
             "feature_shape": list(z_test.shape[1:]), "attackers": {},
             "feature_noise": sigma, "reference": reference_levels(data),
@@ -181,57 +244,80 @@ def attack_features(data: Data, encode: Callable, cfg: AttackConfig, *,
   if classify is not None:
     result["accuracy"] = accuracy(batched(classify, z_test, cfg.encode_batch), data.y_test)
   if cfg.retrain_classifier and classifier_module is not None:
+    noise = dict(input_noise=sigma, noise_kind="gaussian") if sigma else {}
     f = atk.fit(classifier_module, atk.ce_loss, z_fit, data.y_fit, z_val, data.y_val,
                 cfg.classifier_fit, name=f"{name}/retrained_classifier", **noise)
     result["accuracy_retrained"] = accuracy(f.predict(z_test), data.y_test)
     result["retrained_classifier_epochs"] = f.epochs
 
   # ---------------------------------------------------------------- attackers
-  extra_tests = extra_tests or {}
-  if extra_tests:
-    result["releases"] = {k: {"attackers": {}} for k in extra_tests}
-
-  def score(attacker, rec, predict=None, **extra):
-    m = metrics.reconstruction_metrics(data.x_test, rec, data.value_range)
-    m.update(extra)
-    result["attackers"][attacker] = m
-    for k, z in (extra_tests.items() if predict is not None else ()):
-      result["releases"][k]["attackers"][attacker] = metrics.reconstruction_metrics(
-          data.x_test, predict(z), data.value_range)
-    art[f"rec_{attacker}"] = rec[:cfg.n_show]
-    log.info("%s | %-16s mse_sum %.4g  mse_mean %.4g  psnr %.2f  ssim %.4f", name, attacker,
-             m["mse_sum"], m["mse_mean"], m["psnr"], m["ssim"])
-
-  if own_decode is not None:
-    score("own_decoder", batched(own_decode, z_test, cfg.encode_batch),
-          lambda z: batched(own_decode, z, cfg.encode_batch))
-  if identity:
-    score("identity", z_test.reshape(data.x_test.shape))
   families = {
       "mirrored_decoder": mirrored,
       "mlp_decoder": atk.MLPDecoder(data.input_shape, tuple(cfg.mlp_hidden), data.value_range),
       "resnet_decoder": atk.ResNetDecoder(data.input_shape, data.value_range, cfg.resnet_width,
                                           cfg.resnet_blocks),
   }
-  # The decoder families train together: one compiled program over the same batches.
   trained = [a for a in TRAINED_ATTACKERS if a in cfg.attackers and families[a] is not None]
+  by_attacker, recs = _attack_threat(
+      data, cfg, single, sigma, z_fit, z_val, z_test, families, trained, own_decode,
+      identity, name)
+  result["attackers"] = by_attacker
+  for attacker, rec in recs.items():
+    art[f"rec_{attacker}"] = rec[:cfg.n_show]
+  result["worst"] = worst_case(by_attacker)
+  if further:
+    result["releases"] = {}
+  for threat in further:
+    seeds = (cfg.seed, 1, threat.draws), (cfg.seed, 2, threat.draws)
+    t_val, t_test = (threat.features(z, sigma, s) for z, s in zip((zc_val, zc_test), seeds))
+    t_by, _ = _attack_threat(data, cfg, threat, sigma, z_fit, t_val, t_test, families, trained,
+                             own_decode, False, f"{name}/{threat.name}")
+    result["releases"][threat.name] = {"trained_on": threat.name, "attackers": t_by,
+                                       "worst": worst_case(t_by)}
+  return result, art
+
+
+def _attack_threat(data: Data, cfg: AttackConfig, threat: Threat, sigma: float,
+                   z_fit: np.ndarray, z_val: np.ndarray, z_test: np.ndarray, families: dict,
+                   trained: Sequence[str], own_decode: Optional[Callable], identity: bool,
+                   name: str) -> tuple[dict, dict]:
+  """Every attacker of cfg.attackers fitted to one threat's features and scored on them.
+
+  z_fit: clean features of the fit part (the threat's noise is drawn from them: fresh per
+  batch for the trained families, one fixed copy for ridge); z_val / z_test: the threat's
+  features of the validation and test parts. Returns ({attacker: metrics}, {attacker:
+  reconstructions of the test inputs}).
+  """
+  by_attacker, recs = {}, {}
+
+  def score(attacker, rec, **extra):
+    m = metrics.reconstruction_metrics(data.x_test, rec, data.value_range)
+    m.update(extra)
+    by_attacker[attacker], recs[attacker] = m, rec
+    log.info("%s | %-16s mse_sum %.4g  mse_mean %.4g  psnr %.2f  ssim %.4f", name, attacker,
+             m["mse_sum"], m["mse_mean"], m["psnr"], m["ssim"])
+
+  if own_decode is not None:
+    score("own_decoder", batched(own_decode, z_test, cfg.encode_batch))
+  if identity:
+    score("identity", z_test.reshape(data.x_test.shape))
+  noise_std = threat.noise(sigma)
+  noise = dict(input_noise=noise_std, noise_kind="gaussian") if noise_std else {}
+  # The decoder families train together: one compiled program over the same batches.
   if trained:
     jobs = [atk.Job(f"{name}/{a}", families[a], atk.recon_loss, "x", cfg.attacker_fit)
             for a in trained]
     fitted = atk.fit_group(jobs, z_fit, {"x": data.x_fit}, z_val, {"x": data.x_val}, **noise)
     for attacker, job in zip(trained, jobs):
       f = fitted[job.name]
-      score(attacker, f.predict(z_test), f.predict, epochs=f.epochs, best_epoch=f.best_epoch,
+      score(attacker, f.predict(z_test), epochs=f.epochs, best_epoch=f.best_epoch,
             lr_cuts=f.lr_cuts, converged=f.converged)
   if "ridge" in cfg.attackers:
-    z_ridge = add_release_noise(z_fit, sigma, (cfg.seed, 0))
+    z_ridge = threat.features(z_fit, sigma, (cfg.seed, 0) + ((threat.draws,) if
+                                                            threat.draws > 1 else ()))
     r = atk.fit_ridge(z_ridge, data.x_fit, z_val, data.x_val, data.value_range)
-    score("ridge", r.predict(z_test), r.predict, alpha=r.alpha)
-
-  result["worst"] = worst_case(result["attackers"])
-  for rel in result.get("releases", {}).values():
-    rel["worst"] = worst_case(rel["attackers"])
-  return result, art
+    score("ridge", r.predict(z_test), alpha=r.alpha)
+  return by_attacker, recs
 
 
 def worst_case(by_attacker: dict) -> dict:
