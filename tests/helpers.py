@@ -30,11 +30,37 @@ def tiny_setup(encoder="lenet5", input_shape=(28, 28, 1), widths=None, num_class
   return models, opts, ran, state, batch_
 
 
-def run_train(args, env_extra=None, timeout=600):
-  """Runs train.py as a user would; returns the CompletedProcess."""
+def subprocess_env(env_extra=None, optimized=False):
+  """The environment of a train.py subprocess: CPU, no inherited XLA_FLAGS.
+
+  `optimized=True` compiles as users do: the suite's JAX_DISABLE_MOST_OPTIMIZATIONS
+  (tests/conftest.py) is not passed on, for the claims that must hold at the default level.
+  """
   env = dict(os.environ)
   env.pop("XLA_FLAGS", None)
+  if optimized:
+    env.pop("JAX_DISABLE_MOST_OPTIMIZATIONS", None)
   env["JAX_PLATFORMS"] = "cpu"
   env.update(env_extra or {})
-  return subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *args], cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=timeout)
+  return env
+
+
+def run_train(args, env_extra=None, timeout=600, optimized=False):
+  """Runs train.py as a user would; returns the CompletedProcess."""
+  return subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *args], cwd=ROOT,
+                        env=subprocess_env(env_extra, optimized), capture_output=True, text=True,
+                        timeout=timeout)
+
+
+def bench_torch():
+  """torch, from the `[bench]` extra (the benchmark's PyTorch reference).
+
+  Without it the test skips, as on a machine set up by README command 2 alone; where
+  RAN_TEST_REQUIRE_BENCH=1 (.ci/run, which installs it) a missing torch fails the test.
+  """
+  import pytest
+
+  if os.environ.get("RAN_TEST_REQUIRE_BENCH") == "1":
+    import torch
+    return torch
+  return pytest.importorskip("torch")

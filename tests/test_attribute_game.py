@@ -195,3 +195,35 @@ def test_entanglement_in_the_disc_and_adv_stages(game):
   batch = {k: v for k, v in batch.items() if k != "attribute"}
   with pytest.raises(ValueError, match="set data.attribute"):
     on.disc(state, batch)
+
+
+def test_heads_read_the_features_before_the_release_noise(game):
+  """With release noise on, both stages' attribute terms equal the heads on the clean
+  features, recomputed here; on the noisy release they would differ by far more."""
+  c = _config(attribute_weight=5.0)
+  c.model.feature_noise = 1.0
+  models = _models(c)
+  assert models.feature_noise == 1.0
+  opts = stages.make_optimizers(c.ran)
+  state = jax.jit(lambda r: stages.init_state(models, opts, r))(jax.random.PRNGKey(3))
+  fns = stages.bind_stages(models, opts, c.ran)
+  batch = game["batch"]
+  _, gen_m = jax.jit(fns.gen)(state, batch)
+  _, adv_m = jax.jit(fns.adv)(state, batch)
+
+  def heads_on(z):
+    logits = stages.attribute_logits(models, state.params, z)
+    ce = min(float(losses.cross_entropy(lg, batch["attribute"])) for lg in logits.values())
+    confusion = float(jnp.mean(jnp.stack([losses.confusion_loss(lg) for lg in logits.values()])))
+    return ce, confusion
+
+  clean, _ = stages.features(models, state.params["encoder"], state.batch_stats["encoder"],
+                             batch["image"], True)
+  ce, confusion = heads_on(clean)
+  np.testing.assert_allclose(float(gen_m["gen/attribute_ce"]), ce, rtol=1e-5)
+  np.testing.assert_allclose(float(adv_m["adv/attribute_confusion"]), confusion, rtol=1e-5)
+  # The test can tell the two apart: on a noisy release the heads' figures move well past
+  # the tolerance above.
+  noisy = stages.release(models, clean, jax.random.PRNGKey(7))
+  ce_noisy, confusion_noisy = heads_on(noisy)
+  assert abs(ce_noisy - ce) > 1e-3 * ce and abs(confusion_noisy - confusion) > 1e-3 * confusion

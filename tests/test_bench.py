@@ -1,6 +1,7 @@
 """The benchmark tools in bench/: the input-rate helper, the engines, the PyTorch reference.
 
-torch is optional: the reference's tests skip when it is not installed.
+torch (the `[bench]` extra) is optional: the reference's tests skip without it, except
+where RAN_TEST_REQUIRE_BENCH=1 (.ci/run installs torch and sets it), where they fail.
 """
 
 import os
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 
 from tests import data_fakes
+from tests.helpers import bench_torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -73,7 +75,7 @@ def test_jax_engine_runs_the_program_fused_and_per_stage(tmp_path):
 
 
 def test_torch_losses_follow_ran_jax_losses():
-  torch = pytest.importorskip("torch")
+  torch = bench_torch()
   from bench import torch_reference as tr
   from ran_jax import losses
 
@@ -93,7 +95,7 @@ def test_torch_losses_follow_ran_jax_losses():
 @pytest.mark.parametrize("encoder,shape", [("lenet5", (28, 28, 1)), ("lenet5", (128, 1, 9)),
                                            ("alexnet", (32, 32, 3))])
 def test_torch_networks_have_the_jax_shapes(encoder, shape):
-  torch = pytest.importorskip("torch")
+  torch = bench_torch()
   from bench import torch_reference as tr
   from ran_jax.models import build_encoder_spec, layer_shapes
 
@@ -108,7 +110,7 @@ def test_torch_networks_have_the_jax_shapes(encoder, shape):
 
 def test_torch_iteration_makes_only_algorithm_1_passes():
   """k=2: encoder 2k+1 forwards, classifier k+1 (disc, adv), decoder k+1 (gen, adv)."""
-  pytest.importorskip("torch")
+  bench_torch()
   from bench import torch_reference as tr
   from ran_jax.models import build_encoder_spec
 
@@ -147,7 +149,7 @@ def test_attacker_bench_writes_its_json_without_torch(tmp_path):
 @pytest.mark.parametrize("family", ["mirrored_decoder", "resnet_decoder"])
 def test_torch_attackers_are_the_jax_architectures(family):
   """Same parameter count and output shape as the JAX attacker; an epoch takes steps."""
-  torch = pytest.importorskip("torch")
+  torch = bench_torch()
   import jax
 
   from bench import attacker_bench as ab

@@ -2,7 +2,8 @@
 
 One short real training run (digits, a defended encoder: tanh bottleneck of 32 and
 released-feature noise 0.5) is exported once; every test reads that deployment.
-Needs the LiteRT interpreter (ai-edge-litert); skipped without it.
+Needs the LiteRT interpreter (ai-edge-litert, pinned in requirements.txt): a missing or
+broken install fails these tests, never skips them.
 """
 
 import dataclasses
@@ -17,14 +18,13 @@ import ml_collections
 import numpy as np
 import pytest
 
-pytest.importorskip("ai_edge_litert.interpreter",
-                    reason="ai-edge-litert (the LiteRT interpreter) is not installed")
+import ai_edge_litert.interpreter  # noqa: F401
 
-from configs import digits_lenet  # noqa: E402
-import ran_jax  # noqa: E402
-from ran_jax import deploy, export, input_pipeline, losses, trainer  # noqa: E402
-from ran_jax.models import build_models  # noqa: E402
-from tests.helpers import ROOT  # noqa: E402
+from configs import digits_lenet
+import ran_jax
+from ran_jax import deploy, export, input_pipeline, losses, trainer
+from ran_jax.models import build_models
+from tests.helpers import ROOT
 
 pytestmark = pytest.mark.slow  # the module fixture trains
 
@@ -313,3 +313,44 @@ def test_release_secret_missing_or_corrupt_is_never_replaced(tmp_path):
     assert key.read_bytes() == bad             # left exactly as it was
   with pytest.raises(ValueError, match="device secret as bytes"):
     deploy.release_noise("password", np.zeros((1, 4)), (2,))
+
+
+def _release_noise_by_the_spec(secret, x, n_values, context):
+  """The documented per-input derivation, written out with the standard library only.
+
+  HMAC-SHA256(secret, b"ran_jax/release_noise/v1" | len(context) as 4 bytes big-endian |
+  context | sha256(repr(shape) | b"|" | float32 little-endian bytes)) keys SHAKE-256;
+  each 64-bit little-endian word w gives u = ((w >> 11) + 0.5) / 2^53, and eps = Phi^-1(u).
+  """
+  import hashlib
+  import hmac
+  import statistics
+  import struct
+
+  a = np.ascontiguousarray(x, dtype="<f4")
+  digest = hashlib.sha256(repr(a.shape).encode() + b"|" + a.tobytes()).digest()
+  msg = b"ran_jax/release_noise/v1" + struct.pack(">I", len(context)) + context + digest
+  key = hmac.new(secret, msg, hashlib.sha256).digest()
+  stream = hashlib.shake_256(key).digest(8 * n_values)
+  words = struct.unpack(f"<{n_values}Q", stream)
+  return [statistics.NormalDist().inv_cdf(((w >> 11) + 0.5) * 2.0 ** -53) for w in words]
+
+
+def test_per_input_release_noise_known_answer():
+  """The per-input noise is the documented function of (secret, context, input), so the same
+  input gets the same noise on every platform and version: a change to the domain string,
+  the framing or the word-to-normal mapping would make each repeated input a new release."""
+  secret = bytes(range(32))
+  x = np.arange(12, dtype=np.float32).reshape(2, 3, 2, 1) / 8
+  eps = deploy.release_noise(secret, x, (2, 3), context="encoder sha256")
+  assert eps.shape == (2, 2, 3) and eps.dtype == np.float32
+  for i in range(2):
+    np.testing.assert_allclose(eps[i].ravel(),
+                               _release_noise_by_the_spec(secret, x[i], 6, b"encoder sha256"),
+                               rtol=1e-6, atol=1e-6)
+  # Recorded from version 1 of the scheme; a device must keep getting these values.
+  np.testing.assert_allclose(eps[0].ravel(), [-0.9210776, 0.824422, -1.0496908, -1.6714977,
+                                              -0.9731288, -0.9812908], rtol=1e-6)
+  # A batch is its inputs one by one: the noise of an input does not depend on its neighbours.
+  np.testing.assert_array_equal(deploy.release_noise(secret, x[1:], (2, 3), "encoder sha256"),
+                                eps[1:])

@@ -176,10 +176,12 @@ def test_notebook_is_committed_without_outputs():
 @pytest.mark.timeout(600)
 def test_quickstart_notebook_runs(tmp_path, monkeypatch):
   """The notebook, headless: trains, attacks, exports and runs the encoder in LiteRT."""
-  nbformat = pytest.importorskip("nbformat")
-  nbclient = pytest.importorskip("nbclient")
-  pytest.importorskip("ipykernel")
-  pytest.importorskip("ai_edge_litert.interpreter")
+  # Pinned in requirements(-dev).txt: a missing or broken install fails, never skips.
+  import ai_edge_litert.interpreter  # noqa: F401
+  import ipykernel  # noqa: F401
+  import nbclient
+  import nbformat
+
   wd = tmp_path / "wd"
   for k, v in _outside_env().items():
     monkeypatch.setenv(k, v)
