@@ -124,8 +124,9 @@ def one_run(args, seed, impl) -> dict:
 
 def attack_figures(res: dict) -> dict:
   """The worst cases of one `ran_jax.attack` result.json: reconstruction (one release and,
-  for a noisy release, the clean-feature limit) and identity (one release, N releases of
-  a person, the clean features), for whichever of them the attack ran."""
+  for a noisy release, the clean-feature limit with attackers trained on clean features)
+  and identity (one release, N releases of a person, the clean features, the label-only
+  floor), for whichever of them the attack ran."""
   out = {}
   if "worst" in res:
     out.update(worst_attacker=res["worst"]["attacker"], worst_mse_sum=res["worst"]["mse_sum"],
@@ -140,6 +141,9 @@ def attack_figures(res: dict) -> dict:
       out["identity_person"] = settings["single"]["person"]["top1"]
   if "clean" in settings:
     out["identity_clean"] = settings["clean"]["worst"]["top1"]
+  floor = (res.get("identity") or {}).get("label_only")
+  if floor:
+    out["identity_label_only"] = floor["worst"]["top1"]
   return out
 
 
@@ -150,7 +154,7 @@ def spread(values) -> dict:
 
 
 ATTACK_FIGURES = ("worst_mse_sum", "worst_clean_mse_sum", "identity_single", "identity_person",
-                  "identity_clean")
+                  "identity_clean", "identity_label_only")
 
 
 def summarize(runs) -> dict:

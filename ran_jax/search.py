@@ -628,6 +628,16 @@ def _id_cells(i: dict) -> str:
   return " | ".join(_fmt(i.get(k), ".4f") for k in ("single", "clean", "person", "worst"))
 
 
+def _floor_note(i: dict) -> str:
+  """The label-only floor beside chance: the same attackers given only the task label."""
+  if i.get("label_only") is None:
+    return ""
+  person = (f", {_fmt(i.get('label_only_person'), '.4f')} from the labels of the person's "
+            "examples" if i.get("label_only_person") is not None else "")
+  return (f"; label-only floor (the same attackers given only the task label) "
+          f"{i['label_only']:.4f}{person}")
+
+
 def _values_note(i: dict) -> str:
   """When the scored part holds fewer attribute values than exist (e.g. HAR's training
   subjects only), the chance level among those."""
@@ -658,7 +668,8 @@ def _identity_front_lines(workdir: str, state: dict) -> list:
       "trained after freezing on the releases) scored on the **validation part** of the "
       "attribute split, from training-split examples only (`IdentityConfig.scored_part`): the "
       f"attack's test part is never read to choose. {ref['identity'].get('n_scored')} examples "
-      f"scored; chance {ref['identity']['chance']:.4f}" + _values_note(ref["identity"]) + ". The "
+      f"scored; chance {ref['identity']['chance']:.4f}" + _values_note(ref["identity"])
+      + _floor_note(ref["identity"]) + ". The "
       "chosen point is the qualifying candidate with the lowest worst case of the three "
       "settings.", "",
       f"| {s['knob']} | val. accuracy | one release | clean features | "
@@ -679,12 +690,15 @@ def _identity_confirm_lines(state: dict, confirm: dict) -> list:
            f"({cc.get('n_scored')} examples{_values_note(cc)}; `identity.json` beside each "
            "confirmation):", "",
            f"| | one release (95 % CI) | clean features | {n_rel or 'N'} releases of the "
-           "person | worst | chance |", "|---|---|---|---|---|---|"]
+           "person | worst | chance | label only (one / person) |",
+           "|---|---|---|---|---|---|---|"]
   for label, i in (("reference", cr), ("chosen", cc)):
     ci = i["ci95"]["single"]
     lines.append(f"| {label} | {_fmt(i['single'], '.4f')} [{_fmt(ci[0], '.3f')}, "
                  f"{_fmt(ci[1], '.3f')}] | {_fmt(i['clean'], '.4f')} | {_fmt(i['person'], '.4f')} "
-                 f"| {_fmt(i['worst'], '.4f')} | {i['chance']:.4f} |")
+                 f"| {_fmt(i['worst'], '.4f')} | {i['chance']:.4f} "
+                 f"| {_fmt(i.get('label_only'), '.4f')} / "
+                 f"{_fmt(i.get('label_only_person'), '.4f')} |")
   return lines + [""]
 
 

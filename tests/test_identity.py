@@ -29,8 +29,9 @@ class FakeTrained:
     return z + self.feature_noise * jax.random.normal(key, z.shape) if self.feature_noise else z
 
 
-def make_source(n=240, planted=True, rule="stratified", seed=0):
-  """[n, 4, 4, 1] inputs whose mean depends on the attribute (planted) or not at all."""
+def make_source(n=240, planted=True, rule="stratified", seed=0, label_reveals=False):
+  """[n, 4, 4, 1] inputs whose mean depends on the attribute (planted) or not at all; the
+  task label is independent of the attribute, or (label_reveals) names its pair."""
   rng = np.random.default_rng(seed)
   att = np.arange(n) % N_ATTR
   means = rng.normal(0, 1, (N_ATTR, 16))
@@ -39,6 +40,8 @@ def make_source(n=240, planted=True, rule="stratified", seed=0):
   y = rng.integers(0, 2, n)
   if not planted:
     att = rng.permutation(att)
+  if label_reveals:
+    y = att // 2
   te = np.arange(n) % 3 == 0
   src = DataSource("fake", ArraySplit(x[~te], y[~te]), ArraySplit(x[te], y[te]), (4, 4, 1), 2,
                    (-10.0, 10.0))
@@ -71,6 +74,27 @@ def test_attackers_find_a_planted_attribute(planted_result):
   assert single["person"]["top1"] >= single["worst"]["top1"] - 0.05  # 5 releases help
   assert r["settings"]["raw"]["relative_to_raw"] == pytest.approx(1.0)
   assert single["relative_to_raw"] > 0.5
+
+
+def test_label_only_floor(planted_result):
+  """The same attackers given only the task label: near chance where the label says
+  nothing of the person (while the releases name it), at the level the label reveals where
+  it does (the label names one of two pairs: 1/2), for one example and for a person."""
+  floor = planted_result["label_only"]
+  assert set(floor["attackers"]) == set(identity.FAMILIES)
+  assert floor["worst"]["top1"] < 0.45 < planted_result["settings"]["single"]["worst"]["top1"]
+  h = identity.headline(planted_result)
+  assert h["label_only"] == floor["worst"]["top1"]
+  assert h["label_only_person"] == floor["person"]["top1"]
+  src = make_source(seed=4, label_reveals=True)
+  cfg = identity.IdentityConfig(**{**FAST, "raw": False})
+  r = identity.attack_identity(FakeTrained(16), src, cfg)
+  floor = r["label_only"]
+  assert floor["worst"]["top1"] == pytest.approx(0.5, abs=0.12)
+  assert floor["person"]["top1"] == pytest.approx(0.5, abs=0.12)
+  off = identity.attack_identity(FakeTrained(16), src, identity.IdentityConfig(
+      **{**FAST, "raw": False, "label_only": False, "attackers": ("logreg",)}))
+  assert "label_only" not in off and identity.headline(off)["label_only"] is None
 
 
 def test_no_leakage_is_reported_where_there_is_none():
@@ -161,6 +185,6 @@ def test_reconstruction_attackers_trained_on_repeated_releases():
 
 def test_format_identity_prints_every_setting(planted_result):
   text = identity.format_identity(planted_result)
-  assert "chance 0.2500" in text
-  for setting in ("single", "raw"):
+  assert "chance 0.2500" in text and "label only 0." in text
+  for setting in ("single", "raw", "label only"):
     assert any(line.startswith(setting) for line in text.splitlines())

@@ -37,6 +37,11 @@ bootstrap 95 % interval:
   raw        the same attackers on the raw input (flattened, PCA to `raw_pca`
              dimensions fitted on the fit part): the reference for leakage.
   leakage relative to raw = (top1 - chance) / (top1_raw - chance).
+Label-only floor (`label_only`, beside chance): the same attackers given only the task
+label of each example (one-hot; HAR: activity -> subject, FSDD: digit -> speaker), one
+release and `person_releases` of one person. No representation that carries the task can
+hide what the label itself says about the person, so this, not chance, is the level a
+defence can reach; result['label_only'], in the layout of a setting.
 Choosing a setting on these attacks (`scored_part='validation'`, used by the search) scores
 the validation part instead, one level down: only training-split examples, a new
 validation part cut from the fit part by the same rule (time: the last 20 % of each
@@ -78,6 +83,7 @@ class IdentityConfig:
   releases: Sequence[int] = (4, 16)      # N of the mean_N settings
   clean: bool = True                     # also the clean-feature limit
   raw: bool = True                       # also the raw-input reference
+  label_only: bool = True                # also the label-only floor (the task label alone)
   person_releases: int = 10              # releases of one person summed (0: off)
   person_groups: int = 1000
   bootstrap: int = 1000
@@ -323,9 +329,27 @@ def person_groups(attribute: np.ndarray, size: int, count: int, seed) -> np.ndar
   return np.asarray(rows, np.int64)
 
 
+def label_fn(pool: Pool, num_classes: int) -> Callable:
+  """Pool indices, key -> [M, num_classes] one-hot task labels: all an attacker of the
+  label-only floor is given."""
+  eye = np.eye(max(int(num_classes), int(pool.label.max()) + 1), dtype=np.float32)
+
+  def run(idx, key):
+    del key
+    return eye[pool.label[idx]]
+
+  return run
+
+
+def _on_inputs(pool: Pool, fn: Callable) -> Callable:
+  """x, key -> features  as  pool indices, key -> features."""
+  return lambda idx, key: fn(pool.x[idx], key)
+
+
 def _score_setting(get: Callable, pool: Pool, cfg: IdentityConfig, setting: str,
                    groups: np.ndarray) -> dict:
-  """Every family x seed on one setting's features; per family means; the worst case."""
+  """Every family x seed on one setting's features (`get(pool indices, key)`); per family
+  means; the worst case."""
   a_fit, a_val, a_test = pool.attribute[pool.fit], pool.attribute[pool.val], \
       pool.attribute[pool.test]
   by_family = {f: {"top1_seeds": [], "person_top1_seeds": []} for f in cfg.attackers}
@@ -333,11 +357,11 @@ def _score_setting(get: Callable, pool: Pool, cfg: IdentityConfig, setting: str,
   person_correct = {f: [] for f in cfg.attackers}
   for seed in cfg.seeds:
     key = jax.random.PRNGKey(int(seed))
-    z_fit = np.concatenate([get(pool.x[pool.fit], jax.random.fold_in(key, 100 + d))
+    z_fit = np.concatenate([get(pool.fit, jax.random.fold_in(key, 100 + d))
                             for d in range(max(1, cfg.fit_draws))])
     a_fit_d = np.tile(a_fit, max(1, cfg.fit_draws))
-    z_val = get(pool.x[pool.val], jax.random.fold_in(key, 1))
-    z_test = get(pool.x[pool.test], jax.random.fold_in(key, 2))
+    z_val = get(pool.val, jax.random.fold_in(key, 1))
+    z_test = get(pool.test, jax.random.fold_in(key, 2))
     for fam in cfg.attackers:
       proba, chosen = fit_attacker(fam, z_fit, a_fit_d, z_val, a_val, pool.num_attributes, cfg,
                                    seed, name=f"identity/{setting}/{fam}/seed{seed}")
@@ -375,7 +399,8 @@ def attack_identity(trained, source, cfg: IdentityConfig | None = None) -> dict:
 
   `source` must carry an attribute (load it with data.attribute set). Returns
   {'attribute', 'num_attributes', 'chance', 'majority', 'split', 'settings':
-  {setting: {'attackers', 'worst', 'person', 'relative_to_raw'}}, ...}.
+  {setting: {'attackers', 'worst', 'person', 'relative_to_raw'}}, 'label_only' (the
+  label-only floor, a setting's layout), ...}.
   """
   cfg = cfg or IdentityConfig()
   unknown = sorted(set(cfg.attackers) - set(FAMILIES))
@@ -410,10 +435,13 @@ def attack_identity(trained, source, cfg: IdentityConfig | None = None) -> dict:
     out["note"] = ("deterministic release: N releases of one input equal one release and the "
                    "clean features")
   for name, get in settings.items():
-    out["settings"][name] = _score_setting(get, pool, cfg, name, groups)
+    out["settings"][name] = _score_setting(_on_inputs(pool, get), pool, cfg, name, groups)
+  if cfg.label_only:
+    out["label_only"] = _score_setting(label_fn(pool, source.num_classes), pool, cfg,
+                                       "label_only", groups)
   raw = out["settings"].get("raw")
   if raw is not None and raw["worst"]["top1"] > chance:
-    for r in out["settings"].values():
+    for r in [*out["settings"].values(), *([out["label_only"]] if cfg.label_only else [])]:
       r["relative_to_raw"] = float((r["worst"]["top1"] - chance)
                                    / (raw["worst"]["top1"] - chance))
   return out
@@ -425,7 +453,8 @@ def headline(r: dict) -> dict:
   single: worst-case top-1 from one release; clean: from the clean features (for a
   noise-free release the release itself, so single; None when not attacked); person:
   from `person_releases` single releases of one person combined (None when off); worst:
-  the largest of these; chance: 1 / num_attributes.
+  the largest of these; chance: 1 / num_attributes; label_only, label_only_person: the
+  label-only floor for one example and for the person (None when not measured).
   """
   settings = r["settings"]
   single = settings["single"]
@@ -435,6 +464,10 @@ def headline(r: dict) -> dict:
                    else None if r.get("feature_noise") else float(single["worst"]["top1"])),
          "person": (float(single["person"]["top1"]) if "person" in single else None),
          "person_releases": single.get("person", {}).get("releases")}
+  floor = r.get("label_only")
+  out["label_only"] = float(floor["worst"]["top1"]) if floor else None
+  out["label_only_person"] = (float(floor["person"]["top1"]) if floor and "person" in floor
+                              else None)
   out["worst"] = max(v for v in (out["single"], out["clean"], out["person"]) if v is not None)
   return out
 
@@ -443,11 +476,16 @@ def format_identity(r: dict) -> str:
   """The printed table of `attack_identity`'s result."""
   lines = [f"identity ({r['attribute']}, {r['num_attributes']} values, split {r['split']['rule']}: "
            f"{r['split']['n_fit']} fit / {r['split']['n_val']} val / {r['split']['n_test']} test)"
-           f": chance {r['chance']:.4f}, majority {r['majority']:.4f}",
+           f": chance {r['chance']:.4f}, majority {r['majority']:.4f}"
+           + (f", label only {r['label_only']['worst']['top1']:.4f}" if r.get("label_only")
+              else ""),
            f"{'setting':10s}" + "".join(f"{f:>9s}" for f in
                                          next(iter(r["settings"].values()))["attackers"])
            + f"{'worst':>9s}{'95% CI':>17s}{'vs raw':>8s}{'person':>9s}"]
-  for name, s in r["settings"].items():
+  rows = list(r["settings"].items())
+  if r.get("label_only"):
+    rows.append(("label only", r["label_only"]))
+  for name, s in rows:
     fams = "".join(f"{a['top1']:9.4f}" for a in s["attackers"].values())
     ci = s["worst"]["ci95"]
     rel = s.get("relative_to_raw")

@@ -12,7 +12,8 @@ from ran_jax.privacy import protocol
 
 TRAINED_ATTACKERS = protocol.TRAINED_ATTACKERS
 IDENTITY_COLUMNS = ["attribute", "attribute_single_top1", "attribute_clean_top1",
-                    "attribute_person_top1", "attribute_worst_top1", "attribute_chance"]
+                    "attribute_person_top1", "attribute_worst_top1", "attribute_chance",
+                    "attribute_label_only_top1", "attribute_label_only_person_top1"]
 CSV_COLUMNS = (
     ["method", "setting", "lam", "noise_factor", "feature_noise", "accuracy", "accuracy_retrained"]
     + [f"{a}_{m}" for a in protocol.ALL_ATTACKERS for m in protocol.METRICS]
@@ -27,7 +28,8 @@ CSV_COLUMNS = (
     + [f"{a}_{m}" for a in TRAINED_ATTACKERS for m in ("epochs", "converged")]
     # Identity (attribute inference, `ran_jax.privacy.identity.headline`; empty without
     # data.attribute): worst-case top-1 from one release, from the clean features, from N
-    # releases of one person, the worst of the three, and chance (1 / number of values).
+    # releases of one person, the worst of the three, chance (1 / number of values) and the
+    # label-only floor (the same attackers given only the task label; one example, a person).
     + IDENTITY_COLUMNS)
 
 
@@ -40,7 +42,8 @@ def identity_cells(headline: dict) -> dict:
   cell = lambda v: "" if v is None else v  # noqa: E731
   return {"attribute": headline["attribute"], "attribute_chance": headline["chance"],
           **{f"attribute_{k}_top1": cell(headline.get(k))
-             for k in ("single", "clean", "person", "worst")}}
+             for k in ("single", "clean", "person", "worst", "label_only",
+                       "label_only_person")}}
 
 
 def to_row(method: str, setting: str, result: dict, identity: dict | None = None) -> dict:
