@@ -92,6 +92,8 @@ def test_label_only_floor(planted_result):
   floor = r["label_only"]
   assert floor["worst"]["top1"] == pytest.approx(0.5, abs=0.12)
   assert floor["person"]["top1"] == pytest.approx(0.5, abs=0.12)
+  alone = identity.label_only_floor(src, cfg)   # no encoder: the same attackers, split, seeds
+  assert alone["label_only"]["worst"] == floor["worst"] and alone["chance"] == r["chance"]
   off = identity.attack_identity(FakeTrained(16), src, identity.IdentityConfig(
       **{**FAST, "raw": False, "label_only": False, "attackers": ("logreg",)}))
   assert "label_only" not in off and identity.headline(off)["label_only"] is None

@@ -447,6 +447,25 @@ def attack_identity(trained, source, cfg: IdentityConfig | None = None) -> dict:
   return out
 
 
+def label_only_floor(source, cfg: IdentityConfig | None = None) -> dict:
+  """The label-only floor alone, no encoder needed: the attackers of `attack_identity`
+  given only the task label, on its split, seeds and person groups (so equal to its
+  result['label_only']). Returns {'attribute', 'num_attributes', 'chance', 'majority',
+  'split', 'label_only'}."""
+  cfg = cfg or IdentityConfig()
+  pool = split_pool(source, cfg)
+  a_fit, a_test = pool.attribute[pool.fit], pool.attribute[pool.test]
+  groups = person_groups(a_test, cfg.person_releases, cfg.person_groups, [cfg.seed, 3])
+  majority = int(np.bincount(a_fit, minlength=pool.num_attributes).argmax())
+  return {"attribute": source.attribute_name, "num_attributes": pool.num_attributes,
+          "chance": 1.0 / pool.num_attributes, "majority": float(np.mean(a_test == majority)),
+          "split": {"rule": pool.rule, "n_fit": int(len(pool.fit)), "n_val": int(len(pool.val)),
+                    "n_test": int(len(pool.test)), "scored_part": cfg.scored_part},
+          "label_only": _score_setting(label_fn(pool, source.num_classes), pool, cfg,
+                                       "label_only", groups),
+          "config": cfg.to_dict()}
+
+
 def headline(r: dict) -> dict:
   """The figures of `attack_identity`'s result that a choice and a results row use.
 
