@@ -66,7 +66,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.manual_dir = config_dict.placeholder(str)  # raw files for offline preparation
   c.data.image_size = 28       # resize to this square size; 0: the dataset's own size
   c.data.train_limit = 0       # >0: use only the first N examples (tests)
-  c.data.test_limit = 0
+  c.data.test_limit = 0        # >0: use only the first N test examples (tests)
   c.data.decode_workers = 4    # threads decoding JPEG batches (imagenet2012, large TFDS sets)
   c.data.num_classes = config_dict.placeholder(int)  # expected class count (None: the dataset's)
   # A sensitive attribute carried per example ('': none): 'subject' (uci_har), 'speaker'
@@ -83,6 +83,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.dtype = "float32"    # 'bfloat16' computes in bf16 with f32 params (accelerators)
   # 'fast': matmul / sub-pixel convs (CPU); 'xla': Flax's; 'auto': chosen by backend and layer
   c.model.conv_impl = "auto"
+  # Batch-norm statistics in training: 0 over the whole (global) batch; N over groups of N
+  # examples (ghost batch-norm). N dividing the per-device batch keeps every statistic on
+  # its device: no all-reduce per layer, and results independent of the device count.
+  c.model.bn_group_size = 0
+  # What the backward pass recomputes of each conv block instead of keeping it (memory for
+  # compute): 'none'; 'conv' (keep conv outputs, recompute batch-norm and ReLU); 'full'.
+  c.model.remat = "none"
   # Defences (docs/privacy.md); all off by default, which is the paper's RAN.
   c.model.bottleneck_dim = 0   # >0: encoder ends in a learned projection to d tanh-bounded channels
   c.model.bottleneck_kind = "dense"  # 'dense' (flat [d] features) or 'conv1x1' ([h, w, d])
@@ -111,7 +118,7 @@ def base_config() -> ml_collections.ConfigDict:
   # features' soft nearest neighbours pushed to share the attribute no more than chance
   # does. Needs data.attribute. Its temperature (> 0) is relative to the batch's mean distance.
   c.ran.entangle = 0.0
-  c.ran.entangle_temperature = 0.1
+  c.ran.entangle_temperature = 0.1  # > 0, a fraction of the batch's mean feature distance
   # The attribute game (docs/privacy_identity.md): attribute heads on the released features
   # trained beside the decoders, and the encoder pushed to confuse them. Needs data.attribute.
   c.ran.attribute_weight = 0.0  # >= 0; weight of the heads' confusion loss in O_a (0: off)
@@ -257,7 +264,7 @@ def _rules() -> dict[str, Rule]:
   from ran_jax.losses import RECON_REDUCTIONS
   from ran_jax.models import (ATTRIBUTE_HEADS, BOTTLENECK_KINDS, COMPUTE_DTYPES, ENCODERS,
                               EXTRA_DECODERS)
-  from ran_jax.models.modules import CONV_IMPLS
+  from ran_jax.models.modules import CONV_IMPLS, REMAT_POLICIES
   from ran_jax.stages import ADVERSARY_REDUCTIONS, SCHEDULES
 
   datasets = known_datasets()
@@ -297,6 +304,10 @@ def _rules() -> dict[str, Rule]:
       "model.dropout": _number(0.0, 1.0, hi_open=True),
       "model.dtype": _one_of(COMPUTE_DTYPES),
       "model.conv_impl": _one_of(CONV_IMPLS),
+      "model.bn_group_size": ((lambda v: _is_int(v) and v >= 0),
+                              "0 (statistics over the whole batch) or an integer >= 1 that "
+                              "divides batch_size"),
+      "model.remat": _one_of(REMAT_POLICIES),
       "model.bottleneck_dim": ((lambda v: _is_int(v) and v >= 0),
                                "0 (no bottleneck) or an integer >= 1"),
       "model.bottleneck_kind": _one_of(BOTTLENECK_KINDS),
@@ -397,6 +408,10 @@ def validate_config(config, num_devices: int | None = None) -> None:
       problems.append(f"data.attribute={attribute!r}: dataset {dataset} has no such attribute; "
                       f"available: {list(BUILTIN_ATTRIBUTES[dataset]) or 'none'}.")
 
+  group, bs = values.get("model.bn_group_size"), values.get("batch_size")
+  if _is_int(group) and group > 0 and _is_int(bs) and bs > 0 and bs % group:
+    problems.append(f"model.bn_group_size={group}: must divide batch_size={bs} (each group of "
+                    "examples is normalised with its own statistics).")
   if num_devices:
     for name in ("batch_size", "eval_batch_size"):
       bs = values.get(name)

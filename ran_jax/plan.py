@@ -263,7 +263,8 @@ def _cost(compiled) -> dict:
   if isinstance(ca, (list, tuple)):
     ca = ca[0] if ca else {}
   ca = ca or {}
-  return {"flops": float(ca.get("flops", 0.0)), "bytes_accessed": float(ca.get("bytes accessed", 0.0))}
+  return {"flops": float(ca.get("flops", 0.0)),
+          "bytes_accessed": float(ca.get("bytes accessed", 0.0))}
 
 
 def _memory(compiled) -> dict:
@@ -513,8 +514,9 @@ def _parallel_fields(cfg) -> dict:
 
 def markdown(reports: Sequence[dict]) -> str:
   """A markdown table of plan reports (one row per topology)."""
-  head = ("| slice | chips / hosts | batch / chip | HBM per chip (GiB) | fits | largest batch / chip "
-          "| collectives / iteration | collective bytes / chip | est. compute (ms) "
+  head = ("| slice | chips / hosts | batch / chip | HBM per chip (GiB) | fits "
+          "| largest batch / chip | collectives / iteration | collective bytes / chip "
+          "| est. compute (ms) "
           "| est. communication (ms) | comm / compute | est. images/s | est. ImageNet epoch (h) "
           "| est. run (chip-hours) |")
   rows = [head, "|" + "---|" * (head.count("|") - 1)]

@@ -25,6 +25,10 @@ def get_config(arg=None):
   c.model.encoder = "vgg16"
   c.model.classifier_hidden = (4096, 4096)
   c.model.dtype = "bfloat16"
+  # Batch-norm statistics over groups of 32 examples: the per-chip batch of a 256 batch on
+  # 8 chips, so no statistic crosses a chip (docs/cloud_tpu.md). When scaling the slice,
+  # keep the per-chip batch (batch_size / chips) a multiple of 32.
+  c.model.bn_group_size = 32
   c.batch_size = 256
   c.eval_batch_size = 256
   c.num_epochs = 90
@@ -40,5 +44,6 @@ def _smoke(c):
   c.model.widths = (4, 4, 8, 8, 8)
   c.model.classifier_hidden = (16, 16)
   c.model.dtype = "float32"
+  c.model.bn_group_size = 4    # 16 examples: groups of 4 (one per device of the tests' 4)
   c.checkpoint_every_steps = 0
   return c

@@ -2,12 +2,13 @@
 
 from ran_jax.models.encoders import ENCODERS, build_encoder_spec
 from ran_jax.models.modules import (ATTRIBUTE_HEADS, BOTTLENECK_KINDS, EXTRA_DECODERS,
+                                    REMAT_POLICIES,
                                     Classifier, Decoder, Encoder, MLPDecoder, RANModels)
 from ran_jax.models.spec import ConvSpec, PoolSpec, ShapeError, feature_shape, layer_shapes
 
 __all__ = [
     "ENCODERS", "build_encoder_spec", "Classifier", "Decoder", "Encoder", "RANModels",
-    "MLPDecoder", "ATTRIBUTE_HEADS", "BOTTLENECK_KINDS", "EXTRA_DECODERS",
+    "MLPDecoder", "REMAT_POLICIES", "ATTRIBUTE_HEADS", "BOTTLENECK_KINDS", "EXTRA_DECODERS",
     "ConvSpec", "PoolSpec", "ShapeError", "feature_shape", "layer_shapes", "build_models",
     "compute_dtype", "COMPUTE_DTYPES",
 ]
@@ -43,6 +44,8 @@ def build_models(model_config, input_shape, num_classes, value_range, ran_config
                    extra_decoders=tuple(ran.get("extra_decoders", ())),
                    mlp_decoder_hidden=tuple(ran.get("mlp_decoder_hidden", (1024,))),
                    wide_decoder_mult=ran.get("wide_decoder_mult", 2),
+                   bn_group_size=int(model_config.get("bn_group_size", 0) or 0),
+                   remat=str(model_config.get("remat", "none")),
                    **attribute_game(ran, num_attributes))
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import flax.linen as nn
 import jax
+from jax.ad_checkpoint import checkpoint_name
 import jax.numpy as jnp
 import numpy as np
 
@@ -91,10 +93,82 @@ class FastConvTranspose(nn.Module):
     return y
 
 
-def _bn(train: bool, name: str, dtype) -> nn.BatchNorm:
+class GroupBatchNorm(nn.Module):
+  """Batch-norm whose training statistics are taken over groups of `group_size` examples.
+
+  nn.BatchNorm's parameters and statistics ('scale', 'bias'; 'mean', 'var'), so a
+  checkpoint does not depend on the grouping. In training, the batch [B, ...] is split
+  into B / group_size consecutive groups and each is normalised with its own mean and
+  (biased) variance; the running statistics move towards the groups' average. When the
+  groups line up with the devices' shards of a data-parallel batch (group_size divides
+  the per-device batch), no statistic crosses a device: the normalisation needs no
+  all-reduce, and results do not depend on the number of devices (ghost batch-norm,
+  Hoffer et al. 2017, with groups of a fixed size). Evaluation uses the running statistics.
+  """
+
+  group_size: int
+  use_running_average: bool = False
+  momentum: float = BN_MOMENTUM
+  epsilon: float = BN_EPSILON
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):  # [B, ..., C]
+    c = x.shape[-1]
+    scale = self.param("scale", nn.initializers.ones_init(), (c,), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros_init(), (c,), jnp.float32)
+    ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
+    ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
+    if self.use_running_average:
+      mean, var = ra_mean.value, ra_var.value
+      y = (x.astype(jnp.float32) - mean) * jax.lax.rsqrt(var + self.epsilon)
+      return (y * scale + bias).astype(self.dtype)
+    b, g = x.shape[0], int(self.group_size)
+    if g <= 0 or b % g:
+      raise ValueError(f"model.bn_group_size={g} must divide the batch of {b} examples.")
+    xg = x.astype(jnp.float32).reshape((b // g, g) + x.shape[1:])   # [groups, g, ..., C]
+    axes = tuple(range(1, xg.ndim - 1))
+    mean = jnp.mean(xg, axes, keepdims=True)
+    var = jnp.maximum(jnp.mean(jnp.square(xg), axes, keepdims=True) - jnp.square(mean), 0.0)
+    y = ((xg - mean) * jax.lax.rsqrt(var + self.epsilon)).reshape(x.shape)
+    if not self.is_initializing():
+      m = self.momentum
+      ra_mean.value = m * ra_mean.value + (1 - m) * jnp.mean(mean.reshape(-1, c), 0)
+      ra_var.value = m * ra_var.value + (1 - m) * jnp.mean(var.reshape(-1, c), 0)
+    return (y * scale + bias).astype(self.dtype)
+
+
+def _bn(train: bool, name: str, dtype, group_size: int = 0) -> nn.Module:
+  if group_size:
+    return GroupBatchNorm(group_size, use_running_average=not train, name=name, dtype=dtype)
   return nn.BatchNorm(
       use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name,
       dtype=dtype)
+
+
+def _conv_bn_relu(mdl, x, conv, bn):
+  # A function of the calling module (nn.remat of a function keeps its parameters'
+  # names in that module's scope, so a checkpoint does not depend on `remat`).
+  del mdl
+  return nn.relu(bn(checkpoint_name(conv(x), "conv_out")))
+
+
+# `model.remat`: what the backward pass recomputes of each conv -> batch-norm -> ReLU block
+# instead of keeping it from the forward pass. 'conv': keeps only the convolution's output
+# and recomputes the batch-norm and ReLU from it (elementwise work, no extra flops in the
+# convolutions); 'full': keeps only the block's input and recomputes the convolution too.
+REMAT_POLICIES = ("none", "conv", "full")
+_REMAT_BLOCKS = {
+    "conv": nn.remat(_conv_bn_relu, static_argnums=(2, 3),
+                     policy=jax.checkpoint_policies.save_only_these_names("conv_out")),
+    "full": nn.remat(_conv_bn_relu, static_argnums=(2, 3)),
+}
+
+
+def _block(remat: str, train: bool):
+  if remat not in REMAT_POLICIES:
+    raise ValueError(f"model.remat must be one of {REMAT_POLICIES}, got {remat!r}.")
+  return _REMAT_BLOCKS[remat] if train and remat != "none" else _conv_bn_relu
 
 
 BOTTLENECK_KINDS = ("dense", "conv1x1")
@@ -115,6 +189,8 @@ class Encoder(nn.Module):
   bottleneck_dim: int = 0
   bottleneck_kind: str = "dense"
   bounded: bool = False
+  bn_group_size: int = 0           # >0: batch-norm statistics over groups of this many examples
+  remat: str = "none"              # REMAT_POLICIES: what the backward pass recomputes
 
   @nn.compact
   def __call__(self, x, train: bool):  # x: [B, H, W, C] -> [B, h, w, c]
@@ -124,10 +200,10 @@ class Encoder(nn.Module):
         conv = FastConv if fast else nn.Conv
         # No bias: batch-norm removes it, so its gradient is pure float noise that
         # Adam would turn into lr-sized random steps (and layout-dependent results).
-        x = conv(layer.features, layer.kernel, layer.strides, padding=layer.padding,
-                 use_bias=False, name=layer.name, dtype=self.dtype)(x)
-        x = _bn(train, f"{layer.name}_bn", self.dtype)(x)
-        x = nn.relu(x)
+        conv = conv(layer.features, layer.kernel, layer.strides, padding=layer.padding,
+                    use_bias=False, name=layer.name, dtype=self.dtype)
+        bn = _bn(train, f"{layer.name}_bn", self.dtype, self.bn_group_size)
+        x = _block(self.remat, train)(self, x, conv, bn)
       elif fast:
         x = fast_conv.max_pool(x, layer.window, layer.strides)
       else:
@@ -168,6 +244,12 @@ def unpool(x, strides: Sequence[int], target_hw: Sequence[int]):
   return _fit_axis(x, 2, 0, target_hw[1], "edge")
 
 
+def _crop_transposed(deconv, z, lo, out):
+  z = deconv(z)
+  z = _fit_axis(z, 1, lo[0], out[0], "constant")
+  return _fit_axis(z, 2, lo[1], out[1], "constant")
+
+
 class Decoder(nn.Module):
   """The encoder mirrored layer by layer, read from the encoder's own spec.
 
@@ -184,6 +266,8 @@ class Decoder(nn.Module):
   bottleneck_dim: int = 0          # the encoder's bottleneck, mirrored by the first layer
   bottleneck_kind: str = "dense"
   width_mult: int = 1              # hidden channels x width_mult (a wider decoder family)
+  bn_group_size: int = 0           # >0: batch-norm statistics over groups of this many examples
+  remat: str = "none"              # REMAT_POLICIES (transposed convs of the 'xla' path)
 
   @nn.compact
   def __call__(self, z, train: bool):  # z: [B, h, w, c] (or [B, d]) -> [B, H, W, C]
@@ -198,7 +282,7 @@ class Decoder(nn.Module):
             z.reshape((z.shape[0], -1))).reshape((-1, h, w, c * m))
       else:
         z = nn.Conv(c * m, (1, 1), use_bias=False, name="debottleneck", dtype=self.dtype)(z)
-      z = nn.relu(_bn(train, "debottleneck_bn", self.dtype)(z))
+      z = nn.relu(_bn(train, "debottleneck_bn", self.dtype, self.bn_group_size)(z))
     pending = None  # an un-pooling folded into the next transposed conv (fast path)
     for i in reversed(range(n)):
       layer, (th, tw, tc) = self.spec[i], shapes[i]
@@ -224,12 +308,16 @@ class Decoder(nn.Module):
                               unpool=pending)(z)
         pending = None
       else:
-        z = nn.ConvTranspose(tc, layer.kernel, layer.strides, padding="VALID",
-                             use_bias=not has_bn, name=f"de{layer.name}", dtype=self.dtype)(z)
-        z = _fit_axis(z, 1, lo_h, th, "constant")
-        z = _fit_axis(z, 2, lo_w, tw, "constant")
+        deconv = nn.ConvTranspose(tc, layer.kernel, layer.strides, padding="VALID",
+                                  use_bias=not has_bn, name=f"de{layer.name}", dtype=self.dtype)
+        if has_bn and self.remat != "none" and train:
+          crop = functools.partial(_crop_transposed, deconv, lo=(lo_h, lo_w), out=(th, tw))
+          bn = _bn(train, f"de{layer.name}_bn", self.dtype, self.bn_group_size)
+          z = _block(self.remat, train)(self, z, crop, bn)
+          continue
+        z = _crop_transposed(deconv, z, (lo_h, lo_w), (th, tw))
       if has_bn:
-        z = _bn(train, f"de{layer.name}_bn", self.dtype)(z)
+        z = _bn(train, f"de{layer.name}_bn", self.dtype, self.bn_group_size)(z)
         z = nn.relu(z)
     if isinstance(self.spec[0], PoolSpec):
       raise ValueError("An encoder spec must start with a convolution.")
@@ -297,7 +385,7 @@ class RANModels:
                conv_impl: str = "auto", bottleneck_dim: int = 0, bottleneck_kind: str = "dense",
                feature_noise: float = 0.0, extra_decoders=(), mlp_decoder_hidden=(1024,),
                wide_decoder_mult: int = 2, num_attributes: int = 0, attribute_heads=(),
-               attribute_hidden=(256,)):
+               attribute_hidden=(256,), bn_group_size: int = 0, remat: str = "none"):
     _check_impl(conv_impl)
     if bottleneck_kind not in BOTTLENECK_KINDS:
       raise ValueError(f"bottleneck_kind must be one of {BOTTLENECK_KINDS}, "
@@ -312,7 +400,8 @@ class RANModels:
     self.feature_noise = float(feature_noise)
     vr = tuple(float(v) for v in value_range)
     self.value_range = vr
-    bn = dict(bottleneck_dim=int(bottleneck_dim), bottleneck_kind=bottleneck_kind)
+    bn = dict(bottleneck_dim=int(bottleneck_dim), bottleneck_kind=bottleneck_kind,
+              bn_group_size=int(bn_group_size), remat=str(remat))
     self.encoder = Encoder(spec, dtype=dtype, conv_impl=conv_impl, bounded=self.feature_noise > 0,
                            **bn)
     self.decoder = Decoder(spec, self.input_shape, vr, dtype=dtype, conv_impl=conv_impl, **bn)
