@@ -1,21 +1,24 @@
 """Robustness of a config's result: the same training over seeds and numeric paths.
 
-  python -m bench robustness --config=configs/digits_lenet.py --out=runs/robust_digits \
-      [--seeds=0,1,2,3,4] [--conv_impls=fast,xla] [--attack --attackers=ridge,mlp_decoder] \
-      [--set=ran.lam=0.5 --set=num_epochs=10 ...]
+  python -m bench robustness --config=configs/digits_lenet.py --workdir=runs/robust_digits \\
+      [--train_seeds=0,1,2,3,4] [--conv_impls=fast,xla] [--attack --attackers=ridge,mlp_decoder] \\
+      [--config.ran.lam=0.5 --config.num_epochs=10 ...]
 
-Trains `train.py --config=CONFIG` once per (seed, conv_impl): the seeds change the
-initialisation, the shuffling and the noise; `model.conv_impl='fast'` and `'xla'` compute
-the same convolutions with other float rounding, as another machine would. For each run
-it reads the final test accuracy (`final_metrics.json`) and the best per-epoch test
-accuracy (`metrics.jsonl`, only to show how far the end is from the best epoch: nothing is
-chosen by it). With `--attack` each frozen encoder is also attacked
-(`python -m ran_jax.attack`, attackers trained after freezing) and the worst-case
-reconstruction error is collected.
+Trains `train.py --config=CONFIG` once per (seed, conv_impl): the seeds (`--config.seed`
+of each training) change the initialisation, the shuffling and the noise;
+`model.conv_impl='fast'` and `'xla'` compute the same convolutions with other float
+rounding, as another machine would. `--config.<field>=VALUE` overrides apply to every
+run, as in `ran-train`. For each run it reads the final test accuracy
+(`final_metrics.json`) and the best per-epoch test accuracy (`metrics.jsonl`, only to
+show how far the end is from the best epoch: nothing is chosen by it). With `--attack`
+each frozen encoder is also attacked (`python -m ran_jax.attack`, attackers trained after
+freezing) and the worst-case reconstruction error is collected.
 
-Writes OUT/robustness.json (every run and the min / median / max of each figure) and
-OUT/robustness.md, rewritten after every run. Rerunning the same command reuses finished
-runs (a run's workdir resumes from its checkpoint), so an interrupted study continues.
+Writes WORKDIR/robustness.json (every run and the min / median / max of each figure) and
+WORKDIR/robustness.md, rewritten after every run. Rerunning the same command reuses
+finished runs (a run's workdir resumes from its checkpoint), so an interrupted study
+continues. Older spellings (--out, --seeds, --set=FIELD=VALUE) still work for one
+release, with a note naming the new one.
 """
 
 from __future__ import annotations
@@ -32,34 +35,61 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONV_IMPLS = ("fast", "xla", "auto")
 
 
+def _note(old: str, new: str) -> None:
+  print(f"note: {old} is deprecated and will be removed in the next release; use {new}",
+        file=sys.stderr)
+
+
 def parse_args(argv):
   p = argparse.ArgumentParser(prog="python -m bench robustness", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--config", required=True, help="a config file, e.g. configs/digits_lenet.py")
-  p.add_argument("--out", required=True, help="output directory (one workdir per run inside)")
-  p.add_argument("--seeds", default="0,1,2,3,4", help="comma-separated seeds")
+  p.add_argument("--workdir", help="output directory (one training workdir per run inside)")
+  p.add_argument("--train_seeds", default=None,
+                 help="comma-separated training seeds (--config.seed of each run); "
+                      "default 0,1,2,3,4")
   p.add_argument("--conv_impls", default="fast,xla", help=f"comma-separated, from {CONV_IMPLS}")
-  p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                 help="a config override for every run (repeatable), e.g. ran.lam=0.5")
   p.add_argument("--attack", action="store_true", help="attack every frozen encoder too")
   p.add_argument("--attackers", default="", help="--attackers of ran_jax.attack (default: its)")
   p.add_argument("--attack_flags", default="",
-                 help="more flags for ran_jax.attack, space-separated")
+                 help="more flags for ran_jax.attack, space-separated (e.g. --preset=strong)")
   p.add_argument("--timeout", type=float, default=7200, help="seconds per training or attack")
-  args = p.parse_args(argv)
+  # Older spellings, one more release.
+  p.add_argument("--out", help=argparse.SUPPRESS)
+  p.add_argument("--seeds", help=argparse.SUPPRESS)
+  p.add_argument("--set", action="append", default=[], help=argparse.SUPPRESS)
+  p.epilog = "--config.<field>=VALUE: a config override for every run (repeatable)."
+  args, rest = p.parse_known_args(argv)
+  args.overrides = []
+  for a in rest:
+    field, eq, _ = a[len("--config."):].partition("=")
+    if not a.startswith("--config.") or not eq or not field:
+      p.error(f"unrecognized argument {a!r} (config overrides: --config.<field>=VALUE)")
+    args.overrides.append(a[len("--config."):])
+  for s in args.set:
+    if "=" not in s or s.startswith("="):
+      p.error(f"--set={s!r}: expected FIELD=VALUE, e.g. ran.lam=0.5")
+    _note(f"--set={s}", f"--config.{s}")
+    args.overrides.append(s)
+  if args.out is not None:
+    _note("--out", "--workdir")
+    args.workdir = args.workdir or args.out
+  if not args.workdir:
+    p.error("--workdir is required")
+  if args.seeds is not None:
+    _note("--seeds", "--train_seeds")
+    args.train_seeds = args.train_seeds or args.seeds
+  seeds = args.train_seeds or "0,1,2,3,4"
   try:
-    args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    args.train_seeds = [int(s) for s in seeds.split(",") if s.strip()]
   except ValueError:
-    p.error(f"--seeds={args.seeds!r}: comma-separated integers, e.g. 0,1,2")
-  if not args.seeds or any(s < 0 for s in args.seeds):
-    p.error("--seeds: at least one integer >= 0")
+    p.error(f"--train_seeds={seeds!r}: comma-separated integers, e.g. 0,1,2")
+  if not args.train_seeds or any(s < 0 for s in args.train_seeds):
+    p.error("--train_seeds: at least one integer >= 0")
   args.conv_impls = [c.strip() for c in args.conv_impls.split(",") if c.strip()]
   bad = [c for c in args.conv_impls if c not in CONV_IMPLS]
   if bad or not args.conv_impls:
     p.error(f"--conv_impls={','.join(bad) or '(empty)'}: allowed values are {list(CONV_IMPLS)}")
-  for s in args.set:
-    if "=" not in s or s.startswith("="):
-      p.error(f"--set={s!r}: expected FIELD=VALUE, e.g. ran.lam=0.5")
   if not os.path.exists(args.config.split(":")[0]):
     p.error(f"--config={args.config!r}: no such file")
   return args
@@ -91,16 +121,16 @@ def read_test_accuracies(workdir) -> list[float]:
 
 def one_run(args, seed, impl) -> dict:
   name = f"seed{seed}_{impl}"
-  workdir = os.path.join(args.out, name)
-  log_path = os.path.join(args.out, f"{name}.log")
-  os.makedirs(args.out, exist_ok=True)
+  workdir = os.path.join(args.workdir, name)
+  log_path = os.path.join(args.workdir, f"{name}.log")
+  os.makedirs(args.workdir, exist_ok=True)
   rec = {"run": name, "seed": seed, "conv_impl": impl}
   final_path = os.path.join(workdir, "final_metrics.json")
   t0 = time.perf_counter()
   if not os.path.exists(final_path):
     cmd = [sys.executable, "train.py", f"--config={args.config}", f"--workdir={workdir}",
            f"--config.seed={seed}", f"--config.model.conv_impl={impl}"]
-    cmd += [f"--config.{s}" for s in args.set]
+    cmd += [f"--config.{s}" for s in args.overrides]
     _run(cmd, log_path, args.timeout)
     rec["train_seconds"] = round(time.perf_counter() - t0, 1)
   with open(final_path) as f:
@@ -168,12 +198,12 @@ def summarize(runs) -> dict:
 
 def write_report(args, runs, summary):
   shown = [k for k in ATTACK_FIGURES if any(k in r for r in runs)]
-  report = {"config": args.config, "overrides": args.set, "seeds": args.seeds,
+  report = {"config": args.config, "overrides": args.overrides, "seeds": args.train_seeds,
             "conv_impls": args.conv_impls, "runs": runs, "summary": summary}
-  with open(os.path.join(args.out, "robustness.json"), "w") as f:
+  with open(os.path.join(args.workdir, "robustness.json"), "w") as f:
     json.dump(report, f, indent=2)
   lines = [f"# Robustness of `{args.config}`", "",
-           f"Overrides: {' '.join(args.set) or 'none'}; seeds {args.seeds}; conv paths "
+           f"Overrides: {' '.join(args.overrides) or 'none'}; seeds {args.train_seeds}; conv paths "
            f"{args.conv_impls}. Final = the accuracy the run ends with (what is exported); best "
            "epoch = the highest per-epoch test accuracy, shown only to measure the end's "
            "distance from it (nothing is chosen by it).", "",
@@ -188,15 +218,15 @@ def write_report(args, runs, summary):
   for k, s in summary.items():
     lines.append(f"| {k} | {s['min']:.4g} | {s['median']:.4g} | {s['max']:.4g} | "
                  f"{s['mean']:.4g} | {s['range']:.4g} |")
-  with open(os.path.join(args.out, "robustness.md"), "w") as f:
+  with open(os.path.join(args.workdir, "robustness.md"), "w") as f:
     f.write("\n".join(lines) + "\n")
 
 
 def main(argv=None) -> int:
   args = parse_args(sys.argv[1:] if argv is None else argv)
-  os.makedirs(args.out, exist_ok=True)
+  os.makedirs(args.workdir, exist_ok=True)
   runs, failed = [], []
-  for seed in args.seeds:
+  for seed in args.train_seeds:
     for impl in args.conv_impls:
       try:
         runs.append(one_run(args, seed, impl))
@@ -212,7 +242,7 @@ def main(argv=None) -> int:
   if runs:
     for k, s in summarize(runs).items():
       print(f"{k}: min {s['min']:.4f} median {s['median']:.4f} max {s['max']:.4f}")
-    print(f"wrote {os.path.join(args.out, 'robustness.md')}")
+    print(f"wrote {os.path.join(args.workdir, 'robustness.md')}")
   return 1 if failed or not runs else 0
 
 

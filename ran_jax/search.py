@@ -1,8 +1,10 @@
 """Budget search: the most private setting of one privacy knob within an accuracy budget.
 
-  python -m ran_jax.search --config=configs/digits_lenet.py --max_accuracy_drop=0.005 \
-      --workdir=/tmp/ran_search/digits [--knob=model.feature_noise] [--low=0 --high=2] \
-      [--max_trainings=6] [--config.num_epochs=10]
+  ran-search --config=digits_lenet --max_accuracy_drop=0.005 --workdir=runs/search_digits \\
+      [--knob=model.feature_noise] [--low=0 --high=2] [--max_trainings=6] \\
+      [--config.num_epochs=10] [--preset=strong] [--objective=identity --attribute=speaker]
+  (python -m ran_jax.search ...)
+  In Python: state = ran_jax.search("digits_lenet", "runs/search_digits", max_trainings=3)
 
 1. **Reference.** The config with every defence off is trained once (DIR/runs/reference):
    the undefended encoder of the paper's DNN baseline, `REFERENCE_OVERRIDES` (lambda = 1.0,
@@ -28,15 +30,17 @@
    default) through `ran_jax.privacy.methods.attack_trained`, so its accuracy is the
    deployed service classifier's on the released (noisy) features.
 4. **Confirmation.** The chosen candidate (the most private one that qualified) and the
-   reference are attacked with the full attacker set (`protocol.ATTACKERS`, converging
-   fits) on the test split, which the search never looked at; the report gives both scores.
+   reference are attacked with the attackers of `--preset` (as `ran-attack`: 'light' by
+   default; 'strong' adds the residual decoder and longer fits, what published figures
+   use) on the test split, which the search never looked at; the report gives both scores.
 5. **Outputs.** DIR/search_state.json (every candidate: knob value, accuracy, attack
    result), DIR/chosen/config.json and DIR/chosen/export (a relative link to the chosen
    run's export: `ran_jax.export.load_trained('DIR/chosen')` loads it), DIR/report.md with
    DIR/front.png and DIR/reconstructions.png.
 
 Objective (`--objective`): 'reconstruction' (the default, steps 1-5 above: the most private
-qualifying position is chosen) or 'identity' (needs data.attribute): every run is also
+qualifying position is chosen) or 'identity' (needs an attribute: `--attribute`, default
+the config's data.attribute): every run is also
 attacked for the attribute (`fast_identity_config`: logreg + kNN, one seed; one release, the
 clean features and N releases of one person) on the attribute split's VALIDATION part, from
 training-split examples only (`identity.IdentityConfig.scored_part`), and the qualifying
@@ -65,7 +69,7 @@ import math
 import os
 import sys
 import time
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -150,9 +154,9 @@ def check_args(config, knob: str, low: Optional[float], high: Optional[float],
   if objective not in OBJECTIVES:
     problems.append(f"--objective={objective!r}: allowed: {list(OBJECTIVES)}.")
   elif objective == "identity" and not config.data.get("attribute", ""):
-    problems.append("--objective=identity needs a sensitive attribute in the data: set "
-                    "data.attribute (e.g. --config.data.attribute=subject for uci_har, speaker "
-                    "for spoken_digit).")
+    problems.append("--objective=identity needs a sensitive attribute in the data: pass "
+                    "--attribute (e.g. --attribute=subject for uci_har, speaker for "
+                    "spoken_digit).")
   if not (math.isfinite(max_accuracy_drop) and max_accuracy_drop >= 0):
     problems.append(f"--max_accuracy_drop={max_accuracy_drop}: the budget must be a finite "
                     "accuracy drop >= 0 (e.g. 0.005 for half a point).")
@@ -375,8 +379,10 @@ def run_search(config, workdir: str, *, knob: str = "model.feature_noise",
                train_fn: Optional[Callable] = None, evaluate_fn: Callable = default_evaluate,
                config_name: str = "", command: str = "", objective: str = "reconstruction",
                identity_fast_cfg=None, identity_full_cfg=None,
-               identity_fn: Callable = default_identity) -> dict:
-  """Runs (or resumes) the search in `workdir`; returns the final state (see module doc).
+               identity_fn: Callable = default_identity, progress: bool = False) -> dict:
+  """Runs (or resumes) the search in `workdir`; returns the final state (see module doc):
+  the engine of `search`, with the attack settings as configs and the training and
+  evaluation replaceable (tests).
 
   objective='identity' also scores every candidate with `identity_fn` (the attribute
   attacks, `identity_fast_cfg`, on the validation part of the training split) and chooses
@@ -449,11 +455,19 @@ def run_search(config, workdir: str, *, knob: str = "model.feature_noise",
       entry["identity"] = _identity_summary(_identity_point(pdir, attack))
     return entry
 
+  from tqdm.auto import tqdm
+
+  bar = tqdm(total=1 + max_trainings, desc="ran-search", unit="training", disable=not progress,
+             bar_format="{desc}: {n}/{total} trainings at most |{bar}| {elapsed} elapsed, "
+                        "ETA {remaining} (at most)")
+
   # ------------------------------------------------------------ reference
+  bar.set_postfix_str("reference")
   if state.get("reference") is None:
     log.info("=== search: reference (every defence off)")
     state["reference"] = score("reference", ref_overrides, {})
     _write_json(state_path, state)
+  bar.update()
   ref_acc = float(state["reference"]["accuracy"])
   threshold = ref_acc - max_accuracy_drop
   state["threshold"] = threshold
@@ -472,9 +486,12 @@ def run_search(config, workdir: str, *, knob: str = "model.feature_noise",
     name = run_name(knob, value)
     log.info("=== search: candidate %d/%d %s=%g (position %g)", len(by_t) + 1, max_trainings,
              knob, value, t)
+    bar.set_postfix_str(f"{knob}={value:g}")
     by_t[t] = score(name, {knob: value}, {"t": t, "value": value})
     state["candidates"] = sorted(by_t.values(), key=lambda c: c["t"])
     _write_json(state_path, state)
+    bar.update()
+  bar.close()
   for c in state["candidates"]:
     c["within_budget"] = bool(float(c["accuracy"]) >= threshold - 1e-12)
   ok = [c for c in state["candidates"] if c["within_budget"]]
@@ -809,12 +826,101 @@ def write_report(workdir: str, state: dict, confirm: dict) -> str:
   return path
 
 
+# ---------------------------------------------------------------- the function
+
+
+def search(config, workdir: str, *, knob: str = "model.feature_noise",
+           low: Optional[float] = None, high: Optional[float] = None,
+           max_accuracy_drop: float = 0.005, max_trainings: int = 6, resolution: float = 1 / 16,
+           val_fraction: float = 0.1, objective: str = "reconstruction",
+           attribute: Optional[str] = None,
+           fast_attackers: Sequence[str] = ("ridge", "mlp_decoder"), fast_max_epochs: int = 10,
+           fast_identity_attackers: Sequence[str] = ("logreg", "knn"), progress: bool = True,
+           command: str = "", config_name: str = "", **attack_options) -> dict:
+  """The most private setting of one privacy knob within an accuracy budget.
+
+  Trains the undefended reference, then bisects the knob (at most `max_trainings`
+  candidates), scoring each on a validation split carved from the training split, and
+  confirms the chosen one and the reference on the test split (see the module doc).
+
+  Args:
+    config: a ConfigDict or a config spec ("digits_lenet", "configs/x.py:smoke").
+    workdir: the search directory (runs/, points/, search_state.json, report.md, chosen/);
+      a rerun resumes.
+    knob: the privacy knob, from `KNOBS` (e.g. 'model.feature_noise', 'ran.lam').
+    low, high: the knob's interval (default per knob).
+    max_accuracy_drop: the budget: validation accuracy >= reference - this.
+    max_trainings: candidate trainings at most (plus the reference).
+    resolution: stop once the bracket is this fraction of the interval (0: never).
+    val_fraction: held-out fraction of the training split.
+    objective: 'reconstruction' (the most private qualifying point) or 'identity' (the
+      qualifying point with the least attribute leakage; needs an attribute).
+    attribute: the sensitive attribute (None: the config's data.attribute; '': none).
+    fast_attackers, fast_max_epochs: the attackers scoring every candidate.
+    fast_identity_attackers: the attribute attackers scoring every candidate (identity).
+    progress: a progress bar over the trainings, with an ETA, on stderr.
+    command, config_name: the command line and the config's name, for the report.
+    **attack_options: the confirmation's attackers, as `ran_jax.attack` takes them:
+      preset ('light' by default, or 'strong'), attackers, attack_max_epochs,
+      attacker_seed (also the fast attackers' seed), attack_train_limit, test_limit,
+      patience, resnet_width, identity_attackers, identity_seeds, releases,
+      person_releases, person_groups.
+
+  Returns:
+    The final state (WORKDIR/search_state.json): 'reference', 'candidates' (each with its
+    knob value, validation accuracy and attack summary), 'chosen' ({'t', 'value', 'run'}
+    or None when nothing qualifies), 'confirm', 'threshold', 'trainings'.
+
+  Raises:
+    SearchError, ran_jax.config_lib.ConfigError: bad arguments or config.
+  """
+  from ran_jax import attack, configs
+  from ran_jax.privacy import identity, protocol
+
+  if isinstance(config, str):
+    config = configs.get_config(config)
+  if attribute is not None:
+    config = config.copy_and_resolve_references()
+    config.data.attribute = attribute
+  unknown = sorted(set(attack_options) - set(_ATTACK_OPTIONS))
+  if unknown:
+    raise TypeError(f"search() got unexpected keyword arguments {unknown}.")
+  bad = sorted(set(fast_attackers) - set(protocol.ATTACKERS))
+  if bad or not fast_attackers:
+    raise SearchError(f"fast_attackers: unknown {bad}; allowed: {list(protocol.ATTACKERS)}.")
+  bad = sorted(set(fast_identity_attackers) - set(identity.FAMILIES))
+  if bad or not fast_identity_attackers:
+    raise SearchError(f"fast_identity_attackers: unknown {bad}; allowed: "
+                      f"{list(identity.FAMILIES)}.")
+  seed = int(attack_options.get("attacker_seed", 0))
+  full = attack.attack_config(**attack_options)
+  identity_full = attack.identity_config(**attack_options)
+  fast = fast_attack_config(tuple(fast_attackers), fast_max_epochs, seed=seed,
+                            attack_train_limit=int(attack_options.get("attack_train_limit", 0)))
+  identity_fast = fast_identity_config(tuple(fast_identity_attackers),
+                                       person_releases=identity_full.person_releases, seed=seed)
+  return run_search(config, workdir, knob=knob, low=low, high=high,
+                    max_accuracy_drop=max_accuracy_drop, max_trainings=max_trainings,
+                    resolution=resolution, val_fraction=val_fraction, fast_cfg=fast,
+                    full_cfg=full, config_name=config_name,
+                    command=command, objective=objective, identity_fast_cfg=identity_fast,
+                    identity_full_cfg=identity_full, progress=progress)
+
+
+_ATTACK_OPTIONS = ("preset", "attackers", "attack_max_epochs", "attack_train_limit",
+                   "test_limit", "patience", "resnet_width", "attacker_seed",
+                   "identity_attackers", "identity_seeds", "releases", "person_releases",
+                   "person_groups")
+
+
 # ---------------------------------------------------------------- CLI
 
 
-def _define_flags(flags):
-  from ran_jax import configs
-  from ran_jax.privacy import cli
+def define_flags():
+  """The command's flags (defined when it runs, so importing this module defines none)."""
+  from absl import flags
+
+  from ran_jax import commands, configs
 
   configs.define_config_flag("config")
   flags.DEFINE_string("workdir", None, "Search directory (runs/, points/, state, report).")
@@ -829,11 +935,11 @@ def _define_flags(flags):
   flags.DEFINE_list("fast_attackers", ["ridge", "mlp_decoder"], "Attackers scoring candidates.")
   flags.DEFINE_integer("fast_max_epochs", 10, "Epoch cap of the fast attackers' fits.")
   flags.DEFINE_string("objective", "reconstruction", "What chooses among qualifying "
-                      f"candidates: {list(OBJECTIVES)} ('identity' needs data.attribute).")
+                      f"candidates: {list(OBJECTIVES)} ('identity' needs an attribute).")
   flags.DEFINE_list("fast_identity_attackers", ["logreg", "knn"],
                     "Attribute attackers scoring candidates (--objective=identity).")
-  cli.define_attack_flags()   # the confirmation's attackers (the full set by default)
-  cli.define_identity_flags(attribute=False)   # the identity confirmation (full by default)
+  commands.define_attack_flags()     # the confirmation's attackers (--preset)
+  commands.define_identity_flags()   # --attribute and the identity confirmation
   flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -842,9 +948,8 @@ def main(argv=None):
 
   from ran_jax import commands
 
-  flags_ = flags.FLAGS
-  _define_flags(flags)
-  argv = list(sys.argv if argv is None else argv)
+  define_flags()
+  argv = commands.rename_flags(list(sys.argv if argv is None else argv), commands.RENAMED["search"])
 
   def run(rest):
     del rest
@@ -855,37 +960,20 @@ def main(argv=None):
     from ran_jax.config_lib import ConfigError
     from ran_jax.input_pipeline import DataError
     from ran_jax.models import ShapeError
-    from ran_jax.privacy import cli, protocol
 
-    f = flags_
-    full = cli.attack_config_from_flags()
-    unknown = sorted(set(f.fast_attackers) - set(protocol.ATTACKERS))
-    if unknown:
-      config_lib.exit_with_error(f"--fast_attackers: unknown {unknown}; allowed: "
-                                 f"{list(protocol.ATTACKERS)}.")
-    fast = fast_attack_config(tuple(f.fast_attackers), f.fast_max_epochs, seed=f.seed,
-                              attack_train_limit=f.attack_train_limit)
-    from ran_jax.privacy import identity
-
-    unknown = sorted(set(f.fast_identity_attackers) - set(identity.FAMILIES))
-    if unknown or not f.fast_identity_attackers:
-      config_lib.exit_with_error(f"--fast_identity_attackers: unknown {unknown}; allowed: "
-                                 f"{list(identity.FAMILIES)}.")
-    identity_full = cli.identity_config_from_flags()
-    identity_fast = fast_identity_config(tuple(f.fast_identity_attackers),
-                                         person_releases=identity_full.person_releases,
-                                         seed=f.seed)
+    f = flags.FLAGS
     config_arg = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), "")
     try:
-      state = run_search(f.config, f.workdir, knob=f.knob, low=f.low, high=f.high,
-                         max_accuracy_drop=f.max_accuracy_drop, max_trainings=f.max_trainings,
-                         resolution=f.resolution,
-                         val_fraction=f.val_fraction, fast_cfg=fast, full_cfg=full,
-                         config_name=config_arg, objective=f.objective,
-                         identity_fast_cfg=identity_fast, identity_full_cfg=identity_full,
-                         command="python -m ran_jax.search " + " ".join(argv[1:]))
+      state = search(f.config, f.workdir, knob=f.knob, low=f.low, high=f.high,
+                     max_accuracy_drop=f.max_accuracy_drop, max_trainings=f.max_trainings,
+                     resolution=f.resolution, val_fraction=f.val_fraction,
+                     objective=f.objective, attribute=f.attribute,
+                     fast_attackers=tuple(f.fast_attackers), fast_max_epochs=f.fast_max_epochs,
+                     fast_identity_attackers=tuple(f.fast_identity_attackers),
+                     command="ran-search " + " ".join(argv[1:]), config_name=config_arg,
+                     **commands.attack_options_from_flags())
     except (SearchError, ConfigError, DataError, ShapeError, CheckpointError,
-            trainer.NonFiniteError) as e:
+            trainer.NonFiniteError, ValueError) as e:
       config_lib.exit_with_error(str(e))
     print(f"report: {os.path.join(f.workdir, 'report.md')}")
     if state["chosen"] is None:
@@ -897,5 +985,11 @@ def main(argv=None):
   commands.run_app(run, __doc__, argv)
 
 
+run = main   # the command (`ran-search`, `python -m ran_jax.search`), like the others' run()
+
 if __name__ == "__main__":
   main()
+else:
+  from ran_jax import commands as _commands
+
+  _commands.callable_module(__name__)

@@ -1,35 +1,43 @@
 """Privacy-utility sweep: RAN over lambda, the §3.1 baselines, defences, results.csv, figures.
 
-  python -m ran_jax.sweep --config=configs/mnist_lenet.py --out=/tmp/ran_sweeps/mnist \
-      [--lams=0.01,0.1,0.5,0.9] [--noise_factors=0.1,0.5,0.9] [--config.num_epochs=1] \
-      [--variant='bn64_s0.5:model.bottleneck_dim=64,model.feature_noise=0.5,ran.lam=1.0']
+  ran-sweep --config=digits_lenet --workdir=runs/sweep_digits     (python -m ran_jax.sweep ...)
+  ran-sweep --config=mnist_lenet --workdir=/tmp/ran_sweeps/mnist --lams=paper \\
+      --noise_factors=paper --preset=strong [--config.num_epochs=1] \\
+      [--variant='bn64_s0.5:config.model.bottleneck_dim=64,config.model.feature_noise=0.5']
+  In Python: rows = ran_jax.sweep("digits_lenet", "runs/sweep_digits")
 
 For every lambda a RAN is trained with `ran_jax.trainer.train_and_evaluate` in
-OUT/runs/ran_lam<lambda>, the DNN baseline (lambda = 1.0, see
-`ran_jax.privacy.methods`) in OUT/runs/dnn; every point (RAN, DNN,
+WORKDIR/runs/ran_lam<lambda>, the DNN baseline (lambda = 1.0, see
+`ran_jax.privacy.methods`) in WORKDIR/runs/dnn; every point (RAN, DNN,
 DNN(resized) and Noisy at each noise factor) is evaluated by the same attackers
-into OUT/points/<point>/result.json. The sweep resumes: a point with a
-result.json is neither retrained nor re-evaluated, a run with an export is not
-retrained (and an interrupted run resumes from its checkpoint); a finished point asked
+(`--preset`, as `ran-attack`) into WORKDIR/points/<point>/result.json. The sweep resumes:
+a point with a result.json is neither retrained nor re-evaluated, a run with an export is
+not retrained (and an interrupted run resumes from its checkpoint); a finished point asked
 for more `--attackers` trains only the new families and takes the worst case over all.
-A `--variant` (repeatable) is an encoder trained with config overrides, e.g. a defence
-(docs/privacy.md). Every config to be trained is validated before anything runs. Finally
-it writes OUT/results.csv (schema: `ran_jax.privacy.results.CSV_COLUMNS`), OUT/pareto.png,
-OUT/reconstructions.png and OUT/features3d.png.
+A `--variant` (repeatable) is an encoder trained with config overrides, spelled as on the
+command line without the dashes (`NAME:config.<section>.<field>=VALUE,...`), e.g. a
+defence (docs/privacy.md). `--config.<field>=VALUE` overrides apply to every point. Every
+config to be trained is validated before anything runs. Finally it writes
+WORKDIR/results.csv (schema: `ran_jax.privacy.results.CSV_COLUMNS`), WORKDIR/pareto.png,
+WORKDIR/reconstructions.png and WORKDIR/features3d.png.
 
 Identity: with an attribute (the config's data.attribute, or `--attribute`; '' turns it
 off) every point is also attacked for it (`ran_jax.privacy.identity`, full attack, test
-part, into OUT/points/<point>/identity.json): RAN, DNN and variants as released, Noisy and
-DNN(resized) as their noisy releases (`NoisyRelease`, `ResizedRelease`). results.csv gains
-the `attribute_*` columns (`results.IDENTITY_COLUMNS`) and OUT/pareto_identity.png is drawn.
+part, into WORKDIR/points/<point>/identity.json): RAN, DNN and variants as released, Noisy
+and DNN(resized) as their noisy releases (`NoisyRelease`, `ResizedRelease`). results.csv
+gains the `attribute_*` columns (`results.IDENTITY_COLUMNS`) and
+WORKDIR/pareto_identity.png is drawn.
 
 `--methods=ran,dnn` (etc.) computes only some of the points and `--attackers`
 chooses the attacker families, so that independent processes can fill one sweep
 directory in parallel; each point records the evaluation settings it was run with.
 
-Defaults are the paper's grid (lambda 0.01 ... 0.9, noise factors 0.1 ... 0.9);
-the MSE convention is the one of `ran_jax.privacy.metrics` (sum over input
-values per example, averaged over the test examples; images in [0, 1]).
+Default grid (no grid flag): lambda 0.1, 0.5, 0.9 and noise factors 0.3, 0.6 (4
+trainings, 8 points: minutes on the digits default). `--lams=paper` and
+`--noise_factors=paper` select the paper's grid (lambda 0.01 ... 0.9, noise factors
+0.1 ... 0.9: 13 trainings, 31 points). The MSE convention is the one of
+`ran_jax.privacy.metrics` (sum over input values per example, averaged over the test
+examples; images in [0, 1]).
 """
 
 from __future__ import annotations
@@ -44,16 +52,18 @@ from typing import Callable, Optional, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import flags
 
-from ran_jax import config_lib, configs, export, input_pipeline, trainer
-from ran_jax.privacy import cli, figures, identity, methods, protocol, results
+from ran_jax import config_lib, export, input_pipeline, trainer
+from ran_jax.privacy import figures, identity, methods, protocol, results
 from ran_jax.privacy.results import setting_key as _key
 
 log = logging.getLogger("ran_jax")
 
 PAPER_LAMS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 PAPER_NOISE = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+DEFAULT_LAMS = (0.1, 0.5, 0.9)   # a first sweep: minutes on the digits default
+DEFAULT_NOISE = (0.3, 0.6)
+GRIDS = {"paper": (PAPER_LAMS, PAPER_NOISE), "default": (DEFAULT_LAMS, DEFAULT_NOISE)}
 DNN_LAM = 1.0
 
 METHODS = ("ran", "dnn", "dnn_resized", "noisy", "variant")
@@ -61,26 +71,40 @@ IDENTITY_FILE = "identity.json"   # a point's identity attack, beside its result
 
 
 def parse_variant(text: str) -> tuple[str, dict]:
-  """'name:section.field=value,section.field=value' -> (name, {dotted field: value}).
+  """'name:config.section.field=value,config.section.field=value' -> (name, {field: value}).
 
-  Values are Python literals (numbers, strings in quotes, tuples); a variant is a
-  trained encoder with these config overrides, e.g. a defence:
-  'bn64_s0.5:model.bottleneck_dim=64,model.feature_noise=0.5,ran.lam=1.0'.
+  The overrides are spelled as on the command line without the dashes
+  (`config.model.feature_noise=0.5`); values are Python literals (numbers, strings in
+  quotes, tuples), a bare word is a string. A variant is a trained encoder with these
+  config overrides, e.g. a defence:
+  'bn64_s0.5:config.model.bottleneck_dim=64,config.model.feature_noise=0.5,config.ran.lam=1.0'.
+  The older spelling without 'config.' still works for one release, with a note.
   """
   import ast
 
   name, _, body = text.partition(":")
   if not name or not body or "/" in name:
-    raise ValueError(f"Bad variant {text!r}: expected 'name:section.field=value,...'.")
-  overrides = {}
+    raise ValueError(f"Bad variant {text!r}: expected 'name:config.section.field=value,...'.")
+  overrides, old = {}, []
   for item in _split_top(body):
     key, eq, value = item.partition("=")
     if not eq:
-      raise ValueError(f"Bad override {item!r} in variant {name!r}: expected field=value.")
+      raise ValueError(f"Bad override {item!r} in variant {name!r}: expected "
+                       "config.section.field=value.")
+    key = key.strip().lstrip("-")
+    if key.startswith("config."):
+      key = key[len("config."):]
+    else:
+      old.append(key)
     try:
-      overrides[key.strip()] = ast.literal_eval(value.strip())
+      overrides[key] = ast.literal_eval(value.strip())
     except (ValueError, SyntaxError):
-      overrides[key.strip()] = value.strip()   # a bare word: a string value
+      overrides[key] = value.strip()   # a bare word: a string value
+  if old:
+    from ran_jax.commands import deprecation_note
+
+    log.warning(deprecation_note(f"the variant override spelling {old[0]}=...",
+                                 f"config.{old[0]}=... (as --config.{old[0]}=...)"))
   return name, overrides
 
 
@@ -105,10 +129,10 @@ def apply_overrides(config, overrides: dict):
     node, parts = cfg, key.split(".")
     for part in parts[:-1]:
       if part not in node:
-        raise ValueError(f"Unknown config field {key!r} in a sweep variant.")
+        raise ValueError(f"Unknown config field {key!r}.")
       node = node[part]
     if parts[-1] not in node:
-      raise ValueError(f"Unknown config field {key!r} in a sweep variant.")
+      raise ValueError(f"Unknown config field {key!r}.")
     node[parts[-1]] = value
   return cfg
 
@@ -243,8 +267,10 @@ def run_sweep(config, out: str, lams: Sequence[float] = PAPER_LAMS,
               show_factor: float = 0.5, train_fn: Callable = trainer.train_and_evaluate,
               make_figures: bool = True, include: Sequence[str] = METHODS,
               variants: Sequence[str] = (), attribute: Optional[str] = None,
-              identity_cfg: Optional[identity.IdentityConfig] = None) -> list:
-  """Runs (or resumes) the sweep and returns the CSV rows.
+              identity_cfg: Optional[identity.IdentityConfig] = None,
+              progress: bool = False) -> list:
+  """Runs (or resumes) the sweep in directory `out` and returns the CSV rows (the engine of
+  `sweep`, with the attack settings as configs).
 
   attribute: the sensitive attribute the identity attacks infer at every point (None: the
   config's data.attribute; '': none); identity_cfg: their settings (default: the full
@@ -302,7 +328,12 @@ def run_sweep(config, out: str, lams: Sequence[float] = PAPER_LAMS,
     log.info("=== sweep point %s: identity (%s)", name, attribute)
     return identity.headline(identity_point(pdir, release, id_source, identity_cfg))
 
-  for method, setting, name, value in points:
+  from tqdm.auto import tqdm
+
+  bar = tqdm(points, desc="ran-sweep", unit="point", disable=not progress,
+             bar_format="{desc}: {n}/{total} points |{bar}| {elapsed} elapsed, ETA {remaining}")
+  for method, setting, name, value in bar:
+    bar.set_postfix_str(name)
     pdir = os.path.join(out, "points", name)
     result, art = protocol.load(pdir)
     if result is None:
@@ -366,42 +397,117 @@ def run_sweep(config, out: str, lams: Sequence[float] = PAPER_LAMS,
   return rows
 
 
+def sweep(config, workdir: str, *, lams: Sequence[float] = DEFAULT_LAMS,
+          noise_factors: Sequence[float] = DEFAULT_NOISE,
+          resized_factors: Optional[Sequence[float]] = None, methods: Sequence[str] = METHODS,
+          variants: Sequence = (), attribute: Optional[str] = None, n_components: int = 8,
+          show_factor: float = 0.5, figures: bool = True, progress: bool = True,
+          **attack_options) -> list:
+  """Trains and attacks RAN over lambda, the DNN and the §3.1 baselines; returns the rows.
+
+  Args:
+    config: a ConfigDict or a config spec ("digits_lenet", "configs/x.py:smoke"); every
+      trained point starts from it.
+    workdir: the sweep directory (runs/, points/, results.csv, figures); a rerun resumes.
+    lams: RAN lambdas (default `DEFAULT_LAMS`; `PAPER_LAMS` is the paper's grid).
+    noise_factors: the Noisy baseline's factors (default `DEFAULT_NOISE`; `PAPER_NOISE`).
+    resized_factors: DNN(resized) factors (default: noise_factors).
+    methods: which points to compute, from `METHODS`.
+    variants: encoders trained with config overrides: strings
+      'NAME:config.section.field=VALUE,...' or (name, {dotted field: value}) pairs.
+    attribute: the sensitive attribute the identity attacks infer at every point (None:
+      the config's data.attribute; '': none).
+    n_components: principal components kept by DNN(resized).
+    show_factor: noise factor shown in the reconstruction figure.
+    figures: draw pareto.png, reconstructions.png, features3d.png (and pareto_identity.png).
+    progress: a progress bar over the points, with an ETA, on stderr.
+    **attack_options: the attackers, as `ran_jax.attack` takes them: preset ('light' by
+      default, or 'strong'), attackers, attack_max_epochs, attacker_seed,
+      attack_train_limit, test_limit, patience, resnet_width, and for the identity attacks
+      identity_attackers, identity_seeds, releases, person_releases, person_groups.
+
+  Returns:
+    The rows of WORKDIR/results.csv (dicts keyed by `ran_jax.privacy.results.CSV_COLUMNS`).
+  """
+  from ran_jax import attack, configs
+
+  if isinstance(config, str):
+    config = configs.get_config(config)
+  known = set(_ATTACK_OPTIONS)
+  unknown = sorted(set(attack_options) - known)
+  if unknown:
+    raise TypeError(f"sweep() got unexpected keyword arguments {unknown}; attack options: "
+                    f"{sorted(known)}.")
+  texts = [v if isinstance(v, str) else
+           f"{v[0]}:" + ",".join(f"config.{k}={v[1][k]!r}" for k in v[1]) for v in variants]
+  return run_sweep(config, workdir, lams, noise_factors, resized_factors,
+                   attack.attack_config(**attack_options), n_components, show_factor,
+                   make_figures=figures, include=tuple(methods), variants=tuple(texts),
+                   attribute=attribute, identity_cfg=attack.identity_config(**attack_options),
+                   progress=progress)
+
+
+_ATTACK_OPTIONS = ("preset", "attackers", "attack_max_epochs", "attack_train_limit",
+                   "test_limit", "patience", "resnet_width", "attacker_seed",
+                   "identity_attackers", "identity_seeds", "releases", "person_releases",
+                   "person_groups")
+
+
 # ---------------------------------------------------------------- CLI
 
-FLAGS = flags.FLAGS
+
+def _grid_flag(values, name: str) -> tuple:
+  """--lams / --noise_factors: numbers, or 'paper' / 'default' for a named grid."""
+  if len(values) == 1 and values[0] in GRIDS:
+    return GRIDS[values[0]][0 if name == "lams" else 1]
+  try:
+    return tuple(float(v) for v in values)
+  except ValueError:
+    raise ValueError(f"--{name}={','.join(values)}: numbers, or one of {sorted(GRIDS)}.") from None
 
 
-def _define_flags():
+def define_flags():
+  """The command's flags (defined when it runs, so importing this module defines none)."""
+  from absl import flags
+
+  from ran_jax import commands, configs
+
   configs.define_config_flag("config")
-  flags.DEFINE_string("out", None, "Sweep directory (runs/, points/, results.csv, figures).")
-  flags.DEFINE_list("lams", [_key(v) for v in PAPER_LAMS], "RAN lambdas.")
-  flags.DEFINE_list("noise_factors", [_key(v) for v in PAPER_NOISE], "Noisy baseline factors.")
+  flags.DEFINE_string("workdir", None, "Sweep directory (runs/, points/, results.csv, figures).")
+  flags.DEFINE_list("lams", [_key(v) for v in DEFAULT_LAMS],
+                    "RAN lambdas, or 'paper' for the paper's 12.")
+  flags.DEFINE_list("noise_factors", [_key(v) for v in DEFAULT_NOISE],
+                    "Noisy baseline factors, or 'paper' for the paper's 9.")
   flags.DEFINE_list("resized_factors", None, "DNN(resized) factors (default: noise_factors).")
   flags.DEFINE_integer("n_components", 8, "Principal components kept by DNN(resized).")
-  cli.define_attack_flags()
-  cli.define_identity_flags()   # --attribute='' turns the identity attacks off
+  commands.define_attack_flags()
+  commands.define_identity_flags()   # --attribute='' turns the identity attacks off
   flags.DEFINE_float("show_factor", 0.5, "Noise factor shown in the reconstruction grid.")
   flags.DEFINE_list("methods", list(METHODS), "Methods to run (DNN(resized) needs DNN's run).")
-  flags.DEFINE_multi_string("variant", [], "A trained encoder with config overrides, e.g. "
-                            "'bn64_s0.5:model.bottleneck_dim=64,model.feature_noise=0.5,"
-                            "ran.lam=1.0' "
-                            "(repeatable).")
-  flags.mark_flags_as_required(["config", "out"])
+  flags.DEFINE_multi_string("variant", [], "A trained encoder with config overrides, spelled "
+                            "as on the command line without the dashes, e.g. "
+                            "'bn64_s0.5:config.model.bottleneck_dim=64,"
+                            "config.model.feature_noise=0.5,config.ran.lam=1.0' (repeatable).")
+  flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
   del argv
+  from absl import flags
+
+  from ran_jax import commands
+
+  FLAGS = flags.FLAGS
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
   logging.getLogger("absl").setLevel(logging.WARNING)
-  eval_cfg = cli.attack_config_from_flags()
-  identity_cfg = cli.identity_config_from_flags()
   try:
     resized = [float(v) for v in FLAGS.resized_factors] if FLAGS.resized_factors else None
-    rows = run_sweep(FLAGS.config, FLAGS.out, [float(v) for v in FLAGS.lams],
-                     [float(v) for v in FLAGS.noise_factors], resized, eval_cfg,
-                     FLAGS.n_components, FLAGS.show_factor, include=tuple(FLAGS.methods),
-                     variants=tuple(FLAGS.variant), attribute=FLAGS.attribute,
-                     identity_cfg=identity_cfg)
+    rows = sweep(FLAGS.config, FLAGS.workdir, lams=_grid_flag(FLAGS.lams, "lams"),
+                 noise_factors=_grid_flag(FLAGS.noise_factors, "noise_factors"),
+                 resized_factors=resized, methods=tuple(FLAGS.methods),
+                 variants=tuple(FLAGS.variant), attribute=FLAGS.attribute,
+                 n_components=FLAGS.n_components, show_factor=FLAGS.show_factor,
+                 **commands.attack_options_from_flags())
   except (config_lib.ConfigError, ValueError) as e:
     config_lib.exit_with_error(str(e))
   for r in rows:
@@ -409,16 +515,20 @@ def main(argv):
           f"{r['worst_attacker']:16s} mse_sum {float(r['worst_mse_sum']):9.4g}"
           + (f"  identity {float(r['attribute_worst_top1']):.4f} (chance "
              f"{float(r['attribute_chance']):.4f})" if r["attribute_worst_top1"] != "" else ""))
-  print(f"wrote {os.path.join(FLAGS.out, 'results.csv')}")
+  print(f"wrote {os.path.join(FLAGS.workdir, 'results.csv')}")
 
 
 def run():
   """The command (`ran-sweep`, `python -m ran_jax.sweep`)."""
   from ran_jax import commands
 
-  _define_flags()
-  commands.run_app(main, __doc__)
+  define_flags()
+  commands.run_app(main, __doc__, renamed=commands.RENAMED["sweep"])
 
 
 if __name__ == "__main__":
   run()
+else:
+  from ran_jax import commands as _commands
+
+  _commands.callable_module(__name__)

@@ -3,6 +3,7 @@
   ran-train --config=digits_lenet --workdir=runs/digits
   ran-train --config=mnist_lenet --config.ran.lam=0.3 --workdir=...
   python train.py --config=configs/digits_lenet.py --workdir=runs/digits   (repository root)
+  In Python: ran_jax.train("digits_lenet", "runs/digits")   # returns the final test metrics
 
 The same command as `python -m ran_jax.train`. --config takes a packaged config by name
 or a path to a config file, with ':smoke' for the seconds-long variant; any config field
@@ -15,16 +16,46 @@ each other automatically, elsewhere pass --coordinator_address, --num_processes 
 
 import logging
 import sys
+from typing import Optional
 
-from absl import flags
 
-from ran_jax import configs
+def train(config, workdir: str, *, overrides: Optional[dict] = None) -> dict:
+  """Trains a RAN per the config into `workdir` and returns the final test metrics.
 
-FLAGS = flags.FLAGS
+  Args:
+    config: an `ml_collections.ConfigDict`, or a config spec as `--config` takes it: a
+      packaged config's name or a path, optionally with variants
+      (e.g. "digits_lenet:smoke", "configs/mnist_lenet.py:paper").
+    workdir: directory (local or gs://) for checkpoints, metrics, the resolved config and
+      the export; a rerun resumes from its newest good checkpoint.
+    overrides: {dotted field: value}, e.g. {"ran.lam": 0.3, "num_epochs": 5}, applied as
+      `--config.<field>=VALUE` would be (unknown fields refused).
+
+  Returns:
+    The final test metrics (also WORKDIR/final_metrics.json), e.g. 'accuracy'.
+
+  Raises:
+    ran_jax.config_lib.ConfigError: a config value outside what RAN accepts.
+    ran_jax.data.source.DataError: data that cannot be read or prepared.
+    ValueError: an unknown config name or path, or an override of an unknown field.
+  """
+  from ran_jax import configs, trainer
+
+  if isinstance(config, str):
+    config = configs.get_config(config)
+  if overrides:
+    from ran_jax import sweep
+
+    config = sweep.apply_overrides(config, overrides)
+  return trainer.train_and_evaluate(config, workdir)
 
 
 def define_flags():
   """The command's flags (defined when it runs, so importing this module defines none)."""
+  from absl import flags
+
+  from ran_jax import configs
+
   configs.define_config_flag("config")
   flags.DEFINE_string("workdir", None,
                       "Directory (local or gs://) for checkpoints, metrics, config.")
@@ -37,6 +68,9 @@ def define_flags():
 
 def main(argv):
   del argv
+  from absl import flags
+
+  FLAGS = flags.FLAGS
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
   logging.getLogger("absl").setLevel(logging.WARNING)
   from ran_jax import parallel
@@ -50,7 +84,7 @@ def main(argv):
   from ran_jax.models import ShapeError
 
   try:
-    trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    train(FLAGS.config, FLAGS.workdir)
   except (ConfigError, DataError, ShapeError, CheckpointError, trainer.NonFiniteError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
@@ -66,3 +100,7 @@ def run():
 
 if __name__ == "__main__":
   run()
+else:
+  from ran_jax import commands as _commands
+
+  _commands.callable_module(__name__)

@@ -30,7 +30,8 @@ One module per side:
   measure    sizes, latency, accuracy and the int8 encoder under attack
   cli        the command line (`ran-deploy`, `python -m ran_jax.deploy`)
 
-Everything public is importable from `ran_jax.deploy` itself.
+Everything public is importable from `ran_jax.deploy` itself; `ran_jax.deploy(workdir)`
+is `deploy` (the export), `attack_deployment` the float-vs-int8 attack (`ran-deploy attack`).
 """
 
 from ran_jax.deploy.artefacts import (BATCH, CLASSIFIER_FILE, DEPLOY_DIR, ENCODER_FILE,
@@ -49,6 +50,7 @@ from ran_jax.deploy.server import (ExportedClassifier, classify_file, load_class
                                    read_features)
 
 __all__ = [
+    "attack_deployment", "deploy",
     "BATCH", "CLASSIFIER_FILE", "CLASSIFIER_PLATFORMS", "DEPLOY_DIR", "ENCODER_FILE",
     "ENCODER_INT8_FILE", "EPS_RANGE", "FORMAT", "IMAGE_SUFFIXES", "MANIFEST",
     "RELEASE_POLICIES", "REPRESENTATIVE_EXAMPLES", "VERIFY_EXAMPLES", "ArtefactError",
@@ -60,3 +62,30 @@ __all__ = [
     "read_features", "read_manifest", "read_secret", "release_eps", "release_noise",
     "representative_inputs", "sha256", "single_thread_cpu",
 ]
+
+
+def deploy(workdir: str, *, int8: bool = False) -> dict:
+  """Writes WORKDIR/deploy/ from a finished run (`ran-deploy export`) and returns the manifest.
+
+  Args:
+    workdir: a finished training run (holds export/).
+    int8: also write the full-integer encoder (encoder_int8.tflite).
+
+  Returns:
+    The manifest (deploy.json): shapes, noise scale, versions, sha256 of every artefact
+    and the checks run at export.
+  """
+  return export_deployment(workdir, int8=int8)
+
+
+def attack_deployment(workdir: str, **attack_options) -> dict:
+  """`ran-deploy attack`: the float and int8 encoders under the same attackers
+  (`ran_jax.deploy.cli.attack`; options as `ran_jax.attack` takes them)."""
+  from ran_jax.deploy.cli import attack
+
+  return attack(workdir, **attack_options)
+
+
+from ran_jax import commands as _commands  # noqa: E402
+
+_commands.callable_module(__name__)

@@ -8,13 +8,20 @@
   ran-deploy secret   [--release_secret=PATH]     (once per device, for per_input)
   ran-deploy classify --workdir=DIR | --classifier=FILE --features=features.npz
                       [--labels=y.npy]
-  ran-deploy measure  --workdir=DIR      (sizes, latency; docs/deploy.md)
-  ran-deploy attack   --workdir=DIR      (int8 vs float under the attackers)
+  ran-deploy measure  --workdir=DIR [--out=measure.json]   (sizes, latency; docs/deploy.md)
+  ran-deploy attack   --workdir=DIR [--preset=strong] [--attackers=...] [--out=attack.json]
+  In Python: ran_jax.deploy(workdir="runs/digits", int8=True)   # = export
+
+`attack` is `ran-attack` on the deployed encoders: the same attackers (the same flags:
+--preset, --attackers, --attack_max_epochs, --attacker_seed, ...) trained on the float
+(JAX) encoder's releases and on the int8 .tflite encoder's; it prints ran-attack's table
+for each and writes both reports to WORKDIR/deploy/attack.json (or --out).
 
 `export` writes WORKDIR/deploy/: encoder.tflite (phone, LiteRT built-in ops, batch 1),
 encoder_int8.tflite (--int8), classifier.jaxexport (server, jax.export) and deploy.json.
 `encode` is the phone: it writes what it sends. A noisy encoder's release noise follows
---release_policy: 'fresh' (default) draws new noise per request, so repeated sends of
+--release_policy: 'fresh' (default) draws new noise per request (`--noise_seed` makes it
+reproducible, for tests), so repeated sends of
 one input can be averaged towards the clean features; 'per_input' derives it from a
 device secret and the input, so an identical input always yields the identical release
 (see ran_jax/deploy/client.py for what each protects). `classify` is the server.
@@ -57,14 +64,18 @@ def define_flags():
   flags.DEFINE_string("features", None, "classify: a features.npz written by encode.")
   flags.DEFINE_string("labels", None, "classify: a .npy of labels to report accuracy.")
   flags.DEFINE_string("out", None, "Output file (encode: features.npz; sample: x.npy; "
-                      "classify: predictions .npz; measure/attack: JSON).")
-  flags.DEFINE_integer("seed", None, "encode --release_policy=fresh: seed of the release noise "
-                       "(reproducible runs only; default fresh OS entropy).")
+                      "classify: predictions .npz; measure: JSON; attack: JSON, default "
+                      "WORKDIR/deploy/attack.json).")
+  flags.DEFINE_integer("noise_seed", None, "encode --release_policy=fresh: seed of the release "
+                       "noise (reproducible runs only; default fresh OS entropy).")
   flags.DEFINE_integer("n", 32, "sample: examples to write.")
   flags.DEFINE_integer("examples", 200, "measure: test examples timed per round.")
   flags.DEFINE_string("split", "test", "sample: split to take the examples from.")
   flags.DEFINE_string("png_dir", None, "sample: also write the examples as PNG files here.")
   flags.DEFINE_integer("num_threads", 1, "LiteRT interpreter threads.")
+  from ran_jax import commands
+
+  commands.define_attack_flags()   # attack: the attackers, as ran-attack
   return flags.FLAGS
 
 
@@ -96,8 +107,8 @@ def _encode(flags) -> dict:
     raise _Usage("encode: --inputs is required.")
   secret = None
   if flags.release_policy == "per_input":
-    if flags.seed is not None:
-      raise _Usage("encode: --seed is for --release_policy=fresh (reproducible tests); "
+    if flags.noise_seed is not None:
+      raise _Usage("encode: --noise_seed is for --release_policy=fresh (reproducible tests); "
                    "per_input derives the noise from the device secret.")
     secret = read_secret(flags.release_secret)   # before any model loads: fails fast
   enc = load_encoder(flags.workdir, flags.model, flags.int8, flags.num_threads)
@@ -105,7 +116,7 @@ def _encode(flags) -> dict:
   if flags.workdir:
     vr = tuple(read_manifest(deploy_dir(flags.workdir))["value_range"])
   x, names = load_inputs(flags.inputs, enc.input_shape, vr)
-  return encode_to_file(enc, x, names, flags.out or "features.npz", flags.seed,
+  return encode_to_file(enc, x, names, flags.out or "features.npz", flags.noise_seed,
                         flags.release_policy, secret)
 
 
@@ -127,17 +138,27 @@ def _classify(flags) -> dict:
   return result
 
 
-def _attack(flags) -> dict:
+def attack(workdir: str, *, out: Optional[str] = None, **attack_options) -> dict:
+  """The attack on the deployed encoders: {'float': report, 'int8': report}.
+
+  The same attackers as `ran_jax.attack` (`attack_options`: preset, attackers,
+  attack_max_epochs, attacker_seed, ...) trained on the releases of the float (JAX)
+  encoder and of the int8 .tflite one (`ran_jax.deploy.measure.attack_int8`); both
+  reports are written to `out` (default WORKDIR/deploy/attack.json).
+  """
+  from ran_jax import attack as attack_lib
   from ran_jax.deploy.measure import attack_int8
 
-  res = attack_int8(flags.workdir)
-  if flags.out:
-    with open(os.path.splitext(flags.out)[0] + "_full.json", "w", encoding="utf-8") as f:
-      json.dump(res, f, indent=2, default=float)
-  return {k: {"accuracy": r.get("accuracy"), "accuracy_retrained": r.get("accuracy_retrained"),
-              "worst": r["worst"], "mse_sum": {a: m["mse_sum"] for a, m in r["attackers"].items()},
-              "reference": r["reference"]}
-          for k, r in res.items()}
+  attack_options.pop("progress", None)
+  cfg = attack_lib.attack_config(**attack_options)
+  res = attack_int8(workdir, cfg)
+  skipped = attack_lib.skipped_attackers(cfg)
+  for r in res.values():
+    r.update(preset=attack_options.get("preset", "light"), skipped_attackers=skipped)
+  out = out or os.path.join(deploy_dir(workdir), "attack.json")
+  with open(out, "w", encoding="utf-8") as f:
+    json.dump(res, f, indent=2, default=float)
+  return res
 
 
 class _Usage(Exception):
@@ -180,11 +201,21 @@ def main(argv):
       result = {"measure": measure(flags.workdir, examples=flags.examples),
                 "accuracy": accuracy_report(flags.workdir)}
     else:
-      result = _attack(flags)
-  except (ArtefactError, FileNotFoundError, _Usage) as e:
+      from ran_jax import commands
+
+      result = attack(flags.workdir, out=flags.out,
+                      **commands.attack_options_from_flags(identity=False))
+  except (ArtefactError, FileNotFoundError, ValueError, _Usage) as e:
     exit_with_error(str(e))
+  if cmd == "attack":
+    from ran_jax.attack import format_table
+
+    for name, r in result.items():
+      print(format_table(dict(r, name=f"{name} encoder")))
+    print(f"wrote {flags.out or os.path.join(deploy_dir(flags.workdir), 'attack.json')}")
+    return
   text = json.dumps(result, indent=2, default=float)
-  if cmd in ("measure", "attack") and flags.out:
+  if cmd == "measure" and flags.out:
     with open(flags.out, "w", encoding="utf-8") as f:
       f.write(text)
   print(text)
@@ -199,4 +230,4 @@ def run(argv: Optional[list] = None):
   define_flags()
   if len(argv) > 1 and argv[1] == "measure":
     single_thread_cpu()   # before JAX starts
-  commands.run_app(main, __doc__, argv)
+  commands.run_app(main, __doc__, argv, renamed=commands.RENAMED["deploy"])
