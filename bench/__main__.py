@@ -1,4 +1,6 @@
-"""`python -m bench`: the training benchmark; `python -m bench input ...`: input throughput;
+"""`python -m bench`: the training benchmark; `python -m bench input ...`: input throughput
+(`--config=...`: a dataset next to its trainer, bench/throughput.py; `--imagenet_fake=N`: host
+JPEG decoding per core, today's pipeline and Grain, bench/input_bench.py);
 `python -m bench tasks ...`: the paper's accelerator tasks (bench/paper_tasks.py);
 `python -m bench robustness ...`: a config over seeds and conv paths (bench/robustness.py);
 `python -m bench attackers ...`: attacker training vs PyTorch (bench/attacker_bench.py)."""
@@ -7,7 +9,11 @@ import sys
 
 
 def main():
-  if sys.argv[1:2] == ["input"]:
+  if sys.argv[1:2] == ["input"] and any(a.startswith("--imagenet_fake") for a in sys.argv[2:]):
+    from bench import input_bench  # pylint: disable=g-import-not-at-top
+
+    sys.exit(input_bench.main(sys.argv[2:]))
+  elif sys.argv[1:2] == ["input"]:
     from bench import throughput  # pylint: disable=g-import-not-at-top
 
     throughput.run([sys.argv[0]] + sys.argv[2:])
