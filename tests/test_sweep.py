@@ -49,8 +49,16 @@ def test_sweep_csv_figures_and_resume(tmp_path, monkeypatch):
   assert [(r["method"], r["setting"]) for r in got] == [
       ("ran", "lam=0.2"), ("dnn", "lam=1"), ("dnn_resized", "factor=0.5"),
       ("noisy", "factor=0.5")]
+  # The accuracy of a trained point is its exported networks' on the test split (recomputed
+  # here with plain forwards); every row's is its point's.
+  source = input_pipeline.load_dataset(config.data)
+  te = source.test.get(np.arange(len(source.test)))
+  x, y = np.asarray(te["image"], np.float32), np.asarray(te["label"])
+  for row, run in ((got[0], "ran_lam0.2"), (got[1], "dnn")):
+    t = export.load_trained(os.path.join(out, "runs", run))
+    want = float(np.mean(np.argmax(np.asarray(t.classify(t.encode(x))), -1) == y))
+    assert float(row["accuracy"]) == pytest.approx(want, abs=1e-6), run   # float32
   for r in got:
-    assert 0.0 <= float(r["accuracy"]) <= 1.0
     errs = {a: float(r[f"{a}_mse_sum"]) for a in protocol.ALL_ATTACKERS if r[f"{a}_mse_sum"]}
     assert r["worst_attacker"] == min(errs, key=errs.get)
     assert float(r["worst_mse_sum"]) == pytest.approx(min(errs.values()))
