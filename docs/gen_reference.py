@@ -192,6 +192,18 @@ def cli_reference() -> str:
       "",
   ]
   lines += [f"- [`{name}`](#{name})" for name in scripts] + [""]
+  from ran_jax import commands
+
+  renamed = getattr(commands, "RENAMED", {})
+  if renamed:
+    lines += ["**Renamed flags.** These older spellings still work for one release; the",
+              "command rewrites each to the new flag and prints a note naming it.", "",
+              "| command | old flag | new flag |", "|---|---|---|"]
+    lines += [f"| `ran-{cmd}` | `--{old}` | `--{new}` |"
+              for cmd, table in renamed.items() for old, new in table.items()]
+    lines += ["", "`ran-sweep --variant='NAME:section.field=V'` (overrides without `config.`) is",
+              "accepted the same way; the spelling is now `NAME:config.section.field=V`, as on",
+              "the command line.", ""]
   for name, target in scripts.items():
     lines += [f"## `{name}`", "", f"`{target}`", "", "```text",
               command_help(name, target), "```", ""]
