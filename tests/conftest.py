@@ -11,8 +11,11 @@ JAX_DISABLE_MOST_OPTIMIZATIONS, inherited by the subprocesses): the programs are
 HLO, lowered by LLVM without its optimisation passes, which halves compilation, most of
 the suite's time, while the tests' tiny shapes make the slower code cost nothing. Values
 move by float rounding only (a few ulps: no fast-math is on either way). A test that
-compares with numbers recorded under the default level is marked `xla_optimized` and
-compiles as users do; RAN_TEST_XLA_OPTIMIZE=1 runs the whole suite that way.
+compares with numbers recorded under the default level, or whose claim must hold as users
+compile (bit-exact resume, 1 vs 8 devices), is marked `xla_optimized` and compiles as users
+do; its train.py subprocesses are started with `tests.helpers.run_train(...,
+optimized=True)`, which does not pass the variable on. RAN_TEST_XLA_OPTIMIZE=1 runs the
+whole suite that way.
 
 The README's test command runs the tests in two pytest-xdist workers (`-n 2 --dist
 loadfile`: a file stays on one worker, so its module fixtures are built once). On a
