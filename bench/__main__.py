@@ -9,7 +9,8 @@ import sys
 
 
 def main():
-  if sys.argv[1:2] == ["input"] and any(a.startswith("--imagenet_fake") for a in sys.argv[2:]):
+  if sys.argv[1:2] == ["input"] and any(
+      a.startswith(("--imagenet_fake", "--cores_from")) for a in sys.argv[2:]):
     from bench import input_bench  # pylint: disable=g-import-not-at-top
 
     sys.exit(input_bench.main(sys.argv[2:]))

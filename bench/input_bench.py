@@ -1,8 +1,9 @@
 """Host input throughput on a fake ImageNet of full-size JPEGs: today's pipeline and Grain.
 
   python -m bench input --imagenet_fake=1024 [--workdir=DIR] [--batch=64] [--steps=16]
-      [--workers=1,2] [--repeats=2] [--images_per_s_per_chip=R]
+      [--workers=1,2] [--repeats=2] [--images_per_s_per_chip=R | v5e=R5,v6e=R6,...]
       [--out=docs/data/input_bench.json]
+  python -m bench input --cores_from=docs/data/input_bench.json --images_per_s_per_chip=...
 
 Writes ILSVRC-like JPEGs (sizes drawn around 500x375, about 110 KB each at PIL
 quality 90: smooth gradients, shapes, coarse texture and pixel noise) into the
@@ -402,13 +403,51 @@ def cores_needed(images_per_s_per_chip: float, chips_per_host: int,
           "cores_per_host_1p5x": 1.5 * per_chip * chips_per_host}
 
 
+def parse_chip_rates(text: str) -> dict:
+  """'262' (every host) or 'v5e=262,v6e=1220' -> {'*': 262.0} or {'v5e': 262.0, ...}."""
+  out = {}
+  for part in filter(None, (p.strip() for p in str(text).split(","))):
+    gen, _, rate = part.rpartition("=")
+    out[gen or "*"] = float(rate)
+  return out
+
+
+def host_plan(per_core_rate: float, images_per_s_per_chip: dict) -> dict:
+  """Cores each TPU host needs for its chips' images/s (by generation, 'v5e': ..., or '*'),
+  and whether its vCPUs cover 1.5x that (the input target)."""
+  out = {}
+  for host, spec in TPU_HOSTS.items():
+    gen = host.split("-")[0]
+    rate = images_per_s_per_chip.get(gen, images_per_s_per_chip.get("*"))
+    if rate is None:
+      continue
+    c = cores_needed(rate, spec["chips"], per_core_rate)
+    c.update(images_per_s_per_chip=rate, chips=spec["chips"], vcpus=spec["vcpus"],
+             covers_1p5x=c["cores_per_host_1p5x"] <= spec["vcpus"],
+             vcpus_over_1p5x_need=spec["vcpus"] / c["cores_per_host_1p5x"])
+    out[host] = c
+  return out
+
+
+def add_cores_needed(report: dict, images_per_s_per_chip: dict, source: str = "") -> dict:
+  """Adds 'cores_needed' to a report, at the slowest measured rate of today's pipeline;
+  `source` says where the chips' images/s come from."""
+  rate = report["per_core"]["today_pipeline"]["images_per_cpu_s_min"]
+  report["cores_needed"] = {
+      "per_core_rate": rate,
+      "per_core_rate_is": "today_pipeline, slowest of its measurements (images per CPU-s)",
+      "images_per_s_per_chip": images_per_s_per_chip, "images_per_s_per_chip_source": source,
+      "hosts": host_plan(rate, images_per_s_per_chip)}
+  return report
+
+
 # ---------------------------------------------------------------- the command
 
 
 def run_bench(*, n_train: int, workdir: str, batch: int = 64, steps: int = 8,
               workers=(1, 2), pipelines=PIPELINES, repeats: int = 1, n_val: int = 50,
               seed: int = 0, scale: float = 1.0, image_size: int = 224,
-              images_per_s_per_chip: float | None = None, out: str | None = None) -> dict:
+              images_per_s_per_chip: dict | None = None, out: str | None = None) -> dict:
   """Writes and prepares the fake ImageNet (once per workdir), times each pipeline.
 
   Every (pipeline, workers) is timed `repeats` times, the pipelines taking turns, so
@@ -462,17 +501,17 @@ def run_bench(*, n_train: int, workdir: str, batch: int = 64, steps: int = 8,
       "platform": jax.devices()[0].platform, "grain_version": _grain_version(),
       "per_core": per_core, "results": results, "tpu_hosts": TPU_HOSTS,
   }
-  if images_per_s_per_chip:
-    rate = per_core["today_pipeline"]["images_per_cpu_s_median"]
-    report["cores_needed"] = {
-        "images_per_s_per_chip": images_per_s_per_chip, "per_core_rate": rate,
-        "hosts": {h: dict(cores_needed(images_per_s_per_chip, v["chips"], rate),
-                          vcpus=v["vcpus"]) for h, v in TPU_HOSTS.items()}}
+  if images_per_s_per_chip and "today_pipeline" in per_core:
+    add_cores_needed(report, images_per_s_per_chip)
   if out:
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(out, "w") as f:
-      json.dump(report, f, indent=1)
+    _write(report, out)
   return report
+
+
+def _write(report: dict, out: str) -> None:
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  with open(out, "w") as f:
+    json.dump(report, f, indent=1)
 
 
 def summarise(results: list[dict]) -> dict:
@@ -520,18 +559,33 @@ def _grain_version() -> str | None:
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(prog="python -m bench input", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--imagenet_fake", type=int, required=True, help="training JPEGs to write")
+  p.add_argument("--imagenet_fake", type=int, default=None, help="training JPEGs to write")
+  p.add_argument("--cores_from", default=None,
+                 help="a JSON this command wrote: add --images_per_s_per_chip's cores to it "
+                      "(rewritten in place, or to --out) without measuring again")
   p.add_argument("--workdir", default=None, help="keeps the fake tars and TFDS data (reused)")
   p.add_argument("--batch", type=int, default=64)
   p.add_argument("--steps", type=int, default=8, help="batches timed per pipeline")
   p.add_argument("--workers", default="1,2", help="comma-separated worker counts")
   p.add_argument("--pipelines", default=",".join(PIPELINES))
   p.add_argument("--repeats", type=int, default=1, help="times each pipeline is timed")
-  p.add_argument("--images_per_s_per_chip", type=float, default=None,
-                 help="what one chip consumes (e.g. ran-plan's roofline): adds the cores "
-                      "needed on each TPU host to the JSON")
+  p.add_argument("--images_per_s_per_chip", type=parse_chip_rates, default=None,
+                 help="what one chip consumes (e.g. ran-plan's roofline), one number or per "
+                      "generation ('v5e=262,v6e=1220'): adds the cores each TPU host needs")
+  p.add_argument("--rates_source", default="",
+                 help="with --cores_from: where the chips' images/s come from (kept in the JSON)")
   p.add_argument("--out", default=None, help="JSON file for the results")
   a = p.parse_args(argv)
+  if a.cores_from:
+    if not a.images_per_s_per_chip:
+      p.error("--cores_from needs --images_per_s_per_chip")
+    with open(a.cores_from) as f:
+      report = add_cores_needed(json.load(f), a.images_per_s_per_chip, a.rates_source)
+    _write(report, a.out or a.cores_from)
+    print(json.dumps(report["cores_needed"], indent=1))
+    return 0
+  if a.imagenet_fake is None:
+    p.error("--imagenet_fake (training JPEGs to write) or --cores_from is required")
   workers = tuple(int(w) for w in a.workers.split(","))
   pipelines = tuple(a.pipelines.split(","))
   with (contextlib.nullcontext(a.workdir) if a.workdir

@@ -7,11 +7,13 @@ the same work; the JSON it writes holds positive finite rates.
 
 import json
 import math
+import sys
 
 import numpy as np
 import pytest
 
 from bench import input_bench as ib
+from bench.__main__ import main as bench_main
 from ran_jax import parallel
 
 BATCH = 4  # 16 images: 4 steps per epoch
@@ -100,7 +102,7 @@ def test_run_bench_writes_rates(fake, tmp_path):
   root, _, _ = fake
   out = tmp_path / "input_bench.json"
   report = ib.run_bench(n_train=16, workdir=str(root), batch=BATCH, steps=2, workers=(1,),
-                        image_size=64, images_per_s_per_chip=100.0, out=str(out))
+                        image_size=64, images_per_s_per_chip={"*": 100.0}, out=str(out))
   data = json.loads(out.read_text())
   assert data["per_core"] == report["per_core"]
   assert {r["pipeline"] for r in data["results"]} == set(ib.PIPELINES)
@@ -116,7 +118,7 @@ def test_run_bench_writes_rates(fake, tmp_path):
                                        if r["pipeline"] == name]
     assert one["ratio_to_today_pipeline"] > 0
   assert data["per_core"]["today_pipeline"]["by_workers"]["1"]["ratio_to_today_pipeline"] == 1
-  rate = data["per_core"]["today_pipeline"]["images_per_cpu_s_median"]
+  rate = data["per_core"]["today_pipeline"]["images_per_cpu_s_min"]
   v5e = data["cores_needed"]["hosts"]["v5e-8 (ct5lp-hightpu-8t)"]
   assert v5e["cores_per_host"] == pytest.approx(8 * 100.0 / rate) and v5e["vcpus"] == 224
 
@@ -128,3 +130,22 @@ def test_cores_needed():
   assert c["cores_per_host_1p5x"] == pytest.approx(24.0)
   with pytest.raises(ValueError, match="positive"):
     ib.cores_needed(300.0, 8, 0.0)
+
+
+def test_cores_from_a_report_per_generation(tmp_path):
+  src = tmp_path / "bench.json"
+  src.write_text(json.dumps({"per_core": {"today_pipeline": {"images_per_cpu_s_min": 200.0}}}))
+  argv = sys.argv
+  sys.argv = ["bench", "input", f"--cores_from={src}", "--images_per_s_per_chip=v5e=300,v6e=6000"]
+  try:
+    with pytest.raises(SystemExit) as e:
+      bench_main()
+  finally:
+    sys.argv = argv
+  assert e.value.code == 0
+  hosts = json.loads(src.read_text())["cores_needed"]["hosts"]
+  assert set(hosts) == {"v5e-8 (ct5lp-hightpu-8t)", "v6e-8 (ct6e-standard-8t)"}
+  v5e, v6e = hosts["v5e-8 (ct5lp-hightpu-8t)"], hosts["v6e-8 (ct6e-standard-8t)"]
+  assert v5e["cores_per_host_1p5x"] == pytest.approx(1.5 * 8 * 300 / 200) and v5e["covers_1p5x"]
+  assert v6e["cores_per_host_1p5x"] == pytest.approx(360.0) and not v6e["covers_1p5x"]  # > 180
+  assert ib.parse_chip_rates("262") == {"*": 262.0}
