@@ -393,6 +393,56 @@ def _placed(it, mesh):
       close()
 
 
+# Which of the decoder's steps release the GIL (Pillow's C decoder and resampler, numpy's
+# casts and copies run without it); the rest holds it and bounds how many threads of one
+# process can decode at once.
+STAGE_RELEASES_GIL = {"open": False, "decode": True, "resize": True, "crop_to_array": False,
+                      "scale": True, "stack": True}
+
+
+def decode_stages(records, n: int, size: int = 224) -> dict:
+  """Thread CPU milliseconds per image of each step of the ImageNet decoder (one thread).
+
+  The same steps as `ran_jax.data.datasets._center_crop_decoder` (tests compare the
+  output), timed apart; `gil_held_fraction` is the share of the steps that hold the GIL,
+  so 1 / gil_held_fraction bounds the cores that one process's threads can keep busy.
+  """
+  from PIL import Image
+
+  t = dict.fromkeys(STAGE_RELEASES_GIL, 0.0)
+  clock, images = time.thread_time, []
+  resize_to = int(round(size * 256 / 224))
+  for i in range(n):
+    rec = records[i]
+    t0 = clock()
+    im = Image.open(io.BytesIO(rec["image"]))
+    im.draft("RGB", (resize_to, resize_to))
+    t1 = clock()
+    im = im.convert("RGB")
+    t2 = clock()
+    w, h = im.size
+    s = resize_to / min(w, h)
+    im = im.resize((max(size, round(w * s)), max(size, round(h * s))), Image.BILINEAR)
+    t3 = clock()
+    w, h = im.size
+    left, top = (w - size) // 2, (h - size) // 2
+    arr = np.asarray(im.crop((left, top, left + size, top + size)), np.uint8)
+    t4 = clock()
+    images.append(arr.astype(np.float32) / 255.0)
+    t5 = clock()
+    for k, a, b in (("open", t0, t1), ("decode", t1, t2), ("resize", t2, t3),
+                    ("crop_to_array", t3, t4), ("scale", t4, t5)):
+      t[k] += b - a
+  t0 = clock()
+  batch = np.stack(images)
+  t["stack"] += clock() - t0
+  total = sum(t.values())
+  held = sum(v for k, v in t.items() if not STAGE_RELEASES_GIL[k])
+  return {"images": n, "ms_per_image": {k: 1e3 * v / n for k, v in t.items()},
+          "total_ms_per_image": 1e3 * total / n, "gil_held_fraction": held / total,
+          "releases_gil": STAGE_RELEASES_GIL, "batch": batch}
+
+
 def cores_needed(images_per_s_per_chip: float, chips_per_host: int,
                  per_core_rate: float) -> dict:
   """Host cores that decoding needs: per chip, per host (and with a 1.5x margin)."""
@@ -488,6 +538,8 @@ def run_bench(*, n_train: int, workdir: str, batch: int = 64, steps: int = 8,
               f"busy, load {r['load_avg_1min'][0]:.1f}->{r['load_avg_1min'][1]:.1f})",
               flush=True)
   per_core = summarise(results)
+  stages = decode_stages(src.train.records, min(len(src.train), 4 * batch), image_size)
+  stages.pop("batch")
   report = {
       "what": "images per CPU-second (= per core) of decoding fake ILSVRC-size JPEGs "
               "(shorter side 256, centre crop 224, [0,1] float32), per pipeline and worker "
@@ -499,7 +551,8 @@ def run_bench(*, n_train: int, workdir: str, batch: int = 64, steps: int = 8,
       "repeats": repeats, "cpu_count": os.cpu_count(), "cpu_model": _cpu_model(),
       "load_avg_1min_start_end": [load_start[0], os.getloadavg()[0]],
       "platform": jax.devices()[0].platform, "grain_version": _grain_version(),
-      "per_core": per_core, "results": results, "tpu_hosts": TPU_HOSTS,
+      "per_core": per_core, "decode_stages_one_thread": stages, "results": results,
+      "tpu_hosts": TPU_HOSTS,
   }
   if images_per_s_per_chip and "today_pipeline" in per_core:
     add_cores_needed(report, images_per_s_per_chip)

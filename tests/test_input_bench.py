@@ -80,6 +80,15 @@ def test_every_pipeline_decodes_the_same_images(fake):
     np.testing.assert_array_equal(b["label"], want["label"])
 
 
+def test_decode_stages_are_the_decoder(fake):
+  """The per-step timing runs the very steps of the dataset's decoder (same pixels)."""
+  _, _, src = fake
+  stages = ib.decode_stages(src.train.records, 5, size=32)
+  np.testing.assert_array_equal(stages["batch"], src.train.get(np.arange(5))["image"])
+  assert set(stages["ms_per_image"]) == set(ib.STAGE_RELEASES_GIL)
+  assert 0 < stages["gil_held_fraction"] < 1 and stages["total_ms_per_image"] > 0
+
+
 def test_grain_ordered_resumes_at_any_step(fake):
   _, _, src = fake
   full = _batches("grain_ordered", src, 1, 0, 7)
@@ -111,6 +120,7 @@ def test_run_bench_writes_rates(fake, tmp_path):
       assert math.isfinite(r[k]) and r[k] > 0, (r["pipeline"], k, r[k])
     assert r["images"] == 2 * BATCH and len(r["load_avg_1min"]) == 2
   assert data["dataset"]["train_images"] == 16
+  assert data["decode_stages_one_thread"]["total_ms_per_image"] > 0
   assert all(math.isfinite(x) for x in data["load_avg_1min_start_end"])
   for name in ib.PIPELINES:
     one = data["per_core"][name]["by_workers"]["1"]
