@@ -211,7 +211,10 @@ def test_entanglement_needs_an_attribute():
 
 
 def test_smoke_variant_and_unknown_variant():
-  assert digits_lenet.get_config("smoke").max_steps > 0
+  full, smoke = digits_lenet.get_config(), digits_lenet.get_config("smoke")
+  assert (smoke.max_steps, smoke.num_epochs, smoke.batch_size, smoke.data.train_limit,
+          smoke.data.test_limit) == (6, 2, 16, 48, 40)     # common.apply_smoke's shrink
+  assert full.num_epochs > smoke.num_epochs and full.ran == smoke.ran   # the game is unchanged
   with pytest.raises(ValueError, match="Unknown config variant 'fast'"):
     digits_lenet.get_config("fast")
   assert common.get_base_config().ran.recon_reduction == "sum"
