@@ -15,14 +15,14 @@ and prints a table. MSE convention: see `ran_jax.privacy.metrics`.
 
 Presets (`--preset`): 'light' (the default, minutes on 2 CPU cores: the mirrored and MLP
 decoders and ridge, each fit capped at 30 epochs) and 'strong' (adds the residual
-decoder, the strongest and slowest attacker, and caps at 100 epochs: what published
-figures use). The command prints the attackers a preset skipped. `--attackers` and
-`--attack_max_epochs` override the preset's.
+decoder, the strongest and slowest attacker, caps at 100 epochs and adds the means of 4
+and 16 releases: what published figures use). The command prints the attackers a preset
+skipped. `--attackers`, `--attack_max_epochs` and `--releases` override the preset's.
 
 Repeated releases: for a noisy release every attacker family is also trained, validated
-and scored on the mean of N releases of each input (`--releases`, default 4 and 16) and on
-the clean features (the limit: an attacker holding the encoder computes them), under
-result['releases'].
+and scored on the clean features (the limit: an attacker holding the encoder computes
+them) and on the mean of N releases of each input (`--releases`; the strong preset's 4
+and 16), under result['releases'].
 
 Identity: with an attribute (`--attribute=subject`, default the run's data.attribute)
 attribute attackers (`ran_jax.privacy.identity`) are trained on the releases too, for
@@ -47,14 +47,19 @@ class Preset:
 
   attackers: tuple
   max_epochs: int
+  releases: tuple   # N of the 'mean of N releases of one input' threats (noisy encoders)
 
   def describe(self) -> str:
-    return f"{', '.join(self.attackers)}, at most {self.max_epochs} epochs per fit"
+    means = (f", the mean of {'/'.join(map(str, self.releases))} releases too"
+             if self.releases else "")
+    return (f"{', '.join(self.attackers)}, at most {self.max_epochs} epochs per fit, one "
+            f"release and the clean features{means}")
 
 
 PRESETS = {
-    "light": Preset(("mirrored_decoder", "mlp_decoder", "ridge"), 30),
-    "strong": Preset(("mirrored_decoder", "mlp_decoder", "resnet_decoder", "ridge"), 100),
+    "light": Preset(("mirrored_decoder", "mlp_decoder", "ridge"), 30, ()),
+    "strong": Preset(("mirrored_decoder", "mlp_decoder", "resnet_decoder", "ridge"), 100,
+                     (4, 16)),
 }
 
 
@@ -87,13 +92,18 @@ def attack_config(*, preset: str = "light", attackers: Optional[Sequence[str]] =
                                seed=attacker_seed, resnet_width=resnet_width)
 
 
-def identity_config(*, attacker_seed: int = 0, identity_attackers: Optional[Sequence[str]] = None,
-                    identity_seeds: int = 3, releases: Sequence[int] = (4, 16),
-                    person_releases: int = 10, person_groups: int = 1000, **unused):
-  """The `identity.IdentityConfig` of the attribute attacks (ValueError for bad values)."""
+def identity_config(*, preset: str = "light", attacker_seed: int = 0,
+                    identity_attackers: Optional[Sequence[str]] = None, identity_seeds: int = 3,
+                    releases: Optional[Sequence[int]] = None, person_releases: int = 10,
+                    person_groups: int = 1000, **unused):
+  """The `identity.IdentityConfig` of the attribute attacks (ValueError for bad values);
+  releases: None takes the preset's."""
   from ran_jax.privacy import identity
 
   del unused
+  if preset not in PRESETS:
+    raise ValueError(f"preset={preset!r}: allowed: {sorted(PRESETS)}.")
+  releases = PRESETS[preset].releases if releases is None else releases
   families = tuple(identity.FAMILIES if identity_attackers is None else identity_attackers)
   unknown = sorted(set(families) - set(identity.FAMILIES))
   if unknown or not families:
@@ -121,7 +131,8 @@ def attack(workdir: str, *, preset: str = "light", attackers: Optional[Sequence[
            attribute: Optional[str] = None, reconstruction: bool = True,
            eval_dir: Optional[str] = None, attack_max_epochs: Optional[int] = None,
            attack_train_limit: int = 0, test_limit: int = 0, patience: int = 3,
-           resnet_width: int = 64, attacker_seed: int = 0, releases: Sequence[int] = (4, 16),
+           resnet_width: int = 64, attacker_seed: int = 0,
+           releases: Optional[Sequence[int]] = None,
            identity_attackers: Optional[Sequence[str]] = None, identity_seeds: int = 3,
            person_releases: int = 10, person_groups: int = 1000,
            progress: bool = True) -> dict:
@@ -132,8 +143,9 @@ def attack(workdir: str, *, preset: str = "light", attackers: Optional[Sequence[
 
   Args:
     workdir: a finished training run (holds export/).
-    preset: 'light' (mirrored and MLP decoders, ridge; fits capped at 30 epochs) or
-      'strong' (adds the residual decoder; 100 epochs). See `PRESETS`.
+    preset: 'light' (mirrored and MLP decoders, ridge; fits capped at 30 epochs; one
+      release and the clean features) or 'strong' (adds the residual decoder; 100 epochs;
+      also the means of 4 and 16 releases). See `PRESETS`.
     attackers: reconstruction attacker families (default: the preset's), from
       `ran_jax.privacy.protocol.ATTACKERS`.
     attribute: sensitive attribute for the identity attacks (None: the run's
@@ -145,7 +157,8 @@ def attack(workdir: str, *, preset: str = "light", attackers: Optional[Sequence[
     patience: epochs without validation improvement before a learning-rate cut or stop.
     resnet_width: channels of the residual decoder's coarsest stage.
     attacker_seed: seed of the attackers' split and fits (identity: the first seed).
-    releases: N of the 'mean of N releases of one input' settings (noisy encoders).
+    releases: N of the 'mean of N releases of one input' threats (noisy encoders; default:
+      the preset's, () for light, (4, 16) for strong).
     identity_attackers, identity_seeds, person_releases, person_groups: the identity
       attacks (`ran_jax.privacy.identity.IdentityConfig`).
     progress: show a progress bar (per phase) on stderr.
@@ -170,7 +183,8 @@ def attack(workdir: str, *, preset: str = "light", attackers: Optional[Sequence[
   cfg = attack_config(preset=preset, attackers=attackers, attack_max_epochs=attack_max_epochs,
                       attack_train_limit=attack_train_limit, test_limit=test_limit,
                       patience=patience, resnet_width=resnet_width, attacker_seed=attacker_seed)
-  icfg = identity_config(attacker_seed=attacker_seed, identity_attackers=identity_attackers,
+  icfg = identity_config(preset=preset, attacker_seed=attacker_seed,
+                         identity_attackers=identity_attackers,
                          identity_seeds=identity_seeds, releases=releases,
                          person_releases=person_releases, person_groups=person_groups)
   trained = export.load_trained(workdir)

@@ -146,9 +146,10 @@ def define_identity_flags() -> None:
                       "config's data.attribute; '' skips the attribute attacks.")
   flags.DEFINE_list("identity_attackers", list(identity.FAMILIES), "Attribute attacker families.")
   flags.DEFINE_integer("identity_seeds", 3, "Seeds per attribute attacker (release noise, init).")
-  flags.DEFINE_list("releases", ["4", "16"],
-                    "N of the 'mean of N releases of one input' settings (noisy releases), "
-                    "besides one release and the clean features.")
+  flags.DEFINE_list("releases", None,
+                    "N of the 'mean of N releases of one input' threats (noisy releases), "
+                    "besides one release and the clean features (default: the preset's; "
+                    "light: none, strong: 4,16).")
   flags.DEFINE_integer("person_releases", 10,
                        "Releases of different inputs of one person an attacker combines (0: off).")
   flags.DEFINE_integer("person_groups", 1000, "Random groups of person_releases scored.")
@@ -171,7 +172,7 @@ def attack_options_from_flags(identity: bool = True) -> dict:
   if identity:
     out.update({k: f[k].value for k in IDENTITY_KEYS})
     try:
-      out["releases"] = tuple(int(n) for n in f.releases)
+      out["releases"] = None if f.releases is None else tuple(int(n) for n in f.releases)
     except ValueError:
       config_lib.exit_with_error(f"--releases={','.join(f.releases)}: integers >= 2 expected.")
   for k in ("attackers", "identity_attackers"):
