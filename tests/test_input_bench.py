@@ -83,7 +83,7 @@ def test_every_pipeline_decodes_the_same_images(fake):
 def test_decode_stages_are_the_decoder(fake):
   """The per-step timing runs the very steps of the dataset's decoder (same pixels)."""
   _, _, src = fake
-  stages = ib.decode_stages(src.train.records, 5, size=32)
+  stages = ib.decode_stages(src.train.records, 5, size=32, batch=2)
   np.testing.assert_array_equal(stages["batch"], src.train.get(np.arange(5))["image"])
   assert set(stages["ms_per_image"]) == set(ib.STAGE_RELEASES_GIL)
   assert 0 < stages["gil_held_fraction"] < 1 and stages["total_ms_per_image"] > 0
