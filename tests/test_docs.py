@@ -141,3 +141,11 @@ def test_every_page_is_in_the_navigation():
   on_disk = {os.path.relpath(p, DOCS) for p in glob.glob(os.path.join(DOCS, "**", "*.md"),
                                                           recursive=True)}
   assert on_disk - in_nav == set() and in_nav - on_disk == set()
+
+
+def test_readme_links_resolve():
+  """Every relative link of the README (inline or reference-style) names a file that exists."""
+  readme = _read("README.md")
+  targets = re.findall(r"\]\(([^)\s]+)\)", readme) + re.findall(r"^\[\w+\]: (\S+)$", readme, re.M)
+  local = [t.split("#")[0] for t in targets if not re.match(r"[a-z]+://", t)]
+  assert local and [t for t in local if t and not os.path.exists(os.path.join(ROOT, t))] == []
