@@ -103,7 +103,7 @@ def _env(memory_fraction=None):
 def cifar_command(a) -> tuple[list, str]:
   out = os.path.join(a.out, "cifar10")
   config = "configs/cifar10_alexnet.py" + (":smoke" if a.tiny else "")
-  cmd = [sys.executable, "-m", "ran_jax.sweep", f"--config={config}", f"--out={out}",
+  cmd = [sys.executable, "-m", "ran_jax.sweep", f"--config={config}", f"--workdir={out}",
          "--methods=dnn,ran", "--lams=" + ",".join(f"{v:g}" for v in a.cifar_lams),
          f"--attackers={a.attackers}", f"--attack_max_epochs={a.attack_max_epochs}",
          f"--config.num_epochs={a.cifar_epochs}", f"--config.batch_size={a.cifar_batch}",
