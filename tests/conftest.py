@@ -70,7 +70,8 @@ if ROOT not in sys.path:
 # follow in their usual order.
 _LONGEST_FIRST = ("test_train_e2e.py", "test_paper_tasks.py", "test_fast_conv.py",
                   "test_packaging.py", "test_defences.py", "test_distributed.py",
-                  "test_fused.py", "test_deploy.py", "test_stages.py")
+                  "test_fused.py", "test_deploy.py", "test_search_resume.py",
+                  "test_attacker_inversion.py", "test_stages.py")
 
 
 def pytest_configure(config):
