@@ -423,6 +423,8 @@ def run_search(config, workdir: str, *, knob: str = "model.feature_noise",
   state = _load_state(state_path, search)
   state["budget"] = {"max_accuracy_drop": max_accuracy_drop, "max_trainings": max_trainings,
                      "resolution": resolution}
+  state["confirm_eval"] = {"attackers": list(full_cfg.attackers),
+                           "max_epochs": full_cfg.attacker_fit.max_epochs}
   state["command"] = command or state.get("command", "")
 
   val_data = None
@@ -517,7 +519,7 @@ def run_search(config, workdir: str, *, knob: str = "model.feature_noise",
     if result is None:
       if test_data is None:
         test_data = protocol.prepare_data(source, full_cfg)
-      log.info("=== search: confirming %s with the full attacker set", name)
+      log.info("=== search: confirming %s with %s", name, ", ".join(full_cfg.attackers))
       t0 = time.perf_counter()
       result, art = evaluate_fn(os.path.join(workdir, entry["run"]), test_data, full_cfg, name)
       result.update(eval_seconds=time.perf_counter() - t0, eval_config=full_cfg.to_dict())
@@ -786,7 +788,12 @@ def write_report(workdir: str, state: dict, confirm: dict) -> str:
         f"(`ran_jax.export.load_trained('{os.path.join(workdir, 'chosen')}')`). It was trained "
         f"on {s['n_fit']} examples; to retrain on the whole training split, add "
         f"`--config.{knob}={chosen['value']:.6g}` to the training command.", "",
-        "Confirmed on the **test split** with the full attacker set (early-stopped fits):", "",
+        "Confirmed on the **test split** by attackers trained after freezing ("
+        f"{', '.join(state.get('confirm_eval', {}).get('attackers') or ['the full set'])}; "
+        "early-stopped fits"
+        + (f", at most {state['confirm_eval']['max_epochs']} epochs"
+           if state.get("confirm_eval", {}).get("max_epochs") else "")
+        + "):", "",
         "| | test accuracy | retrained classifier | "
         + " | ".join(f"{a} mse_sum" for a in atts) + " | worst mse_sum | worst PSNR | worst SSIM |",
         "|---|---|---|" + "---|" * (len(atts) + 3),
