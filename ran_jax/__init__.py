@@ -26,7 +26,8 @@ __version__ = "0.1.0"
 
 # The jobs: each a module `ran_jax.<name>` callable as its same-named function.
 _JOBS = ("train", "attack", "sweep", "search", "deploy")
-# ran_jax.plan (ahead-of-time planning for Cloud TPU slices) joins _JOBS when it is a job.
+# ran_jax.plan (ahead-of-time planning for Cloud TPU slices) joins _JOBS as a job: its module
+# defines `plan(...)` and ends like ran_jax/attack.py, with `commands.callable_module(__name__)`.
 _FUNCTIONS = {"get_config": ("ran_jax.configs", "get_config"),
               "load_trained": ("ran_jax.export", "load_trained")}
 
