@@ -1,7 +1,7 @@
 """`python -m bench attackers`: the attacker training of the privacy protocol vs PyTorch.
 
   python -m bench attackers                                   # MNIST shapes, a few minutes
-  python -m bench attackers --n=12800 --rounds=5 --out=docs/bench_attackers_cpu.json
+  python -m bench attackers --n=12800 --rounds=5 --out=docs/data/bench_attackers_cpu.json
   python -m bench attackers --threads=1                       # one core (a shared machine)
 
 The attackers of `ran_jax.privacy.attackers` against the frozen encoder of the
