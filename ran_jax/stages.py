@@ -22,6 +22,9 @@ Defences (all off by default; then every step computes exactly Algorithm 1):
   privacy target     the reconstruction term is capped at the error of a target PSNR:
                      past it, accuracy no longer pays for privacy.
   compactness        a penalty on the within-class variance of the features.
+  entanglement       a penalty on how much soft nearest classmates share the attribute.
+                     The feature penalties are declared terms (`PENALTY_TERMS`,
+                     `Defences.from_config`): a new one is a function and an entry.
   attribute game     the generative stage also trains attribute heads (classifiers of a
                      sensitive attribute such as the speaker, `batch['attribute']`) on
                      the encoder's features *before* the release noise; the
@@ -321,24 +324,82 @@ def attribute_logits(models, params, z):
 # it updates; a frozen network's parameters *and* statistics stay bit-identical.
 
 
-def feature_penalties(z, batch, models: RANModels, *, compactness: float = 0.0,
-                      entangle: float = 0.0, entangle_temperature: float = 0.1):
-  """The penalties on the features before the release noise (0.0 when both are off):
-  compactness x the within-class variance, entangle x the attribute entanglement of the
-  standardised features within each class (`losses.attribute_entanglement`)."""
-  loss = 0.0
-  if compactness:
-    loss = loss + compactness * losses.within_class_variance(z, batch["label"],
-                                                            models.num_classes)
-  if entangle:
-    loss = loss + entangle * losses.attribute_entanglement(
-        standardise(z), _attributes(batch), batch["label"], entangle_temperature)
-  return loss
+# ---------------------------------------------------------------- defences
+# A feature penalty is one function (z, batch, models, **options) -> scalar and one entry
+# of PENALTY_TERMS: its name is the `ran` config field of its weight, its options map to
+# their config fields and defaults. `Defences.from_config` declares the ones switched on;
+# both encoder stages add `feature_penalties`, so no stage signature grows with them.
+
+
+def _compactness(z, batch, models: RANModels):
+  """The within-class variance of the features."""
+  return losses.within_class_variance(z, batch["label"], models.num_classes)
+
+
+def _entanglement(z, batch, models: RANModels, temperature: float = 0.1):
+  """The attribute entanglement of the standardised features within each class
+  (`losses.attribute_entanglement`)."""
+  del models
+  return losses.attribute_entanglement(standardise(z), _attributes(batch), batch["label"],
+                                       temperature)
+
+
+# name (the config field of its weight) -> (term, {option: (config field, default)})
+PENALTY_TERMS = {
+    "compactness": (_compactness, {}),
+    "entangle": (_entanglement, {"temperature": ("entangle_temperature", 0.1)}),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Penalty:
+  """One declared feature penalty: weight x PENALTY_TERMS[name](z, batch, models, **options)."""
+
+  name: str
+  weight: float
+  options: tuple = ()   # ((option, value), ...): hashable, so a bound step stays static
+
+  def __call__(self, z, batch, models: RANModels):
+    term, _ = PENALTY_TERMS[self.name]
+    return self.weight * term(z, batch, models, **dict(self.options))
+
+
+@dataclasses.dataclass(frozen=True)
+class Defences:
+  """The defences a training declares, bound once into the encoder stages.
+
+  penalties: the feature penalties with a nonzero weight (`Penalty`), summed on the
+  features before the release noise in the discriminative and adversarial stages.
+  attribute_weight: the attribute game's weight on the heads' confusion (adversarial stage).
+  """
+
+  penalties: tuple = ()
+  attribute_weight: float = 0.0
+
+  @classmethod
+  def from_config(cls, ran_config) -> "Defences":
+    penalties = []
+    for name, (_, options) in PENALTY_TERMS.items():
+      weight = float(ran_config.get(name, 0.0) or 0.0)
+      if weight:
+        penalties.append(Penalty(name, weight, tuple(
+            (opt, float(ran_config.get(field, default))) for opt, (field, default)
+            in sorted(options.items()))))
+    return cls(tuple(penalties), float(ran_config.get("attribute_weight", 0.0) or 0.0))
+
+
+NO_DEFENCES = Defences()
+
+
+def feature_penalties(z, batch, models: RANModels, defences: Defences = NO_DEFENCES):
+  """The sum of the declared penalties on the features before the release noise (0.0
+  when none is declared)."""
+  return sum((p(z, batch, models) for p in defences.penalties), 0.0)
 
 
 def discriminative_step(state: TrainState, batch, *, models: RANModels,
-                        optimizer: optax.GradientTransformation, compactness: float = 0.0,
-                        entangle: float = 0.0, entangle_temperature: float = 0.1):
+                        optimizer: optax.GradientTransformation,
+                        defences: Defences = NO_DEFENCES):
   """Line 5 of Algorithm 1: update theta_e, theta_c minimising O_d (Eq. 2).
 
   Plus the feature penalties (`feature_penalties`) when set.
@@ -352,10 +413,8 @@ def discriminative_step(state: TrainState, batch, *, models: RANModels,
     logits = classify(models, ec["classifier"], release(models, z, _noise_key(rng)), True, rng)
     ce = losses.cross_entropy(logits, y)
     loss = ce
-    if compactness or entangle:
-      loss = ce + feature_penalties(z, batch, models, compactness=compactness,
-                                    entangle=entangle,
-                                    entangle_temperature=entangle_temperature)
+    if defences.penalties:
+      loss = ce + feature_penalties(z, batch, models, defences)
     return loss, (enc_stats, logits, ce)
 
   ec = _ec(state.params)
@@ -426,19 +485,20 @@ def adversarial_step(state: TrainState, batch, *, models: RANModels,
                      optimizer: optax.GradientTransformation, lam: float,
                      recon_reduction: str = "sum", adversary_reduce: str = "min",
                      softmin_temperature: float = 1.0, warmup_steps: int = 0,
-                     target_recon: float | None = None, compactness: float = 0.0,
-                     attribute_weight: float = 0.0, entangle: float = 0.0,
-                     entangle_temperature: float = 0.1):
+                     target_recon: float | None = None,
+                     defences: Defences = NO_DEFENCES):
   """Line 8 of Algorithm 1: update theta_e, theta_c minimising O_a (Eq. 4), decoders frozen.
 
   The reconstruction term is the strongest decoder's error (`strongest`), capped at
   `target_recon` when a privacy target is set, and off during `warmup_steps`. With the
-  attribute game, `attribute_weight` x the attribute heads' mean confusion loss is added
-  (heads frozen; also off during `warmup_steps`).
+  attribute game, `defences.attribute_weight` x the attribute heads' mean confusion loss
+  is added (heads frozen; also off during `warmup_steps`); the feature penalties of
+  `defences` too.
   Ends the Algorithm-1 iteration, so it advances `state.step`.
   """
   x, y = batch["image"], batch["label"]
   rng = _stage_rng(state, "adv")
+  attribute_weight = defences.attribute_weight
   use_attr = bool(attribute_weight) and bool(models.attribute_heads)
   if use_attr:
     _attributes(batch)  # the confusion needs no labels, but a game without them is a mistake
@@ -457,10 +517,8 @@ def adversarial_step(state: TrainState, batch, *, models: RANModels,
     if warmup_steps:
       term = term * (state.step >= warmup_steps).astype(term.dtype)
     loss = losses.adversarial_objective(ce, term, lam)
-    if compactness or entangle:
-      loss = loss + feature_penalties(z, batch, models, compactness=compactness,
-                                      entangle=entangle,
-                                      entangle_temperature=entangle_temperature)
+    if defences.penalties:
+      loss = loss + feature_penalties(z, batch, models, defences)
     confusion = None
     if use_attr:
       heads = attribute_logits(models, state.params, z)
@@ -567,12 +625,10 @@ def bind_stages(models: RANModels, optimizers, ran_config) -> StageFns:
   """Binds modules, optimizers, lambda and the defences; returns plain (un-jitted) steps."""
   red = ran_config.recon_reduction
   every = int(ran_config.get("reinit_every_steps", 0))
-  penalties = dict(compactness=float(ran_config.get("compactness", 0.0)),
-                   entangle=float(ran_config.get("entangle", 0.0) or 0.0),
-                   entangle_temperature=float(ran_config.get("entangle_temperature", 0.1)))
+  defences = Defences.from_config(ran_config)
   return StageFns(
       disc=functools.partial(discriminative_step, models=models, optimizer=optimizers["disc"],
-                             **penalties),
+                             defences=defences),
       gen=functools.partial(generative_step, models=models, optimizer=optimizers["gen"],
                             recon_reduction=red),
       adv=functools.partial(
@@ -582,8 +638,7 @@ def bind_stages(models: RANModels, optimizers, ran_config) -> StageFns:
           softmin_temperature=float(ran_config.get("softmin_temperature", 1.0)),
           warmup_steps=int(ran_config.get("warmup_steps", 0)),
           target_recon=target_recon_error(ran_config, models.input_shape, models.value_range),
-          **penalties,
-          attribute_weight=float(ran_config.get("attribute_weight", 0.0) or 0.0)),
+          defences=defences),
       reinit=(functools.partial(reinit_decoders, models=models, optimizer=optimizers["gen"],
                                 every=every) if every > 0 else None),
       ema=(functools.partial(update_ema, decay=float(ran_config.ema_decay))

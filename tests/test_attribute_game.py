@@ -81,7 +81,8 @@ def test_adversarial_stage_pushes_the_encoder_against_frozen_heads(game):
   chex.assert_trees_all_equal(s2.params["attribute"], s.params["attribute"])
   # Without the attribute term the same step moves the encoder differently.
   adv0 = functools.partial(stages.adversarial_step,
-                           **{**game["fns"].adv.keywords, "attribute_weight": 0.0})
+                           **{**game["fns"].adv.keywords, "defences": dataclasses.replace(
+                               game["fns"].adv.keywords["defences"], attribute_weight=0.0)})
   s3, m3 = jax.jit(adv0)(s, game["batch"])
   assert "adv/attribute_confusion" not in m3
   delta = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), s2.params["encoder"],
