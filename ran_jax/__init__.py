@@ -10,10 +10,11 @@ commands (`ran-train`, `ran-attack`, ...), which only parse flags and call these
   rows = ran_jax.sweep("digits_lenet", "runs/sweep")           # -> results.csv rows
   state = ran_jax.search("digits_lenet", "runs/search", max_trainings=3)
   manifest = ran_jax.deploy("runs/digits")                     # -> WORKDIR/deploy/
+  report = ran_jax.plan("imagenet_vgg", "v5e-8")               # -> a TPU slice's compile plan
   config = ran_jax.get_config("digits_lenet:smoke")            # a ConfigDict to edit
   trained = ran_jax.load_trained("runs/digits")                # the exported networks
 
-`train`, `attack`, `sweep`, `search` and `deploy` are the modules of those commands,
+`train`, `attack`, `sweep`, `search`, `deploy` and `plan` are the modules of those commands,
 callable as their function (`ran_jax.attack(...)` is `ran_jax.attack.attack(...)`); they
 and their dependencies (JAX, TensorFlow) load on first use, so `import ran_jax` is quick.
 """
@@ -25,9 +26,7 @@ import importlib
 __version__ = "0.1.0"
 
 # The jobs: each a module `ran_jax.<name>` callable as its same-named function.
-_JOBS = ("train", "attack", "sweep", "search", "deploy")
-# ran_jax.plan (ahead-of-time planning for Cloud TPU slices) joins _JOBS as a job: its module
-# defines `plan(...)` and ends like ran_jax/attack.py, with `commands.callable_module(__name__)`.
+_JOBS = ("train", "attack", "sweep", "search", "deploy", "plan")
 _FUNCTIONS = {"get_config": ("ran_jax.configs", "get_config"),
               "load_trained": ("ran_jax.export", "load_trained")}
 

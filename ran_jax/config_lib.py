@@ -90,6 +90,10 @@ def base_config() -> ml_collections.ConfigDict:
   # What the backward pass recomputes of each conv block instead of keeping it (memory for
   # compute): 'none'; 'conv' (keep conv outputs, recompute batch-norm and ReLU); 'full'.
   c.model.remat = "none"
+  # >1: the classifier's two wide hidden layers split over groups of this many devices (a
+  # second mesh axis), their activations gathered within each group instead of their
+  # gradients all-reduced over all devices (docs/cloud_tpu.md). 1: pure data parallelism.
+  c.model.classifier_shards = 1
   # Defences (docs/privacy.md); all off by default, which is the paper's RAN.
   c.model.bottleneck_dim = 0   # >0: encoder ends in a learned projection to d tanh-bounded channels
   c.model.bottleneck_kind = "dense"  # 'dense' (flat [d] features) or 'conv1x1' ([h, w, d])
@@ -308,6 +312,7 @@ def _rules() -> dict[str, Rule]:
                               "0 (statistics over the whole batch) or an integer >= 1 that "
                               "divides batch_size"),
       "model.remat": _one_of(REMAT_POLICIES),
+      "model.classifier_shards": _int_at_least(1),
       "model.bottleneck_dim": ((lambda v: _is_int(v) and v >= 0),
                                "0 (no bottleneck) or an integer >= 1"),
       "model.bottleneck_kind": _one_of(BOTTLENECK_KINDS),
@@ -412,6 +417,16 @@ def validate_config(config, num_devices: int | None = None) -> None:
   if _is_int(group) and group > 0 and _is_int(bs) and bs > 0 and bs % group:
     problems.append(f"model.bn_group_size={group}: must divide batch_size={bs} (each group of "
                     "examples is normalised with its own statistics).")
+  shards, hidden = values.get("model.classifier_shards"), values.get("model.classifier_hidden")
+  if _is_int(shards) and shards > 1:
+    if not (isinstance(hidden, (tuple, list)) and len(hidden) >= 2 and _is_int(hidden[0])):
+      problems.append(f"model.classifier_shards={shards}: needs a classifier with at least two "
+                      f"hidden layers (model.classifier_hidden={hidden!r}).")
+    elif hidden[0] % shards:
+      problems.append(f"model.classifier_shards={shards}: must divide the first hidden width "
+                      f"{hidden[0]} of model.classifier_hidden.")
+    if num_devices and num_devices % shards:
+      problems.append(f"model.classifier_shards={shards}: must divide the {num_devices} devices.")
   if num_devices:
     for name in ("batch_size", "eval_batch_size"):
       bs = values.get(name)

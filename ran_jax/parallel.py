@@ -11,17 +11,84 @@ import jax
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 DATA_AXIS = "data"
+MODEL_AXIS = "model"
+# The classifier's wide hidden layers, sharded over MODEL_AXIS when it has more than one
+# device: the first layer's kernel by output column, the second's by input row (and the
+# first's bias with its columns).
+SHARDED_CLASSIFIER = {("fc1", "kernel"): P(None, MODEL_AXIS), ("fc1", "bias"): P(MODEL_AXIS),
+                      ("fc2", "kernel"): P(MODEL_AXIS, None)}
 
 
-def make_mesh(devices=None) -> jax.sharding.Mesh:
+def make_mesh(devices=None, model_shards: int = 1) -> jax.sharding.Mesh:
+  """All devices in one mesh: 1-D ('data',), or ('data', 'model') with `model_shards` > 1.
+
+  Every device holds different examples in both cases (the batch is sharded over all
+  axes); the 'model' axis only splits the classifier's wide layers (`state_shardings`).
+  """
   devices = list(devices) if devices is not None else jax.devices()
+  m = int(model_shards or 1)
+  if m < 1 or len(devices) % m:
+    raise ValueError(f"model.classifier_shards={m} must divide the {len(devices)} devices.")
   # Auto axis types: a plain data-parallel step must not need explicit-sharding
   # annotations inside library code (optax losses).
-  return jax.make_mesh((len(devices),), (DATA_AXIS,), axis_types=(AxisType.Auto,), devices=devices)
+  if m == 1:
+    return jax.make_mesh((len(devices),), (DATA_AXIS,), axis_types=(AxisType.Auto,),
+                         devices=devices)
+  return jax.make_mesh((len(devices) // m, m), (DATA_AXIS, MODEL_AXIS),
+                       axis_types=(AxisType.Auto,) * 2, devices=devices)
+
+
+def model_shards(mesh) -> int:
+  return int(dict(mesh.shape).get(MODEL_AXIS, 1))
 
 
 def data_sharding(mesh) -> NamedSharding:
-  return NamedSharding(mesh, P(DATA_AXIS))
+  """Examples sharded over every device (all the mesh's axes)."""
+  if model_shards(mesh) == 1:
+    return NamedSharding(mesh, P(DATA_AXIS))
+  return NamedSharding(mesh, P((DATA_AXIS, MODEL_AXIS)))
+
+
+def _path_names(path) -> tuple:
+  return tuple(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
+def state_shardings(mesh, tree):
+  """Shardings of a train-state pytree: replicated, except the classifier's wide layers on a
+  mesh with a 'model' axis (in the parameters, both Adam moments and the moving average)."""
+  repl = replicated(mesh)
+  if model_shards(mesh) == 1:
+    return jax.tree.map(lambda _: repl, tree)
+
+  def one(path, leaf):
+    names = _path_names(path)
+    if "classifier" in names:
+      i = names.index("classifier")
+      spec = SHARDED_CLASSIFIER.get(names[i + 1:i + 3])
+      if spec is not None and len(names) == i + 3 and len(getattr(leaf, "shape", ())) == len(spec):
+        return NamedSharding(mesh, spec)
+    return repl
+
+  return jax.tree_util.tree_map_with_path(one, tree)
+
+
+def classifier_constraints(mesh):
+  """What the classifier's sharded layers need of their activations on `mesh`, as a
+  callable (x, role) -> x for `models.Classifier(constrain=...)`; None without a 'model'
+  axis. 'gather': the features of a model group's examples on each of its devices (an
+  all-gather within the group, before the column-sharded first layer); 'hidden': the first
+  layer's output, the group's examples by its column shard; 'batch': back to examples
+  sharded over every device (a reduce-scatter of the row-sharded second layer)."""
+  if model_shards(mesh) == 1:
+    return None
+  specs = {"gather": NamedSharding(mesh, P(DATA_AXIS, None)),
+           "hidden": NamedSharding(mesh, P(DATA_AXIS, MODEL_AXIS)),
+           "batch": NamedSharding(mesh, P((DATA_AXIS, MODEL_AXIS), None))}
+
+  def constrain(x, role):
+    return jax.lax.with_sharding_constraint(x, specs[role])
+
+  return constrain
 
 
 def replicated(mesh) -> NamedSharding:

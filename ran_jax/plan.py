@@ -22,7 +22,8 @@ Communication model (stated, not measured): an all-reduce of V bytes over n chip
 2 V (n-1)/n / W plus a latency; an all-gather or reduce-scatter (n-1)/n V / W plus the
 latency. W is the chip's all-reduce bandwidth (the pod's published all-reduce bandwidth
 over its chip count, or the published per-chip ICI bandwidth where no pod figure is
-published; see `CHIPS`). The latency of one collective is `LAUNCH_US` plus `HOP_US` per
+published; see `CHIPS`), halved on the axes of a slice that lack the pod's wraparound
+links (`wraparound_factor`). The latency of one collective is `LAUNCH_US` plus `HOP_US` per
 hop of a ring along each torus axis the slice spans, reduce-scatter then all-gather:
 2 x sum over axes of (axis length - 1) hops. So a 16x16 v5e slice pays
 5 + 2 x 30 = 65 us per collective, whatever its size: many small collectives are latency.
@@ -168,6 +169,12 @@ def parse_topology(name: str) -> Topology:
 
 def topology_devices(topo: Topology) -> list:
   """The slice's compile-only TPU devices (one per chip); PlanError without libtpu."""
+  import os
+
+  # Compiling only: several processes may load libtpu at once (tests, parallel plans), and
+  # this host has no TPU metadata server to ask.
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+  os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
   try:
     from jax.experimental import topologies
   except ImportError as e:  # pragma: no cover - part of jax
@@ -179,7 +186,11 @@ def topology_devices(topo: Topology) -> list:
         chips_per_host_bounds=topo.chips_per_host_bounds)
   except Exception as e:  # noqa: BLE001 - libtpu missing or refusing the shape
     msg = str(e)
-    if "libtpu" in msg.lower() or "not found" in msg.lower() or "unknown backend" in msg.lower():
+    low = msg.lower()
+    if "lockfile" in low:
+      raise PlanError(f"Another process holds libtpu on this host ({msg.splitlines()[0]}); "
+                      "set ALLOW_MULTIPLE_LIBTPU_LOAD=1 or wait for it.") from e
+    if not has_libtpu() or "not found" in low or "unknown backend" in low:
       raise PlanError(f"Compiling for TPU needs libtpu on this host: {LIBTPU_INSTALL}. "
                       f"({msg.splitlines()[0] if msg else type(e).__name__})") from e
     raise PlanError(f"libtpu refused topology {topo.name} ({topo.topology_name}): "
@@ -221,15 +232,22 @@ def collectives(hlo_text: str) -> dict:
   """{kind: {'count', 'bytes', 'sizes'}} of the collectives in an optimised HLO module.
 
   Bytes are the result's (all-gather: the gathered output; async starts: the
-  operands, not the tuple's output copy). Each op is counted where it appears in the
-  text: an op inside a loop body counts once (RAN's programs unroll their loops).
+  operands, not the tuple's output copy). An op counts once per channel id (the TPU
+  compiler repeats a collective's text in the fused computations that use it); an op
+  inside a loop body counts once (RAN's programs unroll their loops).
   """
   out = {}
+  seen = set()
   for line in hlo_text.splitlines():
     m = _OP.match(line)
     if not m:
       continue
     shape_text, kind, is_async = m.groups()
+    channel = re.search(r"channel_id=(\d+)", line)
+    if channel:  # one collective, however many fused computations repeat its text
+      if (kind, channel.group(1)) in seen:
+        continue
+      seen.add((kind, channel.group(1)))
     sizes = _shape_bytes(shape_text)
     if is_async and kind in ("all-gather", "collective-permute", "all-to-all") and len(sizes) > 1:
       sizes = sizes[len(sizes) // 2:]        # (operands, outputs): count the outputs
@@ -245,7 +263,7 @@ def collective_seconds(colls: dict, topo: Topology) -> dict:
   n = topo.num_chips
   if n == 1:
     return {"bandwidth_s": 0.0, "latency_s": 0.0, "total_s": 0.0, "per_op_latency_us": 0.0}
-  w = topo.chip.allreduce_bandwidth
+  w = topo.chip.allreduce_bandwidth * wraparound_factor(topo)
   hops = 2 * sum(s - 1 for s in topo.shape)
   per_op = (LAUNCH_US + HOP_US * hops) * 1e-6
   bw = 0.0
@@ -256,6 +274,25 @@ def collective_seconds(colls: dict, topo: Topology) -> dict:
     ops += rec["count"]
   return {"bandwidth_s": bw, "latency_s": ops * per_op, "total_s": bw + ops * per_op,
           "per_op_latency_us": per_op * 1e6}
+
+
+def wraparound_factor(topo: Topology) -> float:
+  """The share of the published all-reduce bandwidth a slice gets (stated model).
+
+  The published figure is the full pod's, whose axes close into rings (torus links).
+  An axis without its wraparound link carries a ring as a line there and back: half the
+  bandwidth. v5e/v6e axes wrap at the pod's 16; v4/v5p slices of whole 4x4x4 cubes wrap
+  on their axes that are multiples of 4. Averaged over the axes longer than one chip.
+  """
+  axes = [s for s in topo.shape if s > 1]
+  if not axes:
+    return 1.0
+  if topo.chip.torus_dims == 2:
+    wraps = [s == 16 for s in axes]
+  else:
+    cube = all(s >= 4 for s in topo.shape)
+    wraps = [cube and s % 4 == 0 for s in axes]
+  return sum(1.0 if w else 0.5 for w in wraps) / len(axes)
 
 
 def _cost(compiled) -> dict:
@@ -319,8 +356,12 @@ def _tpu_config(config, batch_size: int | None):
 
 
 def compile_program(config, topo: Topology, devices=None, *, batch_size: int | None = None,
-                    parts: Sequence[str] = ("init", "iteration", "test_step")) -> dict:
-  """Compiles the run's program for `topo`; returns {part: report} (see `plan`)."""
+                    parts: Sequence[str] = ("init", "iteration", "test_step"),
+                    hlo_dir: str | None = None) -> dict:
+  """Compiles the run's program for `topo`; returns {part: report} (see `plan`).
+
+  `hlo_dir`: also writes each part's optimised HLO there (`<topology>_<part>.hlo.txt`).
+  """
   from ran_jax.config_lib import ConfigError, validate_config
   from ran_jax.program import build_program
 
@@ -337,7 +378,7 @@ def compile_program(config, topo: Topology, devices=None, *, batch_size: int | N
   except ConfigError as e:
     raise PlanError(str(e)) from e
   devices = devices if devices is not None else topology_devices(topo)
-  mesh = parallel.make_mesh(devices)
+  mesh = parallel.make_mesh(devices, model_shards=cfg.model.get("classifier_shards", 1))
   spec = input_spec_for(cfg)
   total = 1000  # sizes a non-constant schedule; the compiled program does not depend on it
   prog = build_program(cfg, mesh, spec, total_steps=total)
@@ -349,6 +390,13 @@ def compile_program(config, topo: Topology, devices=None, *, batch_size: int | N
     t = time.perf_counter()
     compiled = fn.lower(*args).compile()
     out[name] = _compiled_report(name, compiled, time.perf_counter() - t)
+    if hlo_dir:
+      from etils import epath
+
+      d = epath.Path(hlo_dir)
+      d.mkdir(parents=True, exist_ok=True)
+      tag = re.sub(r"[^\w.-]", "_", f"{topo.topology_name}_b{cfg.batch_size}_{name}")
+      (d / f"{tag}.hlo.txt").write_text(compiled.as_text())
 
   key = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=parallel.replicated(mesh))
   if "init" in parts:
@@ -456,14 +504,16 @@ def largest_batch(config, topo: Topology, devices=None, *, start: int | None = N
 
 
 def plan(config, topology: str, *, batch_size: int | None = None, find_largest_batch: bool = False,
-         log=print) -> dict:
+         hlo_dir: str | None = None, log=print) -> dict:
   """Compiles `config`'s run for the TPU slice `topology` and reports per-chip resources.
 
   Args:
-    config: a RAN config (ml_collections ConfigDict), e.g. `ran_jax.configs.get('imagenet_vgg')`.
+    config: a RAN config (ml_collections ConfigDict) or a packaged config's name
+      ('imagenet_vgg', 'cifar10_alexnet:smoke').
     topology: e.g. 'v5e-8', 'v5e-16', 'v4-8', 'v5p-16', 'v6e-8', 'v5e:16x16'.
     batch_size: global batch (default: the config's); must divide over the chips.
     find_largest_batch: also find the largest per-chip batch that fits, by compiling.
+    hlo_dir: also write the optimised HLO of every compiled program there.
   Returns:
     A JSON-able dict: slice, per-chip HBM (fits?), flops and HBM bytes per iteration,
     collectives by kind, and a compile-time step estimate (labelled as such).
@@ -471,11 +521,15 @@ def plan(config, topology: str, *, batch_size: int | None = None, find_largest_b
     PlanError: unknown topology, libtpu missing, a batch that does not divide, or a
     config that does not fit (the message names the largest batch that does).
   """
+  if isinstance(config, str):
+    from ran_jax import configs
+
+    config = configs.get_config(config)
   topo = parse_topology(topology)
   devices = topology_devices(topo)
   cfg = _tpu_config(config, batch_size)
   t = time.perf_counter()
-  compiled = compile_program(cfg, topo, devices)
+  compiled = compile_program(cfg, topo, devices, hlo_dir=hlo_dir)
   summary = summarise(compiled, cfg, topo, cfg.batch_size)
   report = {
       "topology": {"name": topo.name, "accelerator_type": topo.accelerator_type,
@@ -560,11 +614,12 @@ def _jsonable(x: Any):
 
 CLI_DOC = """Compiles a config's training run for Cloud TPU slices, on this host (no TPU needed).
 
-  ran-plan --config=imagenet_vgg --topology=v5e-8,v5e-16 --out=plan/imagenet_vgg.json
+  ran-plan --config=imagenet_vgg --topology=v5e-8,v5e-16 --workdir=plans/imagenet_vgg
   ran-plan --config=configs/cifar10_alexnet.py --topology=v4-8 --largest_batch
 
-Needs libtpu (pip install "libtpu==0.0.42.*"). Writes the reports as JSON to --out and
-a markdown table beside it (same name, .md), and prints the table. Per chip: HBM of every
+Needs libtpu (pip install "libtpu==0.0.42.*"). Writes the reports into --workdir as
+plan.json and plan.md (a markdown table, also printed), and with --keep_hlo the optimised
+HLO of every compiled program under hlo/. Per chip: HBM of every
 compiled program against the chip's capacity, flops and HBM bytes per iteration, the
 collectives in the optimised HLO, and a compile-time step estimate (a roofline lower
 bound plus a stated communication model: an estimate, never a measurement).
@@ -582,7 +637,9 @@ def define_flags():
 
   configs.define_config_flag("config")
   flags.DEFINE_list("topology", ["v5e-8"], "TPU slices, comma-separated: " + known_topologies())
-  flags.DEFINE_string("out", None, "JSON file to write (the markdown table goes beside it).")
+  flags.DEFINE_string("workdir", None, "Directory to write plan.json and plan.md into.")
+  flags.DEFINE_boolean("keep_hlo", False, "Also write the optimised HLO of every compiled "
+                       "program into WORKDIR/hlo/.")
   flags.DEFINE_boolean("largest_batch", False,
                        "Also find the largest per-chip batch that fits, by compiling (2-4 "
                        "compiles per slice).")
@@ -597,6 +654,12 @@ def main(argv):
 
   fl = flags.FLAGS
   reports = []
+  out = None
+  if fl.workdir:
+    from etils import epath
+
+    out = str(epath.Path(fl.workdir) / "plan.json")
+  hlo_dir = str(epath.Path(fl.workdir) / "hlo") if fl.workdir and fl.keep_hlo else None
   try:
     if not has_libtpu():
       raise PlanError(f"Compiling for TPU needs libtpu on this host: {LIBTPU_INSTALL}")
@@ -605,14 +668,15 @@ def main(argv):
     for name in fl.topology:
       print(f"compiling {fl.config.model.encoder} for {name} ...", file=sys.stderr, flush=True)
       reports.append(plan(fl.config, name, find_largest_batch=fl.largest_batch,
+                          hlo_dir=hlo_dir,
                           log=lambda m: print(m, file=sys.stderr, flush=True)))
   except PlanError as e:
     print(f"error: {e}", file=sys.stderr)
-    if reports and fl.out:
-      write_reports(reports, fl.out)
+    if reports and out:
+      write_reports(reports, out)   # the slices planned before the error are kept
     sys.exit(2)
-  if fl.out:
-    write_reports(reports, fl.out)
+  if out:
+    write_reports(reports, out)
   print(markdown(reports))
 
 
@@ -626,3 +690,7 @@ def run():
 
 if __name__ == "__main__":
   run()
+else:
+  from ran_jax import commands as _commands
+
+  _commands.callable_module(__name__)

@@ -53,6 +53,7 @@ class Program:
   stage_steps: stages.StageFns  # each stage jitted once (state donated)
   iteration: Callable           # (state, batch) -> (state, metrics), one Algorithm-1 iteration
   test_step: Callable           # (state, batch with 'mask', noise key) -> summed test metrics
+  state_shardings: Any          # a TrainState of NamedShardings (`parallel.state_shardings`)
   _init: Callable
 
   def create_state(self, seed: int | None = None) -> stages.TrainState:
@@ -62,14 +63,22 @@ class Program:
 
   def abstract_state(self) -> stages.TrainState:
     """ShapeDtypeStructs of the state with its sharding: the checkpoint restore target."""
-    repl = parallel.replicated(self.mesh)
     shapes = jax.eval_shape(self._init, jax.random.PRNGKey(0))
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), shapes)
+    return jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
+                        shapes, self.state_shardings)
+
+  def replicate(self, state: stages.TrainState) -> stages.TrainState:
+    """The state with every array whole on every device (to read it on the host, or export
+    it, when the classifier is sharded over devices of several hosts)."""
+    if parallel.model_shards(self.mesh) == 1:
+      return state
+    return jax.jit(lambda s: s, out_shardings=parallel.replicated(self.mesh))(state)
 
 
-def _jit_step(fn, mesh):
+def _jit_step(fn, mesh, state_sh):
   repl, dsh = parallel.replicated(mesh), parallel.data_sharding(mesh)
-  return jax.jit(fn, in_shardings=(repl, dsh), out_shardings=(repl, repl), donate_argnums=0)
+  return jax.jit(fn, in_shardings=(state_sh, dsh), out_shardings=(state_sh, repl),
+                 donate_argnums=0)
 
 
 def _with_ema(init_state):
@@ -89,26 +98,32 @@ def build_program(config, mesh, input_spec: InputSpec, total_steps: int | None =
   """
   models = build_models(config.model, input_spec.input_shape, input_spec.num_classes,
                         input_spec.value_range, config.ran, input_spec.num_attributes)
+  constrain = parallel.classifier_constraints(mesh)
+  if constrain is not None:
+    models.classifier = models.classifier.clone(constrain=constrain)
   optimizers = stages.make_optimizers(config.ran, total_steps)
   bound = stages.bind_stages(models, optimizers, config.ran)
   repl = parallel.replicated(mesh)
-  stage_steps = stages.StageFns(
-      **{name: _jit_step(getattr(bound, name), mesh) for name in stages.STAGES},
-      reinit=(jax.jit(bound.reinit, in_shardings=repl, out_shardings=repl, donate_argnums=0)
-              if bound.reinit is not None else None),
-      ema=(jax.jit(bound.ema, in_shardings=repl, out_shardings=repl, donate_argnums=0)
-           if bound.ema is not None else None))
-  k = int(config.ran.k)
-  if config.ran.get("fused", True):
-    iteration = _jit_step(functools.partial(stages.ran_iteration, stages=bound, k=k), mesh)
-  else:
-    iteration = functools.partial(stages.ran_iteration, stages=stage_steps, k=k)
-  test_step = jax.jit(functools.partial(stages.test_step, models=models),
-                      in_shardings=(repl, parallel.data_sharding(mesh), repl), out_shardings=repl)
   init_state = functools.partial(stages.init_state, models, optimizers)
   if bound.ema is not None:
     init_state = _with_ema(init_state)
-  init = jax.jit(init_state, out_shardings=repl)
+  state_sh = parallel.state_shardings(mesh, jax.eval_shape(init_state, jax.random.PRNGKey(0)))
+  stage_steps = stages.StageFns(
+      **{name: _jit_step(getattr(bound, name), mesh, state_sh) for name in stages.STAGES},
+      reinit=(jax.jit(bound.reinit, in_shardings=state_sh, out_shardings=state_sh,
+                      donate_argnums=0) if bound.reinit is not None else None),
+      ema=(jax.jit(bound.ema, in_shardings=state_sh, out_shardings=state_sh, donate_argnums=0)
+           if bound.ema is not None else None))
+  k = int(config.ran.k)
+  if config.ran.get("fused", True):
+    iteration = _jit_step(functools.partial(stages.ran_iteration, stages=bound, k=k), mesh,
+                          state_sh)
+  else:
+    iteration = functools.partial(stages.ran_iteration, stages=stage_steps, k=k)
+  test_step = jax.jit(functools.partial(stages.test_step, models=models),
+                      in_shardings=(state_sh, parallel.data_sharding(mesh), repl),
+                      out_shardings=repl)
+  init = jax.jit(init_state, out_shardings=state_sh)
   return Program(config=config, mesh=mesh, input_spec=input_spec, models=models,
                  optimizers=optimizers, bound=bound, stage_steps=stage_steps,
-                 iteration=iteration, test_step=test_step, _init=init)
+                 iteration=iteration, test_step=test_step, state_shardings=state_sh, _init=init)

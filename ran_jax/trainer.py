@@ -109,8 +109,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   Resumes from the newest good checkpoint in `workdir`; on SIGTERM saves and
   raises `Preempted`; on a non-finite metric raises NonFiniteError without saving.
   """
-  mesh = parallel.make_mesh()
-  validate_config(config, num_devices=mesh.size)
+  validate_config(config, num_devices=jax.device_count())
+  mesh = parallel.make_mesh(model_shards=config.model.get("classifier_shards", 1))
   source = input_pipeline.load_dataset(config.data)
   pipeline = input_pipeline.InputPipeline(source, config.batch_size, config.eval_batch_size,
                                           config.seed, mesh)
@@ -205,7 +205,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if metrics is None:
     log.info("Nothing to train: checkpoint step %d >= %d planned steps.", start, total)
     final = run_test_split(state, pipeline, program.test_step, config.seed)
-  export.export_trained(workdir, stages.eval_view(state), config, program.input_spec, source.name)
+  export.export_trained(workdir, stages.eval_view(program.replicate(state)), config,
+                        program.input_spec, source.name)
   if config.get("export_deployment", True):
     deploy.export_deployment(workdir)  # WORKDIR/deploy/: encoder.tflite + classifier.jaxexport
   _write_text(workdir, "final_metrics.json",

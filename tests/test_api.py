@@ -14,7 +14,7 @@ import ran_jax
 from ran_jax import commands
 from tests.helpers import ROOT, subprocess_env
 
-JOBS = ("train", "attack", "sweep", "search", "deploy")
+JOBS = ("train", "attack", "sweep", "search", "deploy", "plan")
 
 
 def _python(code, timeout=300):
@@ -145,7 +145,7 @@ print(json.dumps(sorted(set(flags.FLAGS) - before)))
 @pytest.fixture(scope="module")
 def command_flags():
   mods = {"train": "train", "attack": "attack", "sweep": "sweep", "search": "search",
-          "deploy": "deploy.cli"}
+          "deploy": "deploy.cli", "plan": "plan"}
   code = ("import json, subprocess, sys\nout = {}\n"
           f"for k, m in {mods!r}.items():\n"
           "  out[k] = json.loads(subprocess.run([sys.executable, '-c', "

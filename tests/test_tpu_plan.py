@@ -74,7 +74,8 @@ HLO = """
   %ar2.done = f32[1000]{0} all-reduce-done(%ar2)
   ROOT %ag = (f32[2,8]{1,0}, f32[16,8]{1,0}) all-gather-start(%d), dimensions={0}
   %ag.done = f32[16,8]{1,0} all-gather-done(%ag)
-  %rs = s32[4]{0} reduce-scatter(%e), dimensions={0}
+  %rs = s32[4]{0} reduce-scatter(%e), dimensions={0}, channel_id=7
+  %rs.copy = s32[4]{0} reduce-scatter(%e), dimensions={0}, channel_id=7
   %f = f32[8]{0} add(%x, %y)
 """
 
@@ -96,6 +97,11 @@ def test_communication_model_known_answer():
   assert t["bandwidth_s"] == pytest.approx(2 * 1e9 * 255 / 256 / w)
   assert t["per_op_latency_us"] == pytest.approx(plan.LAUNCH_US + plan.HOP_US * 2 * (15 + 15))
   assert t["latency_s"] == pytest.approx(10 * t["per_op_latency_us"] * 1e-6)
+  # A 2x4 slice has no wraparound links: a ring is a line there and back, half the bandwidth.
+  small = plan.collective_seconds(colls, plan.parse_topology("v5e-8"))
+  assert small["bandwidth_s"] == pytest.approx(2 * 1e9 * 7 / 8 / (w / 2))
+  assert plan.wraparound_factor(plan.parse_topology("v4:4x4x4")) == 1.0
+  assert plan.wraparound_factor(plan.parse_topology("v4-16")) == 0.5
 
 
 # ---------------------------------------------------------------- compiling the configs
@@ -116,7 +122,10 @@ def test_smoke_configs_compile_fit_and_shard_the_batch(name, topology):
     c.model.bn_group_size = 2
   r = plan.plan(c, topology)
   assert r["fits"] and 0 < r["hbm_per_chip"]["peak"] < r["hbm_per_chip"]["capacity"]
-  assert set(r["hbm_per_chip"]["by_program"]) == {"init", "iteration", "test_step"}
+  parts = {"iteration"} if c.ran.fused else {"disc", "gen", "adv"}
+  if c.ran.ema_decay:
+    parts |= set() if c.ran.fused else {"ema"}
+  assert set(r["hbm_per_chip"]["by_program"]) == {"init", "test_step"} | parts
   assert r["per_iteration"]["flops"] > 0
   colls = _iteration_collectives(r)
   assert "all-gather" not in colls, colls   # the batch is never gathered onto one chip
@@ -129,6 +138,7 @@ def test_batch_is_sharded_over_the_data_axis():
   topo = plan.parse_topology("v5e-8")
   mesh = plan.parallel.make_mesh(plan.topology_devices(topo))
   c = plan._tpu_config(_smoke("imagenet_vgg", batch_size=16), None)
+  c.ran.fused = True
   from ran_jax.program import build_program
 
   prog = build_program(c, mesh, plan.input_spec_for(c))
@@ -165,6 +175,7 @@ def test_config_that_does_not_fit_names_the_largest_batch_that_does():
   c = _smoke("imagenet_vgg", batch_size=8 * 64, eval_batch_size=8)
   c.data.image_size = 224
   c.model.bn_group_size = 0
+  c.ran.fused = True   # one program per compile
   with pytest.raises(plan.PlanError, match=r"largest batch that fits is (\d+) per chip") as e:
     plan.plan(c, "v5e-8")
   per_chip = int(e.value.args[0].split("largest batch that fits is ")[1].split()[0])
@@ -183,3 +194,24 @@ def test_input_spec_needs_no_data():
   c = configs.get_config("imagenet_vgg")
   assert plan.input_spec_for(c) == InputSpec((224, 224, 3), 1000, (0.0, 1.0), 0)
   assert math.prod(plan.parse_topology("v5e-8").shape) == 8
+
+
+def test_classifier_split_over_chips_gathers_features_not_the_batch():
+  """classifier_shards=4 on a v5e-8: the only all-gathers are of the classifier's input
+  features within groups of 4 chips (4 x 2 examples), never of the image batch; each
+  encoder-classifier update then reduces fc1's gradient over 2 groups, not 8 chips."""
+  c = _smoke("imagenet_vgg", batch_size=16, eval_batch_size=16)
+  c.model.bn_group_size = 2
+  c.model.classifier_shards = 4
+  topo = plan.parse_topology("v5e-8")
+  compiled = plan.compile_program(c, topo)
+  feature_dim = 1 * 1 * 8                       # VGG smoke at 32x32: 1x1x8 features
+  for name in ("disc", "adv"):
+    gathers = compiled[name]["collectives"]["all-gather"]
+    assert gathers["count"] >= 1
+    assert set(gathers["sizes"]) <= {4 * 2 * feature_dim * 4, 4 * 2 * 16 * 4}, gathers
+  image_bytes = 16 * 32 * 32 * 3 * 4
+  for rep in compiled.values():
+    for kind, coll in rep["collectives"].items():
+      assert max(coll["sizes"]) < image_bytes, (rep["name"], kind)
+  assert "all-gather" not in compiled["gen"]["collectives"]   # the decoder stage: no classifier

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from typing import Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -350,12 +350,21 @@ class Classifier(nn.Module):
   num_classes: int
   dropout: float = 0.0
   dtype: jnp.dtype = jnp.float32
+  # (x, role) -> x, given by the program when fc1/fc2 are sharded over devices
+  # (`ran_jax.parallel.classifier_constraints`): where the activations must be laid out.
+  constrain: Callable | None = None
 
   @nn.compact
   def __call__(self, z, train: bool):  # z: [B, ...] -> [B, num_classes]
     z = z.reshape((z.shape[0], -1))
+    sharded = self.constrain is not None and len(self.hidden) >= 2
+    if sharded:
+      z = self.constrain(z, "gather")
     for i, width in enumerate(self.hidden, start=1):
-      z = nn.relu(nn.Dense(width, name=f"fc{i}", dtype=self.dtype)(z))
+      z = nn.Dense(width, name=f"fc{i}", dtype=self.dtype)(z)
+      if sharded and i <= 2:
+        z = self.constrain(z, "hidden" if i == 1 else "batch")
+      z = nn.relu(z)
       if self.dropout > 0:
         z = nn.Dropout(self.dropout, deterministic=not train)(z)
     return nn.Dense(self.num_classes, name="logits", dtype=self.dtype)(z).astype(jnp.float32)
