@@ -110,10 +110,10 @@ def build_program(config, mesh, input_spec: InputSpec, total_steps: int | None =
   state_sh = parallel.state_shardings(mesh, jax.eval_shape(init_state, jax.random.PRNGKey(0)))
   stage_steps = stages.StageFns(
       **{name: _jit_step(getattr(bound, name), mesh, state_sh) for name in stages.STAGES},
-      reinit=(jax.jit(bound.reinit, in_shardings=state_sh, out_shardings=state_sh,
+      reinit=(jax.jit(bound.reinit, in_shardings=(state_sh,), out_shardings=state_sh,
                       donate_argnums=0) if bound.reinit is not None else None),
-      ema=(jax.jit(bound.ema, in_shardings=state_sh, out_shardings=state_sh, donate_argnums=0)
-           if bound.ema is not None else None))
+      ema=(jax.jit(bound.ema, in_shardings=(state_sh,), out_shardings=state_sh,
+                   donate_argnums=0) if bound.ema is not None else None))
   k = int(config.ran.k)
   if config.ran.get("fused", True):
     iteration = _jit_step(functools.partial(stages.ran_iteration, stages=bound, k=k), mesh,
