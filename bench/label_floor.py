@@ -1,6 +1,6 @@
 """The label-only floor of the identity attacks for a dataset, no encoder needed.
 
-  python -m bench.label_floor --config=har_lenet_private --manual_dir=../shared/data/uci_har \
+  python -m bench.label_floor --config=har_lenet_private --manual_dir=/path/to/uci_har \
       --out=docs/data/label_only_har.json
 
 The attackers of `ran_jax.privacy.identity` (logistic regression, MLP, kNN; 3 seeds; the

@@ -4,7 +4,7 @@
 # SIGTERM half-way and a resume. Both run at once on the one device.
 # Usage (repo root, an environment with jax for the accelerator):
 #   bash bench/tasks_accelerator.sh OUT_DIR CIFAR_MANUAL_DIR [extra `python -m bench tasks` flags]
-# CIFAR_MANUAL_DIR holds cifar-10-binary.tar.gz or cifar10_jpg.tar.gz (e.g. ../shared/data/cifar10_jpg).
+# CIFAR_MANUAL_DIR holds cifar-10-binary.tar.gz or cifar10_jpg.tar.gz (see docs/howto/get_data.md).
 # ImageNet: pass --imagenet_data_dir=PREPARED_TFDS_DIR, else the smoke runs on TFDS fake data.
 set -uo pipefail
 OUT=${1:?usage: bash bench/tasks_accelerator.sh OUT_DIR CIFAR_MANUAL_DIR [flags]}

@@ -1,7 +1,7 @@
 """Input throughput of a real dataset next to what the trainer consumes.
 
   python -m bench input --config=configs/mnist_lenet.py \
-      --config.data.manual_dir=../shared/data/mnist [--steps=300] [--train_steps=30]
+      --config.data.manual_dir=/path/to/mnist [--steps=300] [--train_steps=30]
 
 Prints the examples/s that `InputPipeline.train_batches` delivers as global arrays
 (host batch assembly, normalisation, device placement, prefetch thread;

@@ -6,7 +6,7 @@ Prepares TFDS `cifar10` offline from the canonical `cifar-10-binary.tar.gz`
 numbers differ slightly from the original pixels):
 
   python train.py --config=configs/cifar10_alexnet.py \
-      --config.data.manual_dir=../shared/data/cifar10_jpg --workdir=runs/cifar10
+      --config.data.manual_dir=/path/to/cifar10 --workdir=runs/cifar10
 
 Sized for one accelerator; not trained to convergence here (accuracy: not
 measured here).

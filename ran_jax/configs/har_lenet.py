@@ -7,7 +7,7 @@ Prepares the package's TFDS builder `uci_har` offline from the official
 "UCI HAR Dataset" folder/zip or from `har_windows.npz` (HAPT re-derivation):
 
   python train.py --config=configs/har_lenet.py \
-      --config.data.manual_dir=../shared/data/uci_har --workdir=runs/har
+      --config.data.manual_dir=/path/to/uci_har --workdir=runs/har
 
 Measured here (har_windows.npz, 2 heavily shared CPU cores, about 14 minutes, lambda=0.5):
 test accuracy 0.914 after the default 8 epochs (0.913-0.930 over epochs 1-8);

@@ -2,7 +2,7 @@
 compactness + the attribute game against re-identification (docs/privacy_identity.md).
 
   python train.py --config=configs/har_lenet_private.py \
-      --config.data.manual_dir=../shared/data/uci_har --workdir=runs/har_private
+      --config.data.manual_dir=/path/to/uci_har --workdir=runs/har_private
   python -m ran_jax.attack --workdir=runs/har_private     # reconstruction + identity attackers
 
 The phone-side encoder ends in a 64-d tanh bottleneck and releases z + N(0, 0.5^2) (noise

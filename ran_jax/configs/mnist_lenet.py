@@ -5,7 +5,7 @@ their sha256) into --config.data.data_dir (default ~/tensorflow_datasets) on
 first use, then reads the array_record copy:
 
   python train.py --config=configs/mnist_lenet.py \
-      --config.data.manual_dir=../shared/data/mnist --workdir=runs/mnist
+      --config.data.manual_dir=/path/to/mnist --workdir=runs/mnist
 
 One epoch (937 Algorithm-1 iterations, k=3, batch 64, lambda=0.5) measured on 2
 shared CPU cores (about 8 minutes of training after about 2 minutes of preparation

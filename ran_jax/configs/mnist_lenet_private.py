@@ -2,7 +2,7 @@
 within-class compactness (docs/privacy.md).
 
   python train.py --config=configs/mnist_lenet_private.py \
-      --config.data.manual_dir=../shared/data/mnist --workdir=runs/mnist_private
+      --config.data.manual_dir=/path/to/mnist --workdir=runs/mnist_private
   python -m ran_jax.attack --workdir=runs/mnist_private     # attackers on what is released
 
 The phone-side encoder ends in a 64-d tanh bottleneck and releases z + N(0, 0.5^2)

@@ -7,7 +7,7 @@ sound. Recordings numbered 0-4 are the test set (FSDD's official 10% split).
 Prepares `spoken_digit` offline from the local recordings:
 
   python train.py --config=configs/ubisound_lenet.py \
-      --config.data.manual_dir=../shared/data/fsdd --workdir=runs/fsdd
+      --config.data.manual_dir=/path/to/fsdd --workdir=runs/fsdd
 
 Measured here (2 heavily shared CPU cores, about 17 minutes, lambda=0.5): test
 accuracy 0.977 after the default 12 epochs (300 test clips); it moves between

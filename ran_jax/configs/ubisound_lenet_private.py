@@ -2,7 +2,7 @@
 LeNet-5 + bottleneck + release noise + within-class compactness (docs/privacy_identity.md).
 
   python train.py --config=configs/ubisound_lenet_private.py \
-      --config.data.manual_dir=../shared/data/fsdd --workdir=runs/fsdd_private
+      --config.data.manual_dir=/path/to/fsdd --workdir=runs/fsdd_private
   python -m ran_jax.attack --workdir=runs/fsdd_private    # reconstruction + speaker attackers
 
 The phone-side encoder ends in a 64-d tanh bottleneck and releases z + N(0, 0.5^2) (noise
