@@ -14,7 +14,8 @@ From the compiled executables it reads, per chip:
 
 and from those a **compile-time estimate** (never a measurement) of the step time:
 a roofline lower bound max(flops / peak, bytes / HBM bandwidth), and a communication
-time from a stated model (below). `largest_batch` finds the largest per-chip batch that
+time from a stated model (below), and from those images/s, the hours of one epoch and
+the chip-hours of the config's epochs. `largest_batch` finds the largest per-chip batch that
 fits by compiling: temporaries grow about linearly with the batch, so two compiles
 give the line and a third confirms the prediction.
 
@@ -44,7 +45,8 @@ import jax.numpy as jnp
 from ran_jax import parallel
 
 GIB = 1 << 30
-IMAGENET_TRAIN_IMAGES = 1_281_167
+# Training examples per epoch, for the epoch-time estimate.
+TRAIN_EXAMPLES = {"imagenet2012": 1_281_167, "cifar10": 50_000, "mnist": 60_000, "digits": 1_437}
 LAUNCH_US = 5.0     # fixed cost of one collective (us), a stated assumption
 HOP_US = 1.0        # per ring hop (us), a stated assumption (ICI link latency order)
 LIBTPU_INSTALL = 'pip install "libtpu==0.0.42.*"   (or: pip install "jax[tpu]==0.10.2")'
@@ -445,7 +447,7 @@ def summarise(compiled: dict, config, topo: Topology, batch_size: int) -> dict:
   comm = collective_seconds(colls, topo)
   step = t_compute + comm["total_s"]           # no overlap assumed: the conservative sum
   ips = batch_size / step if step > 0 else float("inf")
-  epoch_h = IMAGENET_TRAIN_IMAGES / ips / 3600
+  epoch_h = TRAIN_EXAMPLES.get(config.data.name, 0) / ips / 3600
   epochs = int(config.num_epochs)
   return {
       "fits": peak <= chip.hbm_bytes,
@@ -460,7 +462,7 @@ def summarise(compiled: dict, config, topo: Topology, batch_size: int) -> dict:
           "communication": comm,
           "communication_fraction_of_compute": comm["total_s"] / t_compute if t_compute else 0.0,
           "step_s": step, "images_per_s": ips, "images_per_s_per_chip": ips / topo.num_chips,
-          "imagenet_epoch_hours": epoch_h, "epochs": epochs,
+          "epoch_hours": epoch_h, "epochs": epochs,
           "run_chip_hours": epoch_h * epochs * topo.num_chips,
       },
   }
@@ -571,7 +573,7 @@ def markdown(reports: Sequence[dict]) -> str:
   head = ("| slice | chips / hosts | batch / chip | HBM per chip (GiB) | fits "
           "| largest batch / chip | collectives / iteration | collective bytes / chip "
           "| est. compute (ms) "
-          "| est. communication (ms) | comm / compute | est. images/s | est. ImageNet epoch (h) "
+          "| est. communication (ms) | comm / compute | est. images/s | est. epoch (h) "
           "| est. run (chip-hours) |")
   rows = [head, "|" + "---|" * (head.count("|") - 1)]
   for r in reports:
@@ -588,7 +590,7 @@ def markdown(reports: Sequence[dict]) -> str:
         f"| {'yes' if r['fits'] else 'NO'} | {lb} | {count} ({kinds}) | {nbytes / 1e6:.0f} MB "
         f"| {e['compute_s'] * 1e3:.1f} | {e['communication']['total_s'] * 1e3:.2f} "
         f"| {e['communication_fraction_of_compute'] * 100:.1f} % | {e['images_per_s']:.0f} "
-        f"| {e['imagenet_epoch_hours']:.2f} | {e['run_chip_hours']:.0f} |")
+        f"| {e['epoch_hours']:.2f} | {e['run_chip_hours']:.0f} |")
   return "\n".join(rows) + (
       "\n\nEstimates from the compiled program (roofline lower bound and the stated "
       "communication model of `ran_jax.plan`), not measurements.\n")

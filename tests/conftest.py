@@ -68,7 +68,8 @@ if ROOT not in sys.path:
 
 # Test files by their CPU time, longest first (measured with the suite on 2 cores); the rest
 # follow in their usual order.
-_LONGEST_FIRST = ("test_train_e2e.py", "test_paper_tasks.py", "test_fast_conv.py",
+_LONGEST_FIRST = ("test_train_e2e.py", "test_tpu_plan.py", "test_commands.py",
+                  "test_batch_norm_groups.py", "test_paper_tasks.py", "test_fast_conv.py",
                   "test_packaging.py", "test_defences.py", "test_distributed.py",
                   "test_fused.py", "test_deploy.py", "test_search_resume.py",
                   "test_attacker_inversion.py", "test_stages.py")
