@@ -89,8 +89,10 @@ def test_readme_is_short_and_runs_what_ci_runs():
   assert len(readme.splitlines()) <= 150
   ci = _read(".ci", "run")
   # What follows the install (pip's -q aside): the lint and the test invocation.
-  ci_line = next(line for line in ci.splitlines() if "pytest" in line)
-  test_command = ci_line[ci_line.index(".venv/bin/ruff"):]
+  lines = [line.strip() for line in ci.splitlines()]
+  lint = next(line for line in lines if line.startswith(".venv/bin/ruff"))
+  tests = next(line for line in lines if line.startswith(".venv/bin/python -m pytest"))
+  test_command = f"{lint} && {tests}"
   assert ("pip install -r requirements-dev.txt && " + test_command) in readme, (
       "README command 2 must run .ci/run's lint and test command")
   first_screen = "\n".join(readme.splitlines()[:40])

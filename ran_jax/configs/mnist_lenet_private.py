@@ -18,9 +18,10 @@ mirrored and MLP decoders and ridge on the 10,000 test images): test accuracy 0.
 (0.9880-0.9894) vs the undefended DNN's 0.9924; worst-case reconstruction error (sum
 over 784 pixels in [0, 1]) 39.8 vs DNN's 3.64 (11.0x). From the clean features, which an
 attacker averaging many releases of one image approaches (attackers trained on clean
-features, one training each): 27.3 vs that run's DNN 3.58 (7.6x): averaging erodes it. The label-only ceiling, the
-class-mean image, is 41.5: from one release the attackers rebuild the digit's class more
-than the writer's digit; from the clean features they rebuild more of it.
+features, one training each): 27.3 vs that run's DNN 3.58 (7.6x): averaging erodes it. The
+label-only ceiling, the class-mean image, is 41.5: from one release the attackers rebuild
+the digit's class more than the writer's digit; from the clean features they rebuild more
+of it.
 Smoke variant for tests: configs/mnist_lenet_private.py:smoke.
 """
 
