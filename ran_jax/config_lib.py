@@ -123,6 +123,11 @@ def base_config() -> ml_collections.ConfigDict:
   # does. Needs data.attribute. Its temperature (> 0) is relative to the batch's mean distance.
   c.ran.entangle = 0.0
   c.ran.entangle_temperature = 0.1  # > 0, a fraction of the batch's mean feature distance
+  # weight (>= 0) of the class-conditional dependence penalty (losses.conditional_hsic): the
+  # normalised HSIC between the features and the attribute inside each class. Needs
+  # data.attribute. Its Gaussian kernel's bandwidth (> 0) is relative to the batch's mean distance.
+  c.ran.hsic = 0.0
+  c.ran.hsic_bandwidth = 1.0  # > 0, a multiple of the batch's mean squared feature distance
   # The attribute game (docs/privacy_identity.md): attribute heads on the released features
   # trained beside the decoders, and the encoder pushed to confuse them. Needs data.attribute.
   c.ran.attribute_weight = 0.0  # >= 0; weight of the heads' confusion loss in O_a (0: off)
@@ -339,6 +344,8 @@ def _rules() -> dict[str, Rule]:
       "ran.attribute_weight": _number(0.0),
       "ran.entangle": _number(0.0),
       "ran.entangle_temperature": _number(0.0, lo_open=True),
+      "ran.hsic": _number(0.0),
+      "ran.hsic_bandwidth": _number(0.0, lo_open=True),
       "ran.attribute_heads": ((lambda v: _names_from(ATTRIBUTE_HEADS)[0](v) and len(v) > 0),
                               f"a non-empty tuple of names from {list(ATTRIBUTE_HEADS)}, "
                               "without duplicates"),
@@ -398,7 +405,8 @@ def validate_config(config, num_devices: int | None = None) -> None:
       problems.append(f"model.widths={widths!r}: {msg}")
 
   for field, what in (("ran.attribute_weight", "the attribute game"),
-                      ("ran.entangle", "the entanglement penalty")):
+                      ("ran.entangle", "the entanglement penalty"),
+                      ("ran.hsic", "the dependence penalty")):
     weight = values.get(field)
     if _is_number(weight) and weight > 0 and not values.get("data.attribute"):
       problems.append(f"{field}={weight!r}: {what} needs a sensitive attribute in the data; "

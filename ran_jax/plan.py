@@ -320,6 +320,44 @@ def _compiled_report(name: str, compiled, seconds: float) -> dict:
           "cost": _cost(compiled), "collectives": collectives(compiled.as_text())}
 
 
+_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def _bytes_per_chip(args) -> int:
+  """Bytes of one device's shards of abstract arguments (ShapeDtypeStructs with shardings)."""
+  total = 0
+  for leaf in jax.tree.leaves(args):
+    shape = leaf.sharding.shard_shape(leaf.shape) if leaf.sharding is not None else leaf.shape
+    total += math.prod(shape) * jnp.dtype(leaf.dtype).itemsize
+  return int(total)
+
+
+def _out_of_memory_report(name: str, error: Exception, seconds: float, args) -> dict:
+  """The report of a program the TPU compiler refused for HBM (RESOURCE_EXHAUSTED).
+
+  The compiler names the temporaries it needed (e.g. "memory required for HLO temporaries
+  (16.12G)"); the peak is estimated as those plus the arguments' bytes per chip (outputs
+  alias the donated state), and `over_capacity` marks it as not fitting.
+  """
+  msg = str(error)
+  m = re.search(r"required[^()]*\(([\d.]+)\s*([KMGT]?)i?B?\)", msg)
+  temps = int(float(m.group(1)) * _UNITS[m.group(2)]) if m else 0
+  arguments = _bytes_per_chip(args)
+  return {"name": name, "compile_seconds": round(seconds, 1),
+          "memory": {"arguments": arguments, "temporaries": temps, "peak": arguments + temps,
+                     "over_capacity": True, "estimated": True, "compiler": msg.strip()[:500]},
+          "cost": {"flops": 0.0, "bytes_accessed": 0.0}, "collectives": {}}
+
+
+def _is_out_of_memory(error: Exception) -> bool:
+  return "RESOURCE_EXHAUSTED" in str(error) or "Ran out of memory" in str(error)
+
+
+def _fits(compiled: dict, capacity: int) -> bool:
+  return all(not r["memory"].get("over_capacity") and r["memory"]["peak"] <= capacity
+             for r in compiled.values())
+
+
 # ---------------------------------------------------------------- the run's program
 
 
@@ -390,7 +428,13 @@ def compile_program(config, topo: Topology, devices=None, *, batch_size: int | N
 
   def run(name, fn, *args):
     t = time.perf_counter()
-    compiled = fn.lower(*args).compile()
+    try:
+      compiled = fn.lower(*args).compile()
+    except Exception as e:  # pylint: disable=broad-except
+      if not _is_out_of_memory(e):
+        raise
+      out[name] = _out_of_memory_report(name, e, time.perf_counter() - t, args)
+      return
     out[name] = _compiled_report(name, compiled, time.perf_counter() - t)
     if hlo_dir:
       from etils import epath
@@ -450,7 +494,7 @@ def summarise(compiled: dict, config, topo: Topology, batch_size: int) -> dict:
   epoch_h = TRAIN_EXAMPLES.get(config.data.name, 0) / ips / 3600
   epochs = int(config.num_epochs)
   return {
-      "fits": peak <= chip.hbm_bytes,
+      "fits": _fits(compiled, chip.hbm_bytes),
       "hbm_per_chip": {"peak": peak, "capacity": chip.hbm_bytes,
                        "headroom": chip.hbm_bytes - peak,
                        "by_program": {n: r["memory"] for n, r in compiled.items()}},
@@ -470,39 +514,53 @@ def summarise(compiled: dict, config, topo: Topology, batch_size: int) -> dict:
 
 def largest_batch(config, topo: Topology, devices=None, *, start: int | None = None,
                   log=print) -> dict:
-  """The largest per-chip batch whose iteration fits, found by compiling (2-4 compiles).
+  """The largest per-chip batch whose iteration fits, found by compiling (3-5 compiles).
 
-  Compiles at per-chip batches b1 and 2*b1, fits peak HBM = a + s*b, predicts the
-  largest b under capacity, and compiles there to confirm (stepping down until it fits).
+  Compiles at the per-chip batch b1 and at 2*b1 (at b1/2 when b1 does not fit), fits peak
+  HBM = a + s*b, predicts the largest b under capacity (below any batch seen not to fit),
+  and compiles there to confirm, stepping down 1/16 at a time until it fits. A batch the
+  compiler refuses for memory counts as not fitting; its peak is then the compiler's
+  stated temporaries plus the arguments' bytes per chip (an estimate, good for the line).
   """
   devices = devices if devices is not None else topology_devices(topo)
   n = topo.num_chips
-  b1 = max(1, (start or config.batch_size) // n)
   cap = topo.chip.hbm_bytes
-  points = {}
+  points: dict = {}   # per-chip batch -> (peak bytes, fits)
 
-  def peak_at(b):
+  def at(b):
     if b not in points:
       t = time.perf_counter()
       rep = compile_program(config, topo, devices, batch_size=b * n, parts=("iteration",))
-      points[b] = max(r["memory"]["peak"] for r in rep.values())
-      log(f"  per-chip batch {b}: peak {points[b] / GIB:.2f} GiB "
+      peak = max(r["memory"]["peak"] for r in rep.values())
+      points[b] = (peak, _fits(rep, cap))
+      log(f"  per-chip batch {b}: peak {peak / GIB:.2f} GiB"
+          f"{'' if points[b][1] else ' (does not fit)'} "
           f"({time.perf_counter() - t:.0f} s to compile)")
     return points[b]
 
-  p1, p2 = peak_at(b1), peak_at(2 * b1)
-  slope = (p2 - p1) / b1
-  if slope <= 0:
-    raise PlanError(f"{topo.name}: peak memory did not grow with the batch ({p1} -> {p2}).")
-  intercept = p1 - slope * b1
-  guess = int((cap - intercept) // slope)
-  b = max(1, guess)
-  while b > 1 and peak_at(b) > cap:
-    b = max(1, b - max(1, b // 16))
-  fits = peak_at(b) <= cap
-  return {"per_chip": b if fits else 0, "global": (b if fits else 0) * n,
-          "line": {"intercept_bytes": intercept, "bytes_per_example": slope},
-          "predicted": guess, "compiled": {str(k): v for k, v in sorted(points.items())}}
+  b1 = max(1, (start or config.batch_size) // n)
+  b2 = 2 * b1 if at(b1)[1] else b1 // 2
+  result = {"per_chip": 0, "global": 0, "line": None, "predicted": None}
+  if b2 >= 1:
+    lo, hi = sorted((b1, b2))
+    slope = (at(hi)[0] - at(lo)[0]) / (hi - lo)
+    if slope <= 0:
+      raise PlanError(f"{topo.name}: peak memory did not grow with the batch "
+                      f"({at(lo)[0]} bytes at {lo} per chip, {at(hi)[0]} at {hi}).")
+    intercept = at(lo)[0] - slope * lo
+    guess = int((cap - intercept) // slope)
+    result.update(line={"intercept_bytes": intercept, "bytes_per_example": slope},
+                  predicted=guess)
+    over = min([b for b, (_, ok) in points.items() if not ok], default=None)
+    b = max(1, guess if over is None else min(guess, over - 1))
+    while b > 1 and not at(b)[1]:
+      b = max(1, b - max(1, b // 16))
+    at(b)
+    fitting = [k for k, (_, ok) in points.items() if ok]
+    if fitting:
+      result.update({"per_chip": max(fitting), "global": max(fitting) * n})
+  result["compiled"] = {str(k): {"peak": p, "fits": ok} for k, (p, ok) in sorted(points.items())}
+  return result
 
 
 def plan(config, topology: str, *, batch_size: int | None = None, find_largest_batch: bool = False,
@@ -552,11 +610,16 @@ def plan(config, topology: str, *, batch_size: int | None = None, find_largest_b
     lb = largest_batch(cfg, topo, devices, log=log)
     report["largest_batch"] = lb
     if not summary["fits"]:
+      refused = any(r["memory"].get("over_capacity") for r in compiled.values())
+      need = (f"{'at least ' if refused else ''}"
+              f"{summary['hbm_per_chip']['peak'] / GIB:.2f} GiB per chip")
+      largest = (f"the largest batch that fits is {lb['per_chip']} per chip "
+                 f"(--config.batch_size={lb['global']})" if lb["per_chip"] else
+                 "not even 1 example per chip fits: shard the model further or use a larger chip")
       raise PlanError(
           f"{cfg.model.encoder} at batch {cfg.batch_size} ({cfg.batch_size // topo.num_chips} per "
-          f"chip) needs {summary['hbm_per_chip']['peak'] / GIB:.2f} GiB per chip on {topo.name}, "
-          f"more than its {topo.chip.hbm_bytes / GIB:.0f} GiB; the largest batch that fits is "
-          f"{lb['per_chip']} per chip (--config.batch_size={lb['global']}).")
+          f"chip) needs {need} on {topo.name}, more than its "
+          f"{topo.chip.hbm_bytes / GIB:.0f} GiB; {largest}.")
   return report
 
 

@@ -47,8 +47,8 @@ training-split examples only (`identity.IdentityConfig.scored_part`), and the qu
 candidate with the lowest worst case of those three top-1 figures is chosen (ties: the more
 private one). The reference and the chosen run then get the full identity attack on the
 test part (DIR/confirm/<name>/identity.json), reported with chance, and DIR/front_identity.png.
-The knobs `ran.attribute_weight`, `ran.entangle` and `ran.compactness` serve it (more is more
-private).
+The knobs `ran.attribute_weight`, `ran.entangle`, `ran.hsic` and `ran.compactness` serve it
+(more is more private).
 
 Resumable: the next candidate is a pure function of the finished ones, so a killed
 search rerun with the same command continues where it stopped; a run with an export is
@@ -109,6 +109,8 @@ KNOBS = {
                             "penalty; more is more private"),
     "ran.entangle": Knob("up", 0.0, 8.0, "weight of the attribute entanglement penalty (needs "
                          "data.attribute); more is more private"),
+    "ran.hsic": Knob("up", 0.0, 20.0, "weight of the class-conditional dependence (HSIC) "
+                     "penalty (needs data.attribute); more is more private"),
 }
 
 # What a candidate is scored by: the reconstruction attackers' worst case (today's search:
@@ -119,9 +121,10 @@ IDENTITY_FILE = "identity.json"
 
 
 def reference_overrides(config) -> dict:
-  """REFERENCE_OVERRIDES, plus the attribute game and entanglement off when the config has them."""
+  """REFERENCE_OVERRIDES, plus the attribute game and the attribute penalties off when the
+  config has them."""
   out = dict(REFERENCE_OVERRIDES)
-  for field in ("attribute_weight", "entangle"):
+  for field in ("attribute_weight", "entangle", "hsic"):
     if float(config.ran.get(field, 0.0) or 0.0) > 0:
       out[f"ran.{field}"] = 0.0
   return out

@@ -23,6 +23,8 @@ Defences (all off by default; then every step computes exactly Algorithm 1):
                      past it, accuracy no longer pays for privacy.
   compactness        a penalty on the within-class variance of the features.
   entanglement       a penalty on how much soft nearest classmates share the attribute.
+  dependence (HSIC)  a penalty on the kernel dependence of features and attribute inside
+                     each class (`losses.conditional_hsic`), with no adversary to game.
                      The feature penalties are declared terms (`PENALTY_TERMS`,
                      `Defences.from_config`): a new one is a function and an entry.
   attribute game     the generative stage also trains attribute heads (classifiers of a
@@ -344,10 +346,18 @@ def _entanglement(z, batch, models: RANModels, temperature: float = 0.1):
                                        temperature)
 
 
+def _hsic(z, batch, models: RANModels, bandwidth: float = 1.0):
+  """The normalised HSIC between the standardised features and the attribute inside each
+  class (`losses.conditional_hsic`)."""
+  return losses.conditional_hsic(standardise(z), _attributes(batch), batch["label"],
+                                 models.num_classes, bandwidth)
+
+
 # name (the config field of its weight) -> (term, {option: (config field, default)})
 PENALTY_TERMS = {
     "compactness": (_compactness, {}),
     "entangle": (_entanglement, {"temperature": ("entangle_temperature", 0.1)}),
+    "hsic": (_hsic, {"bandwidth": ("hsic_bandwidth", 1.0)}),
 }
 
 

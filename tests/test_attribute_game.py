@@ -196,7 +196,8 @@ def test_entanglement_in_the_disc_and_adv_stages(game):
   opts = stages.make_optimizers(c.ran)
   state = jax.jit(lambda r: stages.init_state(models, opts, r))(jax.random.PRNGKey(0))
   on = stages.bind_stages(models, opts, c.ran)
-  assert on.disc.keywords["entangle"] == on.adv.keywords["entangle"] == 2.0
+  want = stages.Defences((stages.Penalty("entangle", 2.0, (("temperature", 0.1),)),), 0.0)
+  assert on.disc.keywords["defences"] == on.adv.keywords["defences"] == want
   off = stages.bind_stages(models, opts, _config().ran)
   batch = {**game["batch"], "label": jnp.asarray(np.arange(16) % 2, jnp.int32)}  # 8 classmates
   for name in ("disc", "adv"):
@@ -209,6 +210,82 @@ def test_entanglement_in_the_disc_and_adv_stages(game):
   batch = {k: v for k, v in batch.items() if k != "attribute"}
   with pytest.raises(ValueError, match="set data.attribute"):
     on.disc(state, batch)
+
+
+# ---------------------------------------------------------------- class-conditional HSIC
+
+
+def _reference_nhsic(z, attr, labels, bandwidth):
+  """The normalised HSIC per class written out with explicit centring matrices (numpy)."""
+  z = np.asarray(z, np.float64)
+  d2 = ((z[:, None, :] - z[None, :, :]) ** 2).mean(-1)
+  b = len(z)
+  scale = d2[~np.eye(b, dtype=bool)].mean()
+  k_all = np.exp(-d2 / (bandwidth * scale))
+  total = weight = 0.0
+  for c in np.unique(labels):
+    idx = np.flatnonzero(labels == c)
+    n = len(idx)
+    h = np.eye(n) - 1.0 / n
+    k = h @ k_all[np.ix_(idx, idx)] @ h
+    ell = h @ (attr[idx, None] == attr[None, idx]).astype(np.float64) @ h
+    if np.sum(ell * ell) <= 1e-6:
+      continue
+    total += n * np.sum(k * ell) / np.sqrt(np.sum(k * k) * np.sum(ell * ell))
+    weight += n
+  return total / weight
+
+
+def test_conditional_hsic_matches_its_definition_and_separates_dependence():
+  rng = np.random.default_rng(1)
+  attr = np.arange(64) % 4
+  labels = np.arange(64) // 32                       # two classes of 32, all 4 values in each
+  centres = rng.normal(0, 1, (4, 8))
+  clustered = stages.standardise(jnp.asarray(centres[attr] + 0.1 * rng.normal(0, 1, (64, 8)),
+                                             jnp.float32))
+  mixed = stages.standardise(jnp.asarray(rng.normal(0, 1, (64, 8)), jnp.float32))
+  a, y = jnp.asarray(attr, jnp.int32), jnp.asarray(labels, jnp.int32)
+  for z in (clustered, mixed):
+    for bw in (0.5, 2.0):
+      np.testing.assert_allclose(float(losses.conditional_hsic(z, a, y, 2, bw)),
+                                 _reference_nhsic(z, attr, labels, bw), rtol=1e-4, atol=1e-6)
+  high = float(losses.conditional_hsic(clustered, a, y, 2))
+  low = float(losses.conditional_hsic(mixed, a, y, 2))
+  # (a finite batch gives independent features a small positive value: the estimator's bias)
+  assert high > 0.8 > 0.25 > low >= 0.0, (high, low)
+  # Only inside a class: an attribute that is the class costs nothing, and a class whose
+  # examples all share one value adds nothing (no NaN).
+  by_class = stages.standardise(jnp.asarray(centres[labels] + 0.1 * rng.normal(0, 1, (64, 8)),
+                                            jnp.float32))
+  assert float(losses.conditional_hsic(by_class, y, y, 2)) == 0.0
+  # Descending it removes the dependence.
+  f = jax.jit(lambda v: losses.conditional_hsic(stages.standardise(v), a, y, 2))
+  z, grad = clustered, jax.jit(jax.grad(f))
+  chex.assert_tree_all_finite(grad(z))
+  for _ in range(150):
+    z = z - 30.0 * grad(z)
+  assert float(f(z)) < 0.1 * high
+
+
+def test_hsic_is_a_declared_defence_in_both_encoder_stages(game):
+  c = _config(hsic=3.0, hsic_bandwidth=0.5)
+  models = _models(c)
+  opts = stages.make_optimizers(c.ran)
+  state = jax.jit(lambda r: stages.init_state(models, opts, r))(jax.random.PRNGKey(0))
+  on = stages.bind_stages(models, opts, c.ran)
+  want = stages.Defences((stages.Penalty("hsic", 3.0, (("bandwidth", 0.5),)),), 0.0)
+  assert on.disc.keywords["defences"] == on.adv.keywords["defences"] == want
+  off = stages.bind_stages(models, opts, _config().ran)
+  batch = {**game["batch"], "label": jnp.asarray(np.arange(16) % 2, jnp.int32)}
+  for name in ("disc", "adv"):
+    s_on, m_on = jax.jit(getattr(on, name))(state, batch)
+    s_off, m_off = jax.jit(getattr(off, name))(state, batch)
+    assert float(m_on[f"{name}/loss"]) > float(m_off[f"{name}/loss"])
+    delta = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), s_on.params["encoder"],
+                         s_off.params["encoder"])
+    assert max(jax.tree.leaves(delta)) > 0
+  with pytest.raises(ValueError, match="set data.attribute"):
+    on.disc(state, {k: v for k, v in batch.items() if k != "attribute"})
 
 
 def test_heads_read_the_features_before_the_release_noise(game):

@@ -100,6 +100,8 @@ BAD_VALUES = [
     ("ran.attribute_weight", -1.0, "a finite number >= 0"),
     ("ran.entangle", -1.0, "a finite number >= 0"),
     ("ran.entangle_temperature", 0.0, "a finite number > 0"),
+    ("ran.hsic", -0.5, "a finite number >= 0"),
+    ("ran.hsic_bandwidth", 0.0, "a finite number > 0"),
     ("ran.attribute_heads", (), "a non-empty tuple of names from ['linear', 'mlp']"),
     ("ran.attribute_heads", ("svm",), "a non-empty tuple of names from ['linear', 'mlp']"),
     ("ran.attribute_hidden", (0,), "a tuple of positive integers (hidden widths"),
@@ -209,6 +211,8 @@ def test_task_configs_validate():
 def test_entanglement_needs_an_attribute():
   with pytest.raises(ConfigError, match="ran.entangle=1.0: the entanglement penalty needs"):
     validate_config(_cfg(ran__entangle=1.0), num_devices=1)
+  with pytest.raises(ConfigError, match="ran.hsic=2.0: the dependence penalty needs"):
+    validate_config(_cfg(ran__hsic=2.0), num_devices=1)
   validate_config(_cfg(ran__entangle=1.0, data__name="uci_har", data__attribute="subject"),
                   num_devices=1)
 
