@@ -7,6 +7,7 @@ commands (`ran-train`, `ran-attack`, ...), which only parse flags and call these
 
   metrics = ran_jax.train("digits_lenet", "runs/digits")      # -> final test metrics
   report = ran_jax.attack(workdir="runs/digits")              # -> the attack report (dict)
+  report = ran_jax.erase(workdir="runs/har", attribute="subject")  # -> an attribute eraser
   rows = ran_jax.sweep("digits_lenet", "runs/sweep")           # -> results.csv rows
   state = ran_jax.search("digits_lenet", "runs/search", max_trainings=3)
   manifest = ran_jax.deploy("runs/digits")                     # -> WORKDIR/deploy/
@@ -14,9 +15,9 @@ commands (`ran-train`, `ran-attack`, ...), which only parse flags and call these
   config = ran_jax.get_config("digits_lenet:smoke")            # a ConfigDict to edit
   trained = ran_jax.load_trained("runs/digits")                # the exported networks
 
-`train`, `attack`, `sweep`, `search`, `deploy` and `plan` are the modules of those commands,
-callable as their function (`ran_jax.attack(...)` is `ran_jax.attack.attack(...)`); they
-and their dependencies (JAX, TensorFlow) load on first use, so `import ran_jax` is quick.
+`train`, `attack`, `erase`, `sweep`, `search`, `deploy` and `plan` are the modules of those
+commands, callable as their function (`ran_jax.attack(...)` is `ran_jax.attack.attack(...)`);
+they and their dependencies (JAX, TensorFlow) load on first use, so `import ran_jax` is quick.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import importlib
 __version__ = "0.1.0"
 
 # The jobs: each a module `ran_jax.<name>` callable as its same-named function.
-_JOBS = ("train", "attack", "sweep", "search", "deploy", "plan")
+_JOBS = ("train", "attack", "erase", "sweep", "search", "deploy", "plan")
 _FUNCTIONS = {"get_config": ("ran_jax.configs", "get_config"),
               "load_trained": ("ran_jax.export", "load_trained")}
 

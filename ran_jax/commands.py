@@ -6,6 +6,7 @@ Python function each one calls (`ran_jax.<name>(...)`, keyword arguments, docstr
 
   ran-train   | python -m ran_jax.train   (| python train.py)  ran_jax.train(config, workdir)
   ran-attack  | python -m ran_jax.attack                       ran_jax.attack(workdir, ...)
+  ran-erase   | python -m ran_jax.erase                        ran_jax.erase(workdir, ...)
   ran-sweep   | python -m ran_jax.sweep                        ran_jax.sweep(config, workdir, ...)
   ran-search  | python -m ran_jax.search                       ran_jax.search(config, workdir, ...)
   ran-deploy  | python -m ran_jax.deploy                       ran_jax.deploy(workdir, ...)

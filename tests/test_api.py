@@ -14,7 +14,7 @@ import ran_jax
 from ran_jax import commands
 from tests.helpers import ROOT, subprocess_env
 
-JOBS = ("train", "attack", "sweep", "search", "deploy", "plan")
+JOBS = ("train", "attack", "erase", "sweep", "search", "deploy", "plan")
 
 
 def _python(code, timeout=300):
@@ -144,8 +144,8 @@ print(json.dumps(sorted(set(flags.FLAGS) - before)))
 
 @pytest.fixture(scope="module")
 def command_flags():
-  mods = {"train": "train", "attack": "attack", "sweep": "sweep", "search": "search",
-          "deploy": "deploy.cli", "plan": "plan"}
+  mods = {"train": "train", "attack": "attack", "erase": "erase", "sweep": "sweep",
+          "search": "search", "deploy": "deploy.cli", "plan": "plan"}
   code = ("import json, subprocess, sys\nout = {}\n"
           f"for k, m in {mods!r}.items():\n"
           "  out[k] = json.loads(subprocess.run([sys.executable, '-c', "
@@ -171,6 +171,7 @@ def test_one_flag_vocabulary(command_flags):
     assert {"attribute", "preset", "attackers", "attacker_seed", "progress"} <= set(f[job]), job
   assert {"preset", "attackers", "attacker_seed", "noise_seed"} <= set(f["deploy"])
   assert "config" in f["train"] and "config" in f["sweep"] and "config" in f["search"]
+  assert {"attribute", "eraser_seed"} <= set(f["erase"]) and "attacker_seed" not in f["erase"]
 
 
 @pytest.mark.slow

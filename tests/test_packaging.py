@@ -81,8 +81,8 @@ def _main_block_calls(path):
 
 def test_console_scripts_are_the_python_m_commands(project):
   scripts = project["scripts"]
-  assert set(scripts) == {"ran-train", "ran-attack", "ran-sweep", "ran-search", "ran-deploy",
-                          "ran-plan"}
+  assert set(scripts) == {"ran-train", "ran-attack", "ran-erase", "ran-sweep", "ran-search",
+                          "ran-deploy", "ran-plan"}
   for script, target in scripts.items():
     module, fn = target.split(":")
     # `python -m ran_jax.<command>` runs the same function: the module's own __main__ block,

@@ -8,7 +8,9 @@ constants and static shapes. The convolutions are built with `conv_impl='xla'` (
 lax.conv / reduce_window, the same parameters) and in float32. The noisy encoder takes
 its N(0, 1) draw as a second input `eps` and computes z + feature_noise * eps
 (`ran_jax.stages.release` with the noise drawn outside), so the same eps can be fed to
-JAX and LiteRT.
+JAX and LiteRT. An attribute eraser (`ran_jax.privacy.erasure`, `ran-erase`) is one more
+affine layer on the clean features, before the noise, inside the same network; the
+classifier exported beside it is the one refit on the erased releases.
 """
 
 from __future__ import annotations
@@ -60,8 +62,11 @@ def encoder_fn(trained):
   sigma = float(trained.feature_noise)
   x_shape = (BATCH,) + tuple(trained.meta["input_shape"])
 
-  def features(x):
-    return stages.features(models, params, stats, x, False)[0]
+  eraser = getattr(trained, "eraser", None)
+
+  def features(x):  # the clean features, erased when the run carries an eraser
+    z = stages.features(models, params, stats, x, False)[0]
+    return z if eraser is None else eraser.apply(z)
 
   z_shape = tuple(jax.eval_shape(features, jax.ShapeDtypeStruct(x_shape, jnp.float32)).shape)
   if not sigma:
@@ -182,6 +187,9 @@ def export_deployment(workdir: str, int8: bool = False, seed: int = 0) -> dict:
       "value_range": [float(v) for v in m["value_range"]],
       "feature_noise": float(trained.feature_noise),
       "encoder_inputs": ["x", "eps"] if trained.feature_noise else ["x"],
+      "eraser": (None if getattr(trained, "eraser", None) is None else
+                 {"rank": int(trained.eraser.rank), **{k: trained.eraser.fitted_on.get(k) for k in
+                  ("attribute", "within_class", "rule", "eraser_fraction", "examples")}}),
       "versions": {"ran_jax": __version__, "jax": jax.__version__,
                    "tensorflow": _tf_version()},
   }

@@ -27,6 +27,18 @@ Splits that cannot leak (`split_pool`, from each split's `order`, ran_jax.data.s
   stratified (other data) a seeded split per attribute value: 30 % test, 15 %
              validation, the rest fit. This assumes examples are independent; data with
              several overlapping examples of one recording needs a split of its own.
+Eraser part (`eraser_fraction` > 0; `ran_jax.privacy.erasure`, `ran-erase`): examples
+reserved for fitting an attribute eraser, which no attacker fits, validates or is tested
+on; the attack's parts are cut from the rest by the rules above.
+  time       the earliest `eraser_fraction` of each (subject, activity) group's windows in
+             time order, one window dropped at the boundary (both official splits: the
+             test subjects' earliest windows too, since an eraser removes only people it
+             has seen; the task accuracy is then measured on the test split without them).
+  recording  a block of round(eraser_fraction x recordings per (digit, speaker)) recordings
+             after the validation block: 0.2 of FSDD's 50 is recordings 10-19 (all in the
+             training split); the attack fits on 20-49 (choosing: validates on 20-24).
+  stratified per attribute value a seeded part (`eraser_seed`) of round(eraser_fraction x
+             the value's examples), drawn from its training-split examples only.
 
 Settings, each reported with chance (1/num_attributes), the majority-class rate and a
 bootstrap 95 % interval:
@@ -101,6 +113,10 @@ class IdentityConfig:
   strat_val_fraction: float = 0.15
   encode_batch: int = 512
   seed: int = 0                          # split (stratified), groups, bootstrap
+  # A part reserved for fitting an attribute eraser, never seen by the attackers (module
+  # docstring); 0: none. A run that carries an eraser sets both from its fit.
+  eraser_fraction: float = 0.0
+  eraser_seed: int = 0                   # the stratified rule's eraser part
   # 'test': score the test part (the figure). 'validation': for choosing settings
   # (`ran_jax.search --objective=identity`): only training-split examples, the part
   # scored is the one the 'test' split validates on, and a new validation part is cut
@@ -126,6 +142,8 @@ class Pool:
   test: np.ndarray
   num_attributes: int
   rule: str
+  eraser: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
+  split: np.ndarray | None = None   # [N] 0: the dataset's training split, 1: its test split
 
 
 def _time_cut(idx: np.ndarray, second: float, gap: int):
@@ -151,12 +169,18 @@ def split_pool(source, cfg: IdentityConfig) -> Pool:
   if cfg.scored_part not in ("test", "validation"):
     raise ValueError(f"scored_part={cfg.scored_part!r}: 'test' or 'validation'")
   choosing = cfg.scored_part == "validation"
-  fit, val, test = [], [], []
+  if not 0.0 <= cfg.eraser_fraction < 1.0:
+    raise ValueError(f"eraser_fraction={cfg.eraser_fraction}: a fraction in [0, 1) expected")
+  erasing = cfg.eraser_fraction > 0
+  fit, val, test, eraser = [], [], [], [np.zeros(0, np.int64)]
   if rule == "time":
     for a in np.unique(att):
       for c in np.unique(lab[att == a]):
         g = np.flatnonzero((att == a) & (lab == c))
         g = g[np.lexsort((order[g], which[g]))]  # time order (split, row)
+        if erasing:  # the earliest windows fit the eraser, one dropped at the boundary
+          er, g = _time_cut(g, 1.0 - cfg.eraser_fraction, cfg.time_gap)
+          eraser.append(er)
         first, te = _time_cut(g, cfg.time_test_fraction, cfg.time_gap)
         fi, va = _time_cut(first, cfg.time_val_fraction, cfg.time_gap)
         if choosing:  # score the validation part; cut a new one from the fit part
@@ -165,15 +189,31 @@ def split_pool(source, cfg: IdentityConfig) -> Pool:
   elif rule == "recording":
     from ran_jax.data.spoken_digit import TEST_RECORDINGS
 
-    # recordings [0, 5) test, [5, 10) validate, the rest fit; choosing: one part later
+    # recordings [0, 5) test, [5, 10) validate, the rest fit; choosing: one part later.
+    # An eraser block [10, 10 + R) is taken out first; the parts count the rest in order.
+    pos = order
+    if erasing:
+      start = TEST_RECORDINGS + cfg.val_recordings
+      size = int(round(cfg.eraser_fraction * (int(order.max()) + 1)))
+      in_block = (order >= start) & (order < start + size)
+      eraser.append(np.flatnonzero(in_block))
+      pos = np.where(order >= start + size, order - size, order)
+      pos[in_block] = -1
     cuts = np.cumsum([0, TEST_RECORDINGS, cfg.val_recordings, cfg.val_recordings])[choosing:]
-    test.append(np.flatnonzero((order >= cuts[0]) & (order < cuts[1])))
-    val.append(np.flatnonzero((order >= cuts[1]) & (order < cuts[2])))
-    fit.append(np.flatnonzero(order >= cuts[2]))
+    test.append(np.flatnonzero((pos >= cuts[0]) & (pos < cuts[1])))
+    val.append(np.flatnonzero((pos >= cuts[1]) & (pos < cuts[2])))
+    fit.append(np.flatnonzero(pos >= cuts[2]))
   elif rule == "stratified":
     rng = np.random.default_rng([cfg.seed, 11])
+    er_rng = np.random.default_rng([cfg.eraser_seed, 13])
     for a in np.unique(att):
-      g = rng.permutation(np.flatnonzero(att == a))
+      g = np.flatnonzero(att == a)
+      if erasing:  # a seeded part of the value's training-split examples
+        n_er = min(int(round(cfg.eraser_fraction * len(g))), int(np.sum(which[g] == 0)))
+        er = er_rng.permutation(g[which[g] == 0])[:n_er]
+        eraser.append(er)
+        g = np.setdiff1d(g, er)
+      g = rng.permutation(g)
       n_te = int(round(cfg.strat_test_fraction * len(g)))
       n_va = int(round(cfg.strat_val_fraction * len(g)))
       if choosing:  # the validation part is scored, the next n_va validate
@@ -181,7 +221,8 @@ def split_pool(source, cfg: IdentityConfig) -> Pool:
       test.append(g[:n_te]), val.append(g[n_te:n_te + n_va]), fit.append(g[n_te + n_va:])
   else:
     raise ValueError(f"unknown attribute split rule {rule!r}")
-  fit, val, test = (np.sort(np.concatenate(v)).astype(np.int64) for v in (fit, val, test))
+  fit, val, test, eraser = (np.sort(np.concatenate(v)).astype(np.int64)
+                            for v in (fit, val, test, eraser))
   if choosing:  # training-split examples only
     fit, val, test = (p[which[p] == 0] for p in (fit, val, test))
   for name, part in (("fit", fit), ("validation", val), ("test", test)):
@@ -189,7 +230,10 @@ def split_pool(source, cfg: IdentityConfig) -> Pool:
       raise DataError(f"Dataset {source.name}: the attribute attack's {name} part is empty "
                       f"(split rule {rule!r}, {len(x)} examples, scoring the "
                       f"{cfg.scored_part} part).")
-  return Pool(x, att, lab, fit, val, test, int(source.num_attributes), rule)
+  if erasing and len(eraser) == 0:
+    raise DataError(f"Dataset {source.name}: the eraser part is empty (split rule {rule!r}, "
+                    f"eraser_fraction {cfg.eraser_fraction}).")
+  return Pool(x, att, lab, fit, val, test, int(source.num_attributes), rule, eraser, which)
 
 
 # ---------------------------------------------------------------- releases
@@ -394,6 +438,27 @@ def _score_setting(get: Callable, pool: Pool, cfg: IdentityConfig, setting: str,
   return out
 
 
+ERASER_SPLIT_KEYS = ("eraser_fraction", "eraser_seed", "time_gap", "val_recordings")
+
+
+def with_eraser_split(cfg: IdentityConfig, trained, attribute: str = "") -> IdentityConfig:
+  """`cfg` with the eraser part of the split `trained`'s eraser was fitted on (unchanged for
+  a run without an eraser), so that no attacker fits, validates or tests on its examples."""
+  er = getattr(trained, "eraser", None)
+  if er is None:
+    return cfg
+  fitted = er.fitted_on
+  if "eraser_fraction" not in fitted:
+    raise ValueError("The run's eraser does not say which examples it was fitted on; fit it "
+                     "again with ran-erase.")
+  if attribute and fitted.get("attribute") not in (None, attribute):
+    log.warning("identity: the eraser was fitted for the attribute %r; its examples are held "
+                "out by %r's split rule, which only approximates them", fitted["attribute"],
+                attribute)
+  return dataclasses.replace(cfg, **{k: type(getattr(cfg, k))(fitted[k])
+                                     for k in ERASER_SPLIT_KEYS if k in fitted})
+
+
 def attack_identity(trained, source, cfg: IdentityConfig | None = None) -> dict:
   """Attribute-inference attacks on `trained`'s releases of `source` (module docstring).
 
@@ -406,6 +471,7 @@ def attack_identity(trained, source, cfg: IdentityConfig | None = None) -> dict:
   unknown = sorted(set(cfg.attackers) - set(FAMILIES))
   if unknown:
     raise ValueError(f"unknown attribute attackers {unknown}; allowed: {list(FAMILIES)}")
+  cfg = with_eraser_split(cfg, trained, source.attribute_name)
   pool = split_pool(source, cfg)
   a_fit, a_test = pool.attribute[pool.fit], pool.attribute[pool.test]
   groups = person_groups(a_test, cfg.person_releases, cfg.person_groups, [cfg.seed, 3])
@@ -426,8 +492,11 @@ def attack_identity(trained, source, cfg: IdentityConfig | None = None) -> dict:
       "chance": chance, "majority": float(np.mean(a_test == majority)),
       "split": {"rule": pool.rule, "n_fit": int(len(pool.fit)), "n_val": int(len(pool.val)),
                 "n_test": int(len(pool.test)), "scored_part": cfg.scored_part,
-                "test_values": int(len(np.unique(a_test)))},
+                "test_values": int(len(np.unique(a_test))), "n_eraser": int(len(pool.eraser)),
+                "eraser_fraction": float(cfg.eraser_fraction)},
       "feature_noise": float(trained.feature_noise),
+      "eraser": (None if getattr(trained, "eraser", None) is None
+                 else {"rank": int(trained.eraser.rank), **trained.eraser.fitted_on}),
       "person_groups_persons": int(len(np.unique(a_test[groups[:, 0]]))) if len(groups) else 0,
       "settings": {}, "config": cfg.to_dict(),
   }
@@ -494,8 +563,11 @@ def headline(r: dict) -> dict:
 def format_identity(r: dict) -> str:
   """The printed table of `attack_identity`'s result."""
   lines = [f"identity ({r['attribute']}, {r['num_attributes']} values, split {r['split']['rule']}: "
-           f"{r['split']['n_fit']} fit / {r['split']['n_val']} val / {r['split']['n_test']} test)"
-           f": chance {r['chance']:.4f}, majority {r['majority']:.4f}"
+           f"{r['split']['n_fit']} fit / {r['split']['n_val']} val / {r['split']['n_test']} test"
+           + (f", {r['split']['n_eraser']} held out: fitted the eraser"
+              if r["split"].get("n_eraser") else "") + ")"
+           + (f", erased (rank {r['eraser']['rank']})" if r.get("eraser") else "")
+           + f": chance {r['chance']:.4f}, majority {r['majority']:.4f}"
            + (f", label only {r['label_only']['worst']['top1']:.4f}" if r.get("label_only")
               else ""),
            f"{'setting':10s}" + "".join(f"{f:>9s}" for f in
