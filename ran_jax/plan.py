@@ -53,7 +53,14 @@ LIBTPU_INSTALL = 'pip install "libtpu==0.0.42.*"   (or: pip install "jax[tpu]==0
 
 
 class PlanError(ValueError):
-  """A plan that cannot be made: unknown topology, no libtpu, a bad batch, no fit."""
+  """A plan that cannot be made: unknown topology, no libtpu, a bad batch, no fit.
+
+  `report`: for a config that does not fit, the plan's report (with its largest batch).
+  """
+
+  def __init__(self, message: str, report: dict | None = None):
+    super().__init__(message)
+    self.report = report
 
 
 @dataclasses.dataclass(frozen=True)
@@ -323,6 +330,11 @@ def _compiled_report(name: str, compiled, seconds: float) -> dict:
 _UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 
 
+def _compile(fn, args):
+  """Ahead-of-time compile of a jitted `fn` for abstract `args` (on the topology's devices)."""
+  return fn.lower(*args).compile()
+
+
 def _bytes_per_chip(args) -> int:
   """Bytes of one device's shards of abstract arguments (ShapeDtypeStructs with shardings)."""
   total = 0
@@ -429,7 +441,7 @@ def compile_program(config, topo: Topology, devices=None, *, batch_size: int | N
   def run(name, fn, *args):
     t = time.perf_counter()
     try:
-      compiled = fn.lower(*args).compile()
+      compiled = _compile(fn, args)
     except Exception as e:  # pylint: disable=broad-except
       if not _is_out_of_memory(e):
         raise
@@ -513,7 +525,7 @@ def summarise(compiled: dict, config, topo: Topology, batch_size: int) -> dict:
 
 
 def largest_batch(config, topo: Topology, devices=None, *, start: int | None = None,
-                  log=print) -> dict:
+                  known: dict | None = None, log=print) -> dict:
   """The largest per-chip batch whose iteration fits, found by compiling (3-5 compiles).
 
   Compiles at the per-chip batch b1 and at 2*b1 (at b1/2 when b1 does not fit), fits peak
@@ -525,7 +537,7 @@ def largest_batch(config, topo: Topology, devices=None, *, start: int | None = N
   devices = devices if devices is not None else topology_devices(topo)
   n = topo.num_chips
   cap = topo.chip.hbm_bytes
-  points: dict = {}   # per-chip batch -> (peak bytes, fits)
+  points: dict = dict(known or {})   # per-chip batch -> (peak bytes, fits)
 
   def at(b):
     if b not in points:
@@ -607,7 +619,10 @@ def plan(config, topology: str, *, batch_size: int | None = None, find_largest_b
       "jax": jax.__version__,
   }
   if find_largest_batch or not summary["fits"]:
-    lb = largest_batch(cfg, topo, devices, log=log)
+    steps = {k: v for k, v in compiled.items() if k not in ("init", "test_step")}
+    known = {cfg.batch_size // topo.num_chips: (
+        max(r["memory"]["peak"] for r in steps.values()), _fits(steps, topo.chip.hbm_bytes))}
+    lb = largest_batch(cfg, topo, devices, known=known if steps else None, log=log)
     report["largest_batch"] = lb
     if not summary["fits"]:
       refused = any(r["memory"].get("over_capacity") for r in compiled.values())
@@ -619,7 +634,7 @@ def plan(config, topology: str, *, batch_size: int | None = None, find_largest_b
       raise PlanError(
           f"{cfg.model.encoder} at batch {cfg.batch_size} ({cfg.batch_size // topo.num_chips} per "
           f"chip) needs {need} on {topo.name}, more than its "
-          f"{topo.chip.hbm_bytes / GIB:.0f} GiB; {largest}.")
+          f"{topo.chip.hbm_bytes / GIB:.0f} GiB; {largest}.", report)
   return report
 
 

@@ -8,6 +8,7 @@ and the grouped batch-norm of the ImageNet config leaves no per-layer all-reduce
 """
 
 import math
+import types
 
 import jax
 import pytest
@@ -169,26 +170,92 @@ def test_batch_that_does_not_divide_over_the_chips():
     plan.plan(_smoke("cifar10_alexnet", batch_size=12), "v5e-8")
 
 
-def test_config_that_does_not_fit_names_the_largest_batch_that_does():
-  # The narrow smoke network at 2^17 examples per chip overflows a v5e chip's 16 GiB (the
-  # shapes, not the program, grow: each compile takes as long as at batch 2).
-  c = _smoke("imagenet_vgg", batch_size=8 * 2**17, eval_batch_size=8)
-  c.model.bn_group_size = 0
-  c.ran.fused = True   # one program per compile
-  with pytest.raises(plan.PlanError, match=r"largest batch that fits is (\d+) per chip") as e:
-    plan.plan(c, "v5e-8")
-  per_chip = int(e.value.args[0].split("largest batch that fits is ")[1].split()[0])
-  assert 1000 <= per_chip < 2**17
-  topo = plan.parse_topology("v5e-8")
+class _Compiled:
+  """A stand-in for a TPU executable whose memory follows a line in the batch plus a
+  deterministic wobble (as small programs' layouts do), refused above `refuse_over`."""
+
+  def __init__(self, batch, fixed, per_example):
+    wobble = (batch * 7919 % 13 - 6) * per_example // 20
+    self.peak = fixed + per_example * batch + wobble
+
+  def memory_analysis(self):
+    return types.SimpleNamespace(argument_size_in_bytes=self.peak // 10, output_size_in_bytes=0,
+                                 alias_size_in_bytes=0, temp_size_in_bytes=self.peak
+                                 - self.peak // 10, generated_code_size_in_bytes=0)
+
+  def cost_analysis(self):
+    return {"flops": 1e9, "bytes accessed": 1e6}
+
+  def as_text(self):
+    return ""
+
+
+@pytest.mark.parametrize("start, fixed_gib, per_example_mib, refuse_over", [
+    (32, 2.0, 150.0, None),     # starts under: 32 and 64 give the line
+    (256, 2.0, 150.0, None),    # starts over: 256 and 128 give the line
+    (2**17, 1.0, 40.0, 1024),   # starts far over, refused by the compiler above 1024
+    (64, 15.5, 300.0, None),    # 1 per chip does not fit
+])
+def test_largest_batch_search(monkeypatch, start, fixed_gib, per_example_mib, refuse_over):
+  """The search on a stand-in compiler: the batch it names fits, 1/16 more does not (within
+  the wobble), and a start that the compiler refuses is handled like one that is over."""
   cap = plan.CHIPS["v5e"].hbm_bytes
+  fixed, per = int(fixed_gib * 2**30), int(per_example_mib * 2**20)
+  n = 8
 
-  def peak(per):
-    rep = plan.compile_program(c, topo, batch_size=8 * per, parts=("iteration",))
-    return rep["iteration"]["memory"]["peak"]
+  def fake(fn, args):
+    del fn
+    batch = args[-1]["image"].shape[0] // n
+    if refuse_over and batch > refuse_over:
+      raise jax.errors.JaxRuntimeError(
+          f"RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO "
+          f"temporaries ({_Compiled(batch, fixed, per).peak / 2**30:.2f}G) exceeds available "
+          f"HBM (15.75G).")
+    return _Compiled(batch, fixed, per)
 
-  assert peak(per_chip) <= cap
-  # The search steps down from the line's prediction by 1/16 at a time: 15 % more is over.
-  assert peak(int(per_chip * 1.15) + 1) > cap
+  monkeypatch.setattr(plan, "_compile", fake)
+  c = _smoke("mnist_lenet", batch_size=n * start)
+  c.ran.fused = True
+  lb = plan.largest_batch(c, plan.parse_topology("v5e-8"), log=lambda *_: None)
+  fits = [b for b in range(1, 4096) if _Compiled(b, fixed, per).peak <= cap]
+  if not fits:
+    assert lb["per_chip"] == lb["global"] == 0
+    return
+  truth = max(fits)
+  assert lb["global"] == n * lb["per_chip"]
+  assert _Compiled(lb["per_chip"], fixed, per).peak <= cap
+  assert truth * 15 // 16 - 1 <= lb["per_chip"] <= truth
+  assert len(lb["compiled"]) <= 6, lb["compiled"]
+
+
+def test_a_compile_refused_for_memory_does_not_fit(monkeypatch):
+  """The TPU compiler itself may refuse a program for HBM (RESOURCE_EXHAUSTED) instead of
+  returning one whose memory_analysis is over: that counts as not fitting, with the peak
+  estimated from the temporaries it names plus the arguments, and the search goes on."""
+  real = plan._compile  # pylint: disable=protected-access
+  calls = []
+
+  def refusing(fn, args):
+    batch = args[-1]["image"].shape[0] if isinstance(args[-1], dict) else 0
+    calls.append(batch)
+    if batch > 8 * 24:
+      raise jax.errors.JaxRuntimeError(
+          "RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO "
+          "temporaries (16.12G) exceeds available HBM (15.75G).")
+    return real(fn, args)
+
+  monkeypatch.setattr(plan, "_compile", refusing)
+  c = _smoke("mnist_lenet", batch_size=8 * 48, eval_batch_size=8)
+  c.ran.fused = True
+  with pytest.raises(plan.PlanError, match=r"needs at least 16\.\d\d GiB per chip") as e:
+    plan.plan(c, "v5e-8")
+  rep = e.value.report
+  refused = rep["hbm_per_chip"]["by_program"]["iteration"]
+  assert refused["over_capacity"] and refused["estimated"]
+  assert refused["peak"] == refused["arguments"] + int(16.12 * 2**30) > refused["arguments"] > 0
+  assert rep["fits"] is False
+  lb = rep["largest_batch"]
+  assert 1 <= lb["per_chip"] <= 24 and lb["compiled"]["48"]["fits"] is False
 
 
 def test_input_spec_needs_no_data():
