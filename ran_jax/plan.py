@@ -668,7 +668,7 @@ def markdown(reports: Sequence[dict]) -> str:
         f"| {'yes' if r['fits'] else 'NO'} | {lb} | {count} ({kinds}) | {nbytes / 1e6:.0f} MB "
         f"| {e['compute_s'] * 1e3:.1f} | {e['communication']['total_s'] * 1e3:.2f} "
         f"| {e['communication_fraction_of_compute'] * 100:.1f} % | {e['images_per_s']:.0f} "
-        f"| {e['epoch_hours']:.2f} | {e['run_chip_hours']:.0f} |")
+        f"| {e['epoch_hours']:.3g} | {e['run_chip_hours']:.3g} |")
   return "\n".join(rows) + (
       "\n\nEstimates from the compiled program (roofline lower bound and the stated "
       "communication model of `ran_jax.plan`), not measurements.\n")
