@@ -3,7 +3,9 @@
 JPEG decoding per core, today's pipeline and Grain, bench/input_bench.py);
 `python -m bench tasks ...`: the paper's accelerator tasks (bench/paper_tasks.py);
 `python -m bench robustness ...`: a config over seeds and conv paths (bench/robustness.py);
-`python -m bench attackers ...`: attacker training vs PyTorch (bench/attacker_bench.py)."""
+`python -m bench attackers ...`: attacker training vs PyTorch (bench/attacker_bench.py);
+`python -m bench levers ...`: what buys a defended config's accuracy back, on a validation split
+(bench/accuracy_levers.py)."""
 
 import sys
 
@@ -26,6 +28,10 @@ def main():
     from bench import robustness  # pylint: disable=g-import-not-at-top
 
     sys.exit(robustness.main(sys.argv[2:]))
+  elif sys.argv[1:2] == ["levers"]:
+    from bench import accuracy_levers  # pylint: disable=g-import-not-at-top
+
+    sys.exit(accuracy_levers.main(sys.argv[2:]))
   elif sys.argv[1:2] == ["attackers"]:
     from bench import attacker_bench  # pylint: disable=g-import-not-at-top
 

@@ -4,6 +4,7 @@ torch (the `[bench]` extra) is optional: the reference's tests skip without it, 
 where RAN_TEST_REQUIRE_BENCH=1 (.ci/run installs torch and sets it), where they fail.
 """
 
+import json
 import os
 import re
 
@@ -203,3 +204,46 @@ def test_robustness_attack_figures_and_report(tmp_path):
   robustness.write_report(args, runs, summary)
   md = (tmp_path / "robustness.md").read_text()
   assert "| seed2_fast | 0.9200 |" in md and "identity_clean" in md and "| 0.17 |" in md
+
+
+# ---------------------------------------------------------------- accuracy levers
+
+
+def test_accuracy_levers_score_held_out_training_rows_against_a_dnn_of_the_same_variant(tmp_path):
+  """Each variant is trained on the first part of the training split, once defended and once
+  as its DNN (every defence off), and both are scored on the held-out rest; a rerun reuses
+  the trainings; the test split is never the score."""
+  from bench import accuracy_levers
+  from ran_jax import configs, input_pipeline
+
+  wd = str(tmp_path / "levers")
+  argv = ["--config=digits_lenet:smoke", f"--workdir={wd}", "--variant=base:",
+          "--train_seeds=0", "--val_fraction=0.25", "--noise_draws=2",
+          "--config.model.feature_noise=0.5", "--config.export_deployment=False"]
+  assert accuracy_levers.main(argv) == 0
+  with open(os.path.join(wd, "levers.json")) as f:
+    report = json.load(f)
+  n_train = len(input_pipeline.load_dataset(configs.get_config("digits_lenet:smoke").data).train)
+  assert report["n_fit"] + report["n_val"] == n_train and report["n_val"] == round(n_train / 4)
+  for kind, noise, lam in (("defended", 0.5, None), ("dnn", 0.0, 1.0)):
+    with open(os.path.join(wd, f"base_{kind}_seed0", "config.json")) as f:
+      cfg = json.load(f)
+    assert cfg["data"]["train_limit"] == report["n_fit"]
+    assert cfg["model"]["feature_noise"] == noise
+    if lam is not None:
+      assert cfg["ran"]["lam"] == lam
+  # the score is the held-out rows' accuracy, recomputed here independently
+  src = input_pipeline.load_dataset(configs.get_config("digits_lenet:smoke").data)
+  held = src.train.get(np.arange(report["n_fit"], n_train))
+  from ran_jax import export
+
+  dnn = export.load_trained(os.path.join(wd, "base_dnn_seed0"))   # no release noise
+  logits = np.asarray(dnn.classify(dnn.features(held["image"])))
+  acc = float(np.mean(logits.argmax(-1) == held["label"]))
+  assert report["variants"]["base"]["runs"]["dnn_seed0"]["val_accuracy"] == pytest.approx(acc)
+  stamp = os.path.getmtime(os.path.join(wd, "base_dnn_seed0", "config.json"))
+  assert accuracy_levers.main(argv) == 0   # a rerun trains nothing again
+  assert os.path.getmtime(os.path.join(wd, "base_dnn_seed0", "config.json")) == stamp
+  with pytest.raises(SystemExit):
+    accuracy_levers.parse_args(["--config=x", "--workdir=y", "--variant=base:",
+                                "--val_fraction=1.5"])
