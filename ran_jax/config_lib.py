@@ -128,6 +128,14 @@ def base_config() -> ml_collections.ConfigDict:
   # data.attribute. Its Gaussian kernel's bandwidth (> 0) is relative to the batch's mean distance.
   c.ran.hsic = 0.0
   c.ran.hsic_bandwidth = 1.0  # > 0, a multiple of the batch's mean squared feature distance
+  # Distillation (docs/privacy_identity.md, "Accuracy"): the classifier's cross-entropy in
+  # the discriminative and adversarial stages mixed with the KL divergence from a trained
+  # teacher's softened predictions on the same (clean) training inputs:
+  # (1 - w) CE + w T^2 KL(teacher_T || classifier_T). The teacher is the export of another
+  # run's workdir (e.g. the DNN), read once at the start; not part of what is released.
+  c.ran.distill_from = ""      # a trained workdir ('' : none)
+  c.ran.distill_weight = 0.0   # w in [0, 1] (0: off, plain Algorithm 1)
+  c.ran.distill_temperature = 2.0  # T > 0
   # The attribute game (docs/privacy_identity.md): attribute heads on the released features
   # trained beside the decoders, and the encoder pushed to confuse them. Needs data.attribute.
   c.ran.attribute_weight = 0.0  # >= 0; weight of the heads' confusion loss in O_a (0: off)
@@ -346,6 +354,9 @@ def _rules() -> dict[str, Rule]:
       "ran.entangle_temperature": _number(0.0, lo_open=True),
       "ran.hsic": _number(0.0),
       "ran.hsic_bandwidth": _number(0.0, lo_open=True),
+      "ran.distill_from": ((lambda v: isinstance(v, str)), "a trained workdir, or '' (none)"),
+      "ran.distill_weight": _number(0.0, 1.0),
+      "ran.distill_temperature": _number(0.0, lo_open=True),
       "ran.attribute_heads": ((lambda v: _names_from(ATTRIBUTE_HEADS)[0](v) and len(v) > 0),
                               f"a non-empty tuple of names from {list(ATTRIBUTE_HEADS)}, "
                               "without duplicates"),
@@ -412,6 +423,11 @@ def validate_config(config, num_devices: int | None = None) -> None:
       problems.append(f"{field}={weight!r}: {what} needs a sensitive attribute in the data; "
                       "set data.attribute (e.g. 'subject' for uci_har, 'speaker' for "
                       "spoken_digit).")
+
+  weight = values.get("ran.distill_weight")
+  if _is_number(weight) and 0 < weight <= 1 and not values.get("ran.distill_from"):
+    problems.append(f"ran.distill_weight={weight!r}: distillation needs a teacher; set "
+                    "ran.distill_from to a trained workdir (e.g. the DNN's).")
 
   from ran_jax.data.datasets import BUILTIN_ATTRIBUTES
 

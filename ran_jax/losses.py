@@ -24,6 +24,21 @@ def cross_entropy(logits, labels):
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
+def task_loss(logits, labels, teacher_logits=None, weight: float = 0.0,
+              temperature: float = 1.0):
+  """The classifier's loss: the cross-entropy, or with a teacher (distillation, Hinton et
+  al. 2015) (1 - weight) CE + weight T^2 KL(softmax(teacher / T) || softmax(logits / T)),
+  batch means. KL is zero when the student's softened predictions equal the teacher's."""
+  ce = cross_entropy(logits, labels)
+  if teacher_logits is None or not weight:
+    return ce
+  t = float(temperature)
+  p = jax.nn.softmax(teacher_logits / t, axis=-1)
+  kl = jnp.sum(p * (jax.nn.log_softmax(teacher_logits / t, axis=-1)
+                    - jax.nn.log_softmax(logits / t, axis=-1)), axis=-1).mean()
+  return (1.0 - weight) * ce + weight * t * t * kl
+
+
 def cross_entropy_per_example(logits, labels):
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 

@@ -407,12 +407,21 @@ def feature_penalties(z, batch, models: RANModels, defences: Defences = NO_DEFEN
   return sum((p(z, batch, models) for p in defences.penalties), 0.0)
 
 
+def _task_loss(logits, batch, distill: tuple):
+  """The classifier's loss: cross-entropy, distilled when the batch carries a teacher's
+  logits (`batch['teacher']`) and `distill` = (weight, temperature) has a weight."""
+  weight, temperature = distill
+  return losses.task_loss(logits, batch["label"], batch.get("teacher"), weight, temperature)
+
+
 def discriminative_step(state: TrainState, batch, *, models: RANModels,
                         optimizer: optax.GradientTransformation,
-                        defences: Defences = NO_DEFENCES):
+                        defences: Defences = NO_DEFENCES, distill: tuple = (0.0, 1.0)):
   """Line 5 of Algorithm 1: update theta_e, theta_c minimising O_d (Eq. 2).
 
-  Plus the feature penalties (`feature_penalties`) when set.
+  Plus the feature penalties (`feature_penalties`) when set; with `distill` =
+  (weight, temperature) and a teacher in the batch, the cross-entropy is the distilled one
+  (`losses.task_loss`; 'disc/ce' still reports the plain cross-entropy).
   Reports only what the update computes (no decoder pass).
   """
   x, y = batch["image"], batch["label"]
@@ -422,9 +431,9 @@ def discriminative_step(state: TrainState, batch, *, models: RANModels,
     z, enc_stats = features(models, ec["encoder"], state.batch_stats["encoder"], x, True)
     logits = classify(models, ec["classifier"], release(models, z, _noise_key(rng)), True, rng)
     ce = losses.cross_entropy(logits, y)
-    loss = ce
+    loss = _task_loss(logits, batch, distill) if distill[0] else ce
     if defences.penalties:
-      loss = ce + feature_penalties(z, batch, models, defences)
+      loss = loss + feature_penalties(z, batch, models, defences)
     return loss, (enc_stats, logits, ce)
 
   ec = _ec(state.params)
@@ -496,14 +505,15 @@ def adversarial_step(state: TrainState, batch, *, models: RANModels,
                      recon_reduction: str = "sum", adversary_reduce: str = "min",
                      softmin_temperature: float = 1.0, warmup_steps: int = 0,
                      target_recon: float | None = None,
-                     defences: Defences = NO_DEFENCES):
+                     defences: Defences = NO_DEFENCES, distill: tuple = (0.0, 1.0)):
   """Line 8 of Algorithm 1: update theta_e, theta_c minimising O_a (Eq. 4), decoders frozen.
 
   The reconstruction term is the strongest decoder's error (`strongest`), capped at
   `target_recon` when a privacy target is set, and off during `warmup_steps`. With the
   attribute game, `defences.attribute_weight` x the attribute heads' mean confusion loss
   is added (heads frozen; also off during `warmup_steps`); the feature penalties of
-  `defences` too.
+  `defences` too. With `distill` (as in `discriminative_step`) the cross-entropy of Eq. 4
+  is the distilled one.
   Ends the Algorithm-1 iteration, so it advances `state.step`.
   """
   x, y = batch["image"], batch["label"]
@@ -526,7 +536,8 @@ def adversarial_step(state: TrainState, batch, *, models: RANModels,
       term = jnp.minimum(recon, target_recon)  # no gradient once the target is reached
     if warmup_steps:
       term = term * (state.step >= warmup_steps).astype(term.dtype)
-    loss = losses.adversarial_objective(ce, term, lam)
+    task = _task_loss(logits, batch, distill) if distill[0] else ce
+    loss = losses.adversarial_objective(task, term, lam)
     if defences.penalties:
       loss = loss + feature_penalties(z, batch, models, defences)
     confusion = None
@@ -636,9 +647,11 @@ def bind_stages(models: RANModels, optimizers, ran_config) -> StageFns:
   red = ran_config.recon_reduction
   every = int(ran_config.get("reinit_every_steps", 0))
   defences = Defences.from_config(ran_config)
+  distill = (float(ran_config.get("distill_weight", 0.0) or 0.0),
+             float(ran_config.get("distill_temperature", 1.0)))
   return StageFns(
       disc=functools.partial(discriminative_step, models=models, optimizer=optimizers["disc"],
-                             defences=defences),
+                             defences=defences, distill=distill),
       gen=functools.partial(generative_step, models=models, optimizer=optimizers["gen"],
                             recon_reduction=red),
       adv=functools.partial(
@@ -648,7 +661,7 @@ def bind_stages(models: RANModels, optimizers, ran_config) -> StageFns:
           softmin_temperature=float(ran_config.get("softmin_temperature", 1.0)),
           warmup_steps=int(ran_config.get("warmup_steps", 0)),
           target_recon=target_recon_error(ran_config, models.input_shape, models.value_range),
-          defences=defences),
+          defences=defences, distill=distill),
       reinit=(functools.partial(reinit_decoders, models=models, optimizer=optimizers["gen"],
                                 every=every) if every > 0 else None),
       ema=(functools.partial(update_ema, decay=float(ran_config.ema_decay))

@@ -11,6 +11,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from etils import epath
 
 from ran_jax import checkpointing, deploy, export, input_pipeline, losses, parallel, stages
@@ -20,6 +21,59 @@ from ran_jax.metric_writers import MetricWriter
 from ran_jax.program import InputSpec, build_program
 
 log = logging.getLogger("ran_jax")
+
+
+class TeacherSplit:
+  """A training split whose `get` also returns the teacher's logits ('teacher', [B, C])."""
+
+  def __init__(self, split, logits):
+    self.split, self.logits = split, logits
+
+  def __len__(self) -> int:
+    return len(self.split)
+
+  def __getattr__(self, name):   # attributes, order, ...: the wrapped split's
+    return getattr(self.split, name)
+
+  def get(self, indices) -> dict:
+    out = self.split.get(indices)
+    out["teacher"] = self.logits[np.asarray(indices)]
+    return out
+
+
+def teacher_logits(teacher, split, batch: int = 512) -> np.ndarray:
+  """[N, C] float32: `teacher`'s classifier on its clean features of every example (no
+  release noise: the teacher is a training aid, not a release)."""
+  fn = jax.jit(lambda x: teacher.classify(teacher.features(x)))
+  out = [np.asarray(fn(split.get(np.arange(s, min(s + batch, len(split))))["image"]),
+                    np.float32) for s in range(0, len(split), batch)]
+  return np.concatenate(out)
+
+
+def with_teacher(source, ran_config):
+  """`source` with the distillation teacher's logits on its training split (unchanged when
+  ran.distill_weight is 0). The teacher is the export of ran.distill_from."""
+  import dataclasses
+
+  from ran_jax.config_lib import ConfigError
+
+  if not float(ran_config.get("distill_weight", 0.0) or 0.0):
+    return source
+  where = ran_config.distill_from
+  try:
+    teacher = export.load_trained(where)
+  except FileNotFoundError as e:
+    raise ConfigError(f"ran.distill_from={where!r}: no finished run to distil from ({e})") from e
+  shape, classes = tuple(teacher.models.input_shape), int(teacher.models.num_classes)
+  if shape != tuple(source.input_shape) or classes != source.num_classes:
+    raise ConfigError(f"ran.distill_from={where!r}: the teacher takes {shape} inputs into "
+                      f"{classes} classes, this run's data {tuple(source.input_shape)} into "
+                      f"{source.num_classes}.")
+  t0 = time.perf_counter()
+  logits = teacher_logits(teacher, source.train)
+  log.info("Distilling from %s: teacher logits of %d training examples in %.1f s", where,
+           len(logits), time.perf_counter() - t0)
+  return dataclasses.replace(source, train=TeacherSplit(source.train, logits))
 
 
 class NonFiniteError(FloatingPointError):
@@ -111,7 +165,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   """
   validate_config(config, num_devices=jax.device_count())
   mesh = parallel.make_mesh(model_shards=config.model.get("classifier_shards", 1))
-  source = input_pipeline.load_dataset(config.data)
+  source = with_teacher(input_pipeline.load_dataset(config.data), config.ran)
   pipeline = input_pipeline.InputPipeline(source, config.batch_size, config.eval_batch_size,
                                           config.seed, mesh)
   spe = pipeline.steps_per_epoch
