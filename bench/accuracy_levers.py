@@ -42,12 +42,13 @@ def parse_args(argv):
                  help="held-out fraction of the training split")
   p.add_argument("--noise_draws", type=int, default=5, help="release-noise draws per score")
   args, rest = p.parse_known_args(argv)
+  from ran_jax import sweep
+
   args.overrides = {}
-  for item in rest:
+  for item in rest:   # parsed as a variant's overrides are (the same literal rules)
     if not item.startswith("--config.") or "=" not in item:
       p.error(f"unknown argument {item!r} (config overrides are --config.section.field=value)")
-    key, _, value = item[len("--config."):].partition("=")
-    args.overrides[key] = _literal(value)
+    args.overrides.update(sweep.parse_variant(f"cli:{item[2:]}")[1])
   if not args.variant:
     p.error("give at least one --variant (e.g. --variant='base:')")
   args.seeds = [int(s) for s in args.train_seeds.split(",") if s.strip()]
@@ -56,15 +57,6 @@ def parse_args(argv):
   if args.noise_draws < 1:
     p.error("--noise_draws must be >= 1")
   return args
-
-
-def _literal(value: str):
-  import ast
-
-  try:
-    return ast.literal_eval(value)
-  except (ValueError, SyntaxError):
-    return value
 
 
 def _variants(texts):

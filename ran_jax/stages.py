@@ -407,11 +407,14 @@ def feature_penalties(z, batch, models: RANModels, defences: Defences = NO_DEFEN
   return sum((p(z, batch, models) for p in defences.penalties), 0.0)
 
 
-def _task_loss(logits, batch, distill: tuple):
-  """The classifier's loss: cross-entropy, distilled when the batch carries a teacher's
-  logits (`batch['teacher']`) and `distill` = (weight, temperature) has a weight."""
+def _task_loss(ce, logits, batch, distill: tuple):
+  """The classifier's loss: its cross-entropy `ce`, or the distilled loss when the batch
+  carries a teacher's logits (`batch['teacher']`) and `distill` = (weight, temperature)
+  has a weight."""
   weight, temperature = distill
-  return losses.task_loss(logits, batch["label"], batch.get("teacher"), weight, temperature)
+  if not weight or "teacher" not in batch:
+    return ce
+  return losses.task_loss(logits, batch["label"], batch["teacher"], weight, temperature)
 
 
 def discriminative_step(state: TrainState, batch, *, models: RANModels,
@@ -431,7 +434,7 @@ def discriminative_step(state: TrainState, batch, *, models: RANModels,
     z, enc_stats = features(models, ec["encoder"], state.batch_stats["encoder"], x, True)
     logits = classify(models, ec["classifier"], release(models, z, _noise_key(rng)), True, rng)
     ce = losses.cross_entropy(logits, y)
-    loss = _task_loss(logits, batch, distill) if distill[0] else ce
+    loss = _task_loss(ce, logits, batch, distill)
     if defences.penalties:
       loss = loss + feature_penalties(z, batch, models, defences)
     return loss, (enc_stats, logits, ce)
@@ -536,8 +539,7 @@ def adversarial_step(state: TrainState, batch, *, models: RANModels,
       term = jnp.minimum(recon, target_recon)  # no gradient once the target is reached
     if warmup_steps:
       term = term * (state.step >= warmup_steps).astype(term.dtype)
-    task = _task_loss(logits, batch, distill) if distill[0] else ce
-    loss = losses.adversarial_objective(task, term, lam)
+    loss = losses.adversarial_objective(_task_loss(ce, logits, batch, distill), term, lam)
     if defences.penalties:
       loss = loss + feature_penalties(z, batch, models, defences)
     confusion = None
