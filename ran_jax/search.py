@@ -682,7 +682,9 @@ def _identity_front_lines(workdir: str, state: dict) -> list:
   figures.identity_front(pts, os.path.join(workdir, "front_identity.png"),
                          ref["identity"]["chance"], threshold=state["threshold"],
                          title=f"Explored front: {s['knob']} (identity, validation part)",
-                         xlabel="validation accuracy (service classifier)")
+                         xlabel="validation accuracy (service classifier)",
+                         label_only=ref["identity"].get("label_only"),
+                         label_only_person=ref["identity"].get("label_only_person"))
   n_rel = ref["identity"].get("person_releases")
   lines = [
       f"## Identity (attribute `{ref['identity']['attribute']}`): what chose the point", "",

@@ -391,9 +391,12 @@ def run_sweep(config, out: str, lams: Sequence[float] = PAPER_LAMS,
     pts = identity_rows(rows)
     if pts:
       chance = next(float(r["attribute_chance"]) for r in rows if r["attribute_chance"] != "")
+      floors = [next((r[c] for r in rows if r.get(c, "") not in ("", None)), None)
+                for c in ("attribute_label_only_top1", "attribute_label_only_person_top1")]
       figures.identity_front(pts, os.path.join(out, "pareto_identity.png"), chance,
                              title=f"{config.data.name}: task accuracy vs identity "
-                                   f"({attribute}) leakage")
+                                   f"({attribute}) leakage",
+                             label_only=floors[0], label_only_person=floors[1])
   return rows
 
 

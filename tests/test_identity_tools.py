@@ -301,3 +301,27 @@ def test_baseline_releases_for_the_identity_attack():
   np.testing.assert_allclose(comp @ comp.T, np.eye(3), atol=1e-5)
   noise = np.asarray(jax.random.laplace(k1, (40, 3))) * np.asarray(resized.scale)
   np.testing.assert_allclose((a - clean) @ comp.T, noise, atol=1e-4)
+
+
+def test_identity_front_draws_the_label_only_floor(tmp_path, monkeypatch):
+  """The front draws the label-only floors (one example, a person) as horizontal lines at
+  their values, labelled as such; without them no such line is drawn."""
+  from matplotlib import pyplot as plt
+
+  from ran_jax.privacy import figures
+
+  kept = []
+  monkeypatch.setattr(plt, "close", kept.append)
+  pts = [{"label": "a", "accuracy": 0.9, "single": 0.05, "clean": 0.2, "person": 0.07,
+          "worst": 0.2, "group": "g"}]
+  assert figures.identity_front(pts, str(tmp_path / "f.png"), 1 / 30, label_only=0.0479,
+                                label_only_person=0.0447)
+  assert figures.identity_front(pts, str(tmp_path / "g.png"), 1 / 30)
+
+  def floors(fig):
+    return {ln.get_label().rsplit(" ", 1)[0]: ln.get_ydata()[0]
+            for ln in fig.axes[0].get_lines() if "label-only" in ln.get_label()}
+
+  assert floors(kept[0]) == {"label-only floor, one example": pytest.approx(0.0479),
+                             "label-only floor, person": pytest.approx(0.0447)}
+  assert floors(kept[1]) == {}

@@ -211,14 +211,18 @@ IDENTITY_PARTS = (("single", "x", "one release"), ("clean", "s", "clean features
 
 def identity_front(points: list, path: str, chance: float, title: str = "",
                    threshold: Optional[float] = None,
-                   xlabel: str = "test accuracy (service classifier)") -> bool:
+                   xlabel: str = "test accuracy (service classifier)",
+                   label_only: Optional[float] = None,
+                   label_only_person: Optional[float] = None) -> bool:
   """Task accuracy vs identity top-1 (attribute inference). Returns False (no file) when
   no point has an identity score.
 
   points: dicts {'label', 'accuracy', 'single', 'clean', 'person', 'worst', 'group'}
   (None or '' where not measured); 'group' points are joined in the given order, and a
   point with 'highlight' is circled. The filled marker is the worst case of the three
-  settings, the small open ones each setting.
+  settings, the small open ones each setting. `label_only` (one example) and
+  `label_only_person` (examples of one person combined): the same attackers given only the
+  task label, the floor no representation that carries the task can go under; drawn when given.
   """
   pts = [p for p in points if not math.isnan(_f(p.get("worst")))]
   if not pts:
@@ -242,6 +246,10 @@ def identity_front(points: list, path: str, chance: float, title: str = "",
   for _, mk, text in IDENTITY_PARTS:
     ax.plot([], [], mk, color="gray", fillstyle="none", label=text)
   ax.axhline(chance, color="gray", ls=":", lw=1, label=f"chance {chance:.3g}")
+  for value, ls, text in ((label_only, "-.", "label-only floor, one example"),
+                          (label_only_person, (0, (1, 3)), "label-only floor, person")):
+    if value is not None and not math.isnan(_f(value)):
+      ax.axhline(_f(value), color="tab:red", ls=ls, lw=1, label=f"{text} {_f(value):.3g}")
   if threshold is not None:
     ax.axvline(threshold, color="gray", ls="--", lw=1,
                label=f"budget: accuracy >= {threshold:.4f}")
