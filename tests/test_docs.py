@@ -151,3 +151,20 @@ def test_readme_links_resolve():
   targets = re.findall(r"\]\(([^)\s]+)\)", readme) + re.findall(r"^\[\w+\]: (\S+)$", readme, re.M)
   local = [t.split("#")[0] for t in targets if not re.match(r"[a-z]+://", t)]
   assert local and [t for t in local if t and not os.path.exists(os.path.join(ROOT, t))] == []
+
+
+@pytest.mark.parametrize("task", ["har", "fsdd"])
+def test_identity_front_circles_the_recommended_config(task, tmp_path):
+  """docs/gen_fronts.py draws each front from the sweeps' CSVs in docs/data, and the point
+  it circles as the recommended config is one of their rows, drawn once (a renamed or
+  dropped point fails here)."""
+  spec = importlib.util.spec_from_file_location("gen_fronts", os.path.join(DOCS, "gen_fronts.py"))
+  fronts = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(fronts)
+  csvs, _, recommended, _ = fronts.FRONTS[task]
+  paths = [os.path.join(DOCS, "data", c) for c in csvs if os.path.exists(os.path.join(DOCS, "data", c))]
+  pts = fronts.front_points(paths, recommended)
+  assert [p["label"] for p in pts if p.get("highlight")] == [recommended]
+  assert len({(p["group"], p["label"]) for p in pts}) == len(pts)   # no point drawn twice
+  out = fronts.draw(task, out_dir=str(tmp_path))
+  assert os.path.getsize(out) > 10_000

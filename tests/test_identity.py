@@ -190,3 +190,27 @@ def test_format_identity_prints_every_setting(planted_result):
   assert "chance 0.2500" in text and "label only 0." in text
   for setting in ("single", "raw", "label only"):
     assert any(line.startswith(setting) for line in text.splitlines())
+
+
+def test_forest_finds_what_linear_and_distance_attackers_miss():
+  """An attribute in the signs of two features (an XOR, among 20 uninformative ones of a
+  larger scale): logistic regression cannot separate it and kNN is drowned by the other features,
+  the forest's axis-aligned splits name it; its probabilities have one column per attribute
+  value even when a value is absent from its fit data."""
+  rng = np.random.default_rng(0)
+
+  def data(n):
+    z = np.concatenate([rng.uniform(-1, 1, (n, 2)), rng.normal(0, 3, (n, 20))], 1)
+    return z.astype(np.float32), ((z[:, 0] > 0) ^ (z[:, 1] > 0)).astype(np.int64)
+
+  (zf, af), (zv, av), (zt, at) = data(1500), data(300), data(600)
+  cfg = identity.IdentityConfig(**FAST)
+  top1 = {}
+  for fam in ("logreg", "knn", "forest"):
+    proba, chosen = identity.fit_attacker(fam, zf, af, zv, av, 3, cfg, seed=0)
+    p = proba(zt)
+    assert p.shape == (600, 3) and np.allclose(p.sum(1), 1.0)
+    top1[fam] = float((p.argmax(-1) == at).mean())
+  assert top1["forest"] > 0.85, top1
+  assert top1["logreg"] < 0.6 and top1["knn"] < top1["forest"] - 0.1, top1
+  assert chosen["min_samples_leaf"] in cfg.forest_min_leaf

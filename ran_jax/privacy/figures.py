@@ -219,7 +219,7 @@ def identity_front(points: list, path: str, chance: float, title: str = "",
 
   points: dicts {'label', 'accuracy', 'single', 'clean', 'person', 'worst', 'group'}
   (None or '' where not measured); 'group' points are joined in the given order, and a
-  point with 'highlight' is circled. The filled marker is the worst case of the three
+  point with 'highlight' is circled (a string 'highlight' is its legend text, else 'chosen'). The filled marker is the worst case of the three
   settings, the small open ones each setting. `label_only` (one example) and
   `label_only_person` (examples of one person combined): the same attackers given only the
   task label, the floor no representation that carries the task can go under; drawn when given.
@@ -227,9 +227,11 @@ def identity_front(points: list, path: str, chance: float, title: str = "",
   pts = [p for p in points if not math.isnan(_f(p.get("worst")))]
   if not pts:
     return False
-  fig, ax = plt.subplots(figsize=(8, 5))
-  colors = iter(plt.rcParams["axes.prop_cycle"].by_key()["color"])
-  for group in dict.fromkeys(p.get("group", "") for p in pts):
+  fig, ax = plt.subplots(figsize=(10, 5))
+  groups = list(dict.fromkeys(p.get("group", "") for p in pts))
+  palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+  colors = iter(palette if len(groups) <= len(palette) else plt.cm.tab20.colors)
+  for group in groups:
     gp = [p for p in pts if p.get("group", "") == group]
     color = next(colors, "k")
     ax.plot([_f(p["accuracy"]) for p in gp], [_f(p["worst"]) for p in gp],
@@ -241,8 +243,9 @@ def identity_front(points: list, path: str, chance: float, title: str = "",
         ax.plot(_f(p["accuracy"]), _f(p.get(key)), mk, color=color, ms=5, fillstyle="none",
                 alpha=0.6)
       if p.get("highlight"):
+        text = p["highlight"] if isinstance(p["highlight"], str) else "chosen"
         ax.plot(_f(p["accuracy"]), _f(p["worst"]), "o", ms=15, mfc="none", color="k",
-                label=f"chosen {p['label']}")
+                label=f"{text}: {p['label']}")
   for _, mk, text in IDENTITY_PARTS:
     ax.plot([], [], mk, color="gray", fillstyle="none", label=text)
   ax.axhline(chance, color="gray", ls=":", lw=1, label=f"chance {chance:.3g}")
@@ -258,7 +261,7 @@ def identity_front(points: list, path: str, chance: float, title: str = "",
   ax.set_ylabel("identity top-1 (attribute attackers trained after freezing)")
   ax.set_title(title or "Task accuracy vs identity leakage", fontsize=10)
   ax.grid(alpha=0.3)
-  ax.legend(fontsize=7, loc="best")
+  ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
