@@ -99,6 +99,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.bottleneck_kind = "dense"  # 'dense' (flat [d] features) or 'conv1x1' ([h, w, d])
   c.model.feature_noise = 0.0  # std (>= 0) of Gaussian noise on the released (tanh-bounded)
                                # features, in training AND at inference; part of the phone-side E
+  # >= 0; > 0: the clean features are rounded to the nearest multiple of this step before the
+  # release noise (training: straight-through gradient), so averaging releases converges to
+  # the rounded features: detail finer than the step (saturated tanh channels keep who the
+  # person is in it) is not released at all. Part of the phone-side E (docs/privacy_identity.md).
+  c.model.release_step = 0.0
 
   c.ran = ml_collections.ConfigDict()
   c.ran.k = 3                  # >= 1 inner (discriminative, generative) pairs per mini-batch
@@ -330,6 +335,7 @@ def _rules() -> dict[str, Rule]:
                                "0 (no bottleneck) or an integer >= 1"),
       "model.bottleneck_kind": _one_of(BOTTLENECK_KINDS),
       "model.feature_noise": _number(0.0),
+      "model.release_step": _number(0.0),
 
       "ran.k": (_int_at_least(1)[0], "an integer >= 1 (the paper uses k=3)"),
       "ran.lam": _number(0.0, 1.0, text="lambda must be a number in [0, 1] (Eq. 4 weighs "

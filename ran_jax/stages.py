@@ -216,13 +216,24 @@ def _noise_key(rng):
   return jax.random.fold_in(rng, 0x6E6F6973)  # its own stream, apart from dropout
 
 
+def round_to_step(z, step: float):
+  """`z` rounded to the nearest multiple of `step` (0: unchanged), with the identity's
+  gradient (straight-through), so the encoder trains through the rounding."""
+  if not step:
+    return z
+  s = jnp.asarray(step, z.dtype)
+  return z + jax.lax.stop_gradient(jnp.round(z / s) * s - z)
+
+
 def features(models, params, stats, x, train: bool):
-  """The encoder's (bounded) features before any noise; in train mode also new statistics."""
+  """The encoder's (bounded) features before any noise, rounded to `model.release_step`
+  when set (the clean features a release carries); in train mode also new statistics."""
   variables = {"params": params, "batch_stats": stats}
+  step = getattr(models, "release_step", 0.0)
   if train:
     z, upd = models.encoder.apply(variables, x, train=True, mutable=["batch_stats"])
-    return z, upd["batch_stats"]
-  return models.encoder.apply(variables, x, train=False), stats
+    return round_to_step(z, step), upd["batch_stats"]
+  return round_to_step(models.encoder.apply(variables, x, train=False), step), stats
 
 
 def release(models, z, rng):

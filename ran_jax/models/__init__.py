@@ -41,6 +41,7 @@ def build_models(model_config, input_shape, num_classes, value_range, ran_config
                    bottleneck_dim=model_config.get("bottleneck_dim", 0),
                    bottleneck_kind=model_config.get("bottleneck_kind", "dense"),
                    feature_noise=model_config.get("feature_noise", 0.0),
+                   release_step=model_config.get("release_step", 0.0),
                    extra_decoders=tuple(ran.get("extra_decoders", ())),
                    mlp_decoder_hidden=tuple(ran.get("mlp_decoder_hidden", (1024,))),
                    wide_decoder_mult=ran.get("wide_decoder_mult", 2),

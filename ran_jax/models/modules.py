@@ -394,7 +394,8 @@ class RANModels:
                conv_impl: str = "auto", bottleneck_dim: int = 0, bottleneck_kind: str = "dense",
                feature_noise: float = 0.0, extra_decoders=(), mlp_decoder_hidden=(1024,),
                wide_decoder_mult: int = 2, num_attributes: int = 0, attribute_heads=(),
-               attribute_hidden=(256,), bn_group_size: int = 0, remat: str = "none"):
+               attribute_hidden=(256,), bn_group_size: int = 0, remat: str = "none",
+               release_step: float = 0.0):
     _check_impl(conv_impl)
     if bottleneck_kind not in BOTTLENECK_KINDS:
       raise ValueError(f"bottleneck_kind must be one of {BOTTLENECK_KINDS}, "
@@ -407,6 +408,7 @@ class RANModels:
     self.num_classes = num_classes
     self.conv_impl = conv_impl
     self.feature_noise = float(feature_noise)
+    self.release_step = float(release_step or 0.0)
     vr = tuple(float(v) for v in value_range)
     self.value_range = vr
     bn = dict(bottleneck_dim=int(bottleneck_dim), bottleneck_kind=bottleneck_kind,
