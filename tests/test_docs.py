@@ -162,7 +162,7 @@ def test_identity_front_circles_the_recommended_config(task, tmp_path):
   fronts = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(fronts)
   csvs, _, recommended, _ = fronts.FRONTS[task]
-  paths = [os.path.join(DOCS, "data", c) for c in csvs if os.path.exists(os.path.join(DOCS, "data", c))]
+  paths = [p for p in (os.path.join(DOCS, "data", c) for c in csvs) if os.path.exists(p)]
   pts = fronts.front_points(paths, recommended)
   assert [p["label"] for p in pts if p.get("highlight")] == [recommended]
   assert len({(p["group"], p["label"]) for p in pts}) == len(pts)   # no point drawn twice

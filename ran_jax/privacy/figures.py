@@ -219,8 +219,9 @@ def identity_front(points: list, path: str, chance: float, title: str = "",
 
   points: dicts {'label', 'accuracy', 'single', 'clean', 'person', 'worst', 'group'}
   (None or '' where not measured); 'group' points are joined in the given order, and a
-  point with 'highlight' is circled (a string 'highlight' is its legend text, else 'chosen'). The filled marker is the worst case of the three
-  settings, the small open ones each setting. `label_only` (one example) and
+  point with 'highlight' is circled (a string 'highlight' is its legend text, else
+  'chosen'). The filled marker is the worst case of the three settings, the small open ones
+  each setting. `label_only` (one example) and
   `label_only_person` (examples of one person combined): the same attackers given only the
   task label, the floor no representation that carries the task can go under; drawn when given.
   """
