@@ -99,10 +99,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.bottleneck_kind = "dense"  # 'dense' (flat [d] features) or 'conv1x1' ([h, w, d])
   c.model.feature_noise = 0.0  # std (>= 0) of Gaussian noise on the released (tanh-bounded)
                                # features, in training AND at inference; part of the phone-side E
-  # >= 0; > 0: the clean features are rounded to the nearest multiple of this step before the
-  # release noise (training: straight-through gradient), so averaging releases converges to
-  # the rounded features: detail finer than the step (saturated tanh channels keep who the
-  # person is in it) is not released at all. Part of the phone-side E (docs/privacy_identity.md).
+  # >= 0; > 0: what the phone releases is the clean features rounded to the nearest multiple
+  # of this step, plus the noise, so averaging releases converges to the rounded features:
+  # detail finer than the step (saturated tanh channels keep who the person is in it) is not
+  # released at all. Training does not round (evaluation, export and the phone do); part of
+  # the phone-side E (docs/privacy_identity.md).
   c.model.release_step = 0.0
 
   c.ran = ml_collections.ConfigDict()

@@ -226,14 +226,20 @@ def round_to_step(z, step: float):
 
 
 def features(models, params, stats, x, train: bool):
-  """The encoder's (bounded) features before any noise, rounded to `model.release_step`
-  when set (the clean features a release carries); in train mode also new statistics."""
+  """The encoder's (bounded) features before any noise; in train mode also new statistics.
+
+  Outside training they are rounded to `model.release_step` when set: the clean features
+  a release carries (evaluation, export, attacks, the phone). Training sees them unrounded:
+  trained through the rounding (straight-through), the spoken-digit encoder put the speaker
+  into which grid cell a feature falls in, and one release named it more often
+  (docs/privacy_identity.md).
+  """
   variables = {"params": params, "batch_stats": stats}
-  step = getattr(models, "release_step", 0.0)
   if train:
     z, upd = models.encoder.apply(variables, x, train=True, mutable=["batch_stats"])
-    return round_to_step(z, step), upd["batch_stats"]
-  return round_to_step(models.encoder.apply(variables, x, train=False), step), stats
+    return z, upd["batch_stats"]
+  z = models.encoder.apply(variables, x, train=False)
+  return round_to_step(z, getattr(models, "release_step", 0.0)), stats
 
 
 def release(models, z, rng):

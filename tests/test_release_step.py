@@ -1,5 +1,6 @@
 """`model.release_step`: the clean features rounded to a grid before the release noise, in
-training (straight-through), in the exported networks and in the phone's LiteRT encoder."""
+evaluation, the exported networks and the phone's LiteRT encoder; training sees them
+unrounded."""
 
 import jax
 import jax.numpy as jnp
@@ -67,6 +68,11 @@ def test_exported_encoder_releases_rounded_features_plus_noise(run):
                                          trained.batch_stats["encoder"], x, False)[0])
   np.testing.assert_allclose(z, np.round(unrounded / STEP) * STEP, atol=1e-5)
   assert np.abs(z - unrounded).max() > 1e-3
+  # training sees unrounded features (batch statistics there, so compared only to the grid)
+  z_train, _ = stages.features(trained.models, trained.params["encoder"],
+                               trained.batch_stats["encoder"], x, True)
+  off_grid = np.abs(np.asarray(z_train) / STEP - np.round(np.asarray(z_train) / STEP))
+  assert off_grid.max() > 1e-3
 
 
 @pytest.mark.slow  # TensorFlow's conversion: about 10 s
