@@ -8,7 +8,8 @@ rows, then every row of a later CSV whose (method, setting) is new (a later swee
 reproduced a point does not draw it twice). Beside chance it draws the label-only floors
 (the same attackers given only the task label: one example, and the examples of one
 person combined) from docs/data/label_only_<task>.json (`python -m bench.label_floor`),
-and circles the point of the recommended config.
+and circles the point of the recommended config (its weights; the fronts were swept before
+the release was rounded, `model.release_step`).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def front_points(csv_paths, recommended: str = "") -> list:
   pts = sweep.identity_rows(rows)
   for p in pts:
     if p["label"] == recommended:
-      p["highlight"] = "recommended config"
+      p["highlight"] = "recommended config (release not rounded)"
   return pts
 
 
