@@ -76,6 +76,8 @@ BAD_VALUES = [
     ("model.bottleneck_kind", "conv3x3", "allowed values are ['dense', 'conv1x1']"),
     ("model.feature_noise", -0.1, "a finite number >= 0"),
     ("model.feature_noise", float("nan"), "a finite number >= 0"),
+    ("model.release_step", -0.5, "a finite number >= 0"),
+    ("model.release_step", float("inf"), "a finite number >= 0"),
     ("ran.k", 0, "an integer >= 1 (the paper uses k=3)"),
     ("ran.k", 2.0, "an integer >= 1"),
     ("ran.lam", 1.5, "lambda must be a number in [0, 1]"),

@@ -34,8 +34,9 @@ accuracy 0.9722, 20.6 %, 27.6 % and 93.4 %.
 
 What it does not protect: an attacker who averages many releases of the *same* recording
 (sent again with fresh noise) approaches the rounded clean features, which still name the
-speaker 43 % of the time; the phone client's `--release_policy=per_input` makes an identical input release
-an identical vector, so resending it reveals nothing new (docs/deploy.md).
+speaker 43 % of the time; the phone client's `--release_policy=per_input` makes an
+identical input release an identical vector, so resending it reveals nothing new
+(docs/deploy.md).
 Smoke variant for tests: configs/ubisound_lenet_private.py:smoke.
 """
 
