@@ -17,9 +17,10 @@ generative stage and is reported, never used as privacy evidence.
 Measured (docs/privacy.md; 3 trainings of 3 epochs under the shipped schedule; attackers
 trained after freezing on all 60,000 training images' noisy releases, and again on their
 clean features, worst case over the mirrored and MLP decoders and ridge on the 10,000 test
-images): test accuracy 0.9883 (0.9879-0.9888) vs the undefended DNN's 0.9924 (0.41 points);
-worst-case reconstruction error (sum over 784 pixels in [0, 1]) 40.7 vs DNN's 3.64 (11.2x)
-for one release, and 34.0 (33.7-34.2, 9.4x) from the clean features, which an attacker
+images, fits run to convergence): test accuracy 0.9883 (0.9879-0.9888) vs the undefended
+DNN's 0.9924 (0.41 points); worst-case reconstruction error (sum over 784 pixels in [0, 1])
+40.4 vs DNN's 3.64 (11.1x) for one release, and 30.2 (29.7-30.5, 8.3x) from the clean
+features, which an attacker
 averaging many releases of one image approaches. At compactness 1.0 (the previous setting)
 the clean features gave 27.3 (7.6x, one training) at accuracy 0.9889. The label-only
 ceiling, the class-mean image, is 41.5: from one release the attackers rebuild the digit's
