@@ -218,7 +218,7 @@ def _noise_key(rng):
 
 def round_to_step(z, step: float):
   """`z` rounded to the nearest multiple of `step` (0: unchanged), with the identity's
-  gradient (straight-through), so the encoder trains through the rounding."""
+  gradient (straight-through), so a function of the release stays differentiable in z."""
   if not step:
     return z
   s = jnp.asarray(step, z.dtype)
