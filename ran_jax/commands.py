@@ -104,7 +104,13 @@ def run_app(main: Callable, doc: str, argv: Optional[Sequence[str]] = None,
       sys.exit(0)
     return config_lib.parse_flags_or_exit(args)
 
-  app.run(main, argv=argv, flags_parser=parse)
+  def start(args):
+    from ran_jax import parallel
+
+    parallel.cpu_unless_accelerator()   # no TPU runtime errors on a machine without a TPU
+    return main(args)
+
+  app.run(start, argv=argv, flags_parser=parse)
 
 
 # ---------------------------------------------------------------- shared flags

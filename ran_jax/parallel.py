@@ -112,6 +112,65 @@ def to_global(batch: dict, mesh) -> dict:
           for k, v in batch.items()}
 
 
+# Devices that mean "an accelerator may be here": JAX's own probes (jax._src.hardware_utils)
+# look for the same files. A Google PCI device other than its network card (gVNIC, 0x0042)
+# counts as a TPU chip, so that a generation newer than this list is never hidden.
+_GOOGLE_PCI_VENDOR = "0x1ae0"
+_GOOGLE_NON_TPU_DEVICES = frozenset({"0x0042"})
+_ACCELERATOR_DEVICE_FILES = ("dev/nvidia0", "dev/nvidiactl", "dev/dxg", "dev/kfd")
+_ACCELERATOR_DEVICE_GLOBS = ("dev/accel[0-9]*", "dev/vfio/[0-9]*")
+
+
+def host_accelerators(root: str = "/") -> list:
+  """What on this host may be an accelerator: device files and Google PCI devices (TPU
+  chips), as paths under `root`; [] on a CPU-only machine."""
+  import glob
+  import os
+
+  found = [os.path.join(root, f) for f in _ACCELERATOR_DEVICE_FILES
+           if os.path.exists(os.path.join(root, f))]
+  for pattern in _ACCELERATOR_DEVICE_GLOBS:
+    found += sorted(glob.glob(os.path.join(root, pattern)))
+  for vendor in sorted(glob.glob(os.path.join(root, "sys/bus/pci/devices/*/vendor"))):
+    try:
+      with open(vendor) as f:
+        if f.read().strip() != _GOOGLE_PCI_VENDOR:
+          continue
+      with open(os.path.join(os.path.dirname(vendor), "device")) as f:
+        device = f.read().strip()
+    except OSError:
+      continue
+    if device not in _GOOGLE_NON_TPU_DEVICES:
+      found.append(os.path.dirname(vendor))
+  return found
+
+
+def cpu_unless_accelerator(environ=None, root: str = "/") -> str | None:
+  """Runs JAX on the CPU when this host has no accelerator and the user chose no platform.
+
+  Left to itself, JAX tries every backend it finds installed: with `libtpu` installed (the
+  `[tpu-plan]` extra, for `ran-plan`) it loads the TPU runtime even on a machine with no
+  TPU, which prints `Failed to find host bounds`, `TPU_WORKER_HOSTNAMES` errors and
+  `Unable to initialize backend 'tpu'` (and, beside another JAX process, advice to delete
+  the runtime's lockfile, which would break that process). On a host with no accelerator
+  the CPU is the only backend JAX could pick, so naming it changes no result. A set
+  JAX_PLATFORMS (even empty), JAX_FORCE_TPU_INIT, or any accelerator device on the host
+  leaves the choice to JAX. Every command calls this before JAX starts a backend.
+
+  Returns 'cpu' when it chose the CPU, else None.
+  """
+  import os
+  import sys
+
+  env = os.environ if environ is None else environ
+  if "JAX_PLATFORMS" in env or "JAX_FORCE_TPU_INIT" in env or host_accelerators(root):
+    return None
+  env["JAX_PLATFORMS"] = "cpu"   # read by JAX when imported, and by child processes
+  if environ is None and "jax" in sys.modules:   # JAX imported already: its config too
+    jax.config.update("jax_platforms", "cpu")   # (no effect once a backend has started)
+  return "cpu"
+
+
 def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
                            process_id: int | None = None) -> bool:
   """Starts `jax.distributed` when this run spans several processes.

@@ -49,7 +49,8 @@ GIB = 1 << 30
 TRAIN_EXAMPLES = {"imagenet2012": 1_281_167, "cifar10": 50_000, "mnist": 60_000, "digits": 1_437}
 LAUNCH_US = 5.0     # fixed cost of one collective (us), a stated assumption
 HOP_US = 1.0        # per ring hop (us), a stated assumption (ICI link latency order)
-LIBTPU_INSTALL = 'pip install "libtpu==0.0.42.*"   (or: pip install "jax[tpu]==0.10.2")'
+LIBTPU_INSTALL = ('pip install "libtpu==0.0.42.*" (the [tpu-plan] extra: pip install -e '
+                  '".[tpu-plan]" in a checkout; or: pip install "jax[tpu]==0.10.2")')
 
 
 class PlanError(ValueError):
@@ -184,6 +185,10 @@ def topology_devices(topo: Topology) -> list:
   # this host has no TPU metadata server to ask.
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+  # What a TPU VM's metadata would tell the runtime; without them libtpu prints errors about
+  # TPU_WORKER_HOSTNAMES and the host bounds. The topology compiled is the one asked for.
+  os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+  os.environ.setdefault("TPU_ACCELERATOR_TYPE", topo.accelerator_type)
   try:
     from jax.experimental import topologies
   except ImportError as e:  # pragma: no cover - part of jax

@@ -64,3 +64,17 @@ def bench_torch():
     import torch
     return torch
   return pytest.importorskip("torch")
+
+
+def tpu_plan_libtpu():
+  """libtpu, from the `[tpu-plan]` extra (ran-plan's ahead-of-time TPU compilation).
+
+  Without it the calling test module skips, as after the dev install alone; where
+  RAN_TEST_REQUIRE_TPU_PLAN=1 (.ci/run, which installs it) a missing libtpu fails it.
+  """
+  import pytest
+
+  if os.environ.get("RAN_TEST_REQUIRE_TPU_PLAN") == "1":
+    import libtpu
+    return libtpu
+  return pytest.importorskip("libtpu", reason='the [tpu-plan] extra: pip install -e ".[tpu-plan]"')

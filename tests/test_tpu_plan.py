@@ -1,6 +1,7 @@
 """Ahead-of-time compilation for Cloud TPU slices (`ran_jax.plan`), on this CPU host.
 
-libtpu is part of the dev install: these tests fail, not skip, without it. They compile
+libtpu is the `[tpu-plan]` extra: without it these tests skip, except where
+RAN_TEST_REQUIRE_TPU_PLAN=1 (.ci/run installs it and sets it), where they fail. They compile
 the smoke variants of the ImageNet and CIFAR-10 configs for real TPU topologies (one
 host and several) and check what a run on the slice depends on: the program fits the
 chip's HBM, the batch is sharded over the data axis, no all-gather of the batch appears,
@@ -15,8 +16,9 @@ import pytest
 
 from ran_jax import configs, plan
 from ran_jax.program import InputSpec
+from tests.helpers import tpu_plan_libtpu
 
-import libtpu  # noqa: F401  (a pinned dev dependency: fail here rather than skip)
+tpu_plan_libtpu()
 
 
 def _smoke(name, **overrides):
