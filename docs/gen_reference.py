@@ -86,6 +86,11 @@ def _value(v) -> str:
   return f"`{v!r}`"
 
 
+def _described(allowed) -> str:
+  """A rule's description of the allowed values (a callable describes a value; None: in general)."""
+  return allowed(None) if callable(allowed) else allowed
+
+
 def config_reference() -> str:
   from ran_jax import config_lib, configs
 
@@ -126,7 +131,7 @@ def config_reference() -> str:
       header = False
     meaning = inline or block
     lines.append(f"| `{path}` | {_cell(_value(defaults[path]))} | "
-                 f"{_cell(_allowed(rules[path][1]))} | {_cell(meaning)} |")
+                 f"{_cell(_allowed(_described(rules[path][1])))} | {_cell(meaning)} |")
   lines += [
       "",
       "## Packaged configs",

@@ -143,12 +143,14 @@ def model_fingerprint(config, input_spec) -> dict:
   Defence fields enter only when set, so checkpoints of the paper's RAN keep their
   digest across versions.
   """
+  from ran_jax.data import own
+
   m, r = config.model, config.ran
   desc = {
       "encoder": m.encoder,
       "widths": list(m.widths) if m.get("widths") else None,
       "classifier_hidden": list(m.classifier_hidden),
-      "dataset": config.data.name,
+      "dataset": own.data_identity(config.data.name),   # own data: its resolved path
       "input_shape": list(input_spec.input_shape),
       "num_classes": int(input_spec.num_classes),
   }

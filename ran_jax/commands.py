@@ -16,7 +16,7 @@ reads and writes into), `--out` only ever a file; `--config=NAME[:smoke]` with
 `--config.<section>.<field>=VALUE` overrides (a sweep's per-variant overrides are
 spelled the same, `--variant='NAME:config.<section>.<field>=VALUE,...'`); one name
 per seed (`--attacker_seed`: the attackers' split and fits; `--noise_seed`: the
-deployed release noise; `--config.seed`: the training); `--preset=light|strong` for
+deployed release noise; `--config.seed`: the training); `--preset=light|thorough` for
 how hard the attackers try; `--attribute` wherever identity is measured. Older
 spellings (`RENAMED`) still work for one release and print the new one.
 
@@ -34,6 +34,7 @@ import types
 from typing import Callable, Optional, Sequence
 
 HELP_FLAGS = ("--help", "-help", "-h", "-?", "--helpshort", "-helpshort")
+VERSION_FLAGS = ("--version", "-version", "-V")
 
 # Old flag spellings -> the new ones, per command (kept for one release, with a note).
 RENAMED = {
@@ -82,12 +83,31 @@ def rename_flags(argv: Sequence[str], renamed: dict) -> list:
   return out
 
 
+def command_name(argv0: str) -> str:
+  """The console command a process runs as: 'ran-train' for the console script, for
+  `python -m ran_jax.train` (argv[0] .../ran_jax/train.py) and for `python train.py`."""
+  import os
+
+  base = os.path.basename(argv0)
+  if base == "__main__.py":   # a package's __main__ (python -m ran_jax.deploy)
+    base = os.path.basename(os.path.dirname(argv0))
+  base = base[:-3] if base.endswith(".py") else base
+  return base if base.startswith("ran-") else "ran-" + base
+
+
+def version_line(argv0: str) -> str:
+  """What `--version` prints, e.g. 'ran-train (ran_jax) 0.1.0'."""
+  from ran_jax import __version__
+
+  return f"{command_name(argv0)} (ran_jax) {__version__}"
+
+
 def run_app(main: Callable, doc: str, argv: Optional[Sequence[str]] = None,
             renamed: Optional[dict] = None) -> None:
   """absl's `app.run(main)` with the project's flag parsing (`config_lib.parse_flags_or_exit`:
   bad flags and config values end with `error: ...`, exit 2), old flag spellings
-  (`renamed`: {old: new}) rewritten with a note, and a `--help` that names the command's
-  flags (exit 0)."""
+  (`renamed`: {old: new}) rewritten with a note, a `--help` that names the command's
+  flags (exit 0) and a `--version` (exit 0)."""
   from absl import app
 
   from ran_jax import config_lib
@@ -98,6 +118,9 @@ def run_app(main: Callable, doc: str, argv: Optional[Sequence[str]] = None,
   show_library_flags_in_help()
 
   def parse(args):
+    if any(a in VERSION_FLAGS for a in args[1:]):
+      print(version_line(args[0]))
+      sys.exit(0)
     if any(a in HELP_FLAGS for a in args[1:]):
       app.usage(shorthelp=True, writeto_stdout=True)
       print("Try --helpfull to get a list of all flags (absl's and JAX's too).")
@@ -124,7 +147,7 @@ def define_attack_flags() -> None:
   from ran_jax.privacy import protocol
 
   flags.DEFINE_enum("preset", "light", list(PRESETS),
-                    "How hard the attackers try. " + "; ".join(
+                    "The attacker budget: what the searched attackers may try. " + "; ".join(
                         f"{k}: {p.describe()}" for k, p in PRESETS.items())
                     + ". --attackers and --attack_max_epochs override the preset's.")
   flags.DEFINE_list("attackers", None, "Reconstruction attacker families to train, from "
@@ -151,12 +174,13 @@ def define_identity_flags() -> None:
   flags.DEFINE_string("attribute", None,
                       "Sensitive attribute to infer (e.g. subject, speaker); default: the "
                       "config's data.attribute; '' skips the attribute attacks.")
-  flags.DEFINE_list("identity_attackers", list(identity.FAMILIES), "Attribute attacker families.")
+  flags.DEFINE_list("identity_attackers", None, "Attribute attacker families, from "
+                    f"{list(identity.FAMILIES)} (default: the budget's, --preset).")
   flags.DEFINE_integer("identity_seeds", 3, "Seeds per attribute attacker (release noise, init).")
   flags.DEFINE_list("releases", None,
                     "N of the 'mean of N releases of one input' threats (noisy releases), "
-                    "besides one release and the clean features (default: the preset's; "
-                    "light: none, strong: 4,16).")
+                    "besides one release and the clean features (default: the budget's; "
+                    "light: none, thorough: 4,16).")
   flags.DEFINE_integer("person_releases", 10,
                        "Releases of different inputs of one person an attacker combines (0: off).")
   flags.DEFINE_integer("person_groups", 1000, "Random groups of person_releases scored.")

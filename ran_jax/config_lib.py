@@ -278,7 +278,22 @@ def _names_from(allowed):
   return ok, f"a tuple of names from {allowed}, without duplicates"
 
 
-Rule = tuple[Callable[[Any], bool], str]
+# (check, what is allowed): the description is a string, or a function of the refused value.
+Rule = tuple[Callable[[Any], bool], "str | Callable[[Any], str]"]
+
+
+def _dataset_problem(name, datasets) -> str:
+  """Why `data.name` names no dataset: a path of own data that does not exist is named as
+  missing (not as an unknown dataset)."""
+  import os
+
+  if isinstance(name, str) and (name.endswith(".npz") or os.sep in name
+                                or name.startswith(("~", "."))):
+    path = os.path.abspath(os.path.expanduser(name))
+    what = "file" if name.endswith(".npz") else "folder"
+    return (f"no such {what}: {path} (own data: an .npz file or a folder of class "
+            "sub-folders; a relative path is read from the working directory)")
+  return f"unknown dataset; allowed: {sorted(datasets)}"
 
 
 def _rules() -> dict[str, Rule]:
@@ -304,7 +319,7 @@ def _rules() -> dict[str, Rule]:
       "keep_checkpoints": _int_at_least(1),
       "export_deployment": ((lambda v: isinstance(v, bool)), "True or False"),
 
-      "data.name": ((lambda v: v in datasets), f"unknown dataset; allowed: {sorted(datasets)}"),
+      "data.name": ((lambda v: v in datasets), lambda v: _dataset_problem(v, datasets)),
       "data.data_dir": _optional_str(),
       "data.manual_dir": _optional_str(),
       "data.image_size": ((lambda v: _is_int(v) and v >= 0),
@@ -414,7 +429,7 @@ def validate_config(config, num_devices: int | None = None) -> None:
   for path, (ok, allowed) in _rules().items():
     v = values.get(path)
     if not ok(v):
-      problems.append(f"{path}={v!r}: {allowed}.")
+      problems.append(f"{path}={v!r}: {allowed(v) if callable(allowed) else allowed}.")
 
   enc, widths = values.get("model.encoder"), values.get("model.widths")
   if enc in ENCODERS and widths is not None and _positive_ints("")[0](widths):
@@ -480,6 +495,17 @@ def exit_with_error(message: str):
   sys.exit(2)
 
 
+def missing_flag_message(name: str) -> str:
+  """What a command says when a required flag is not given (`--config`: the packaged configs)."""
+  if name == "config":
+    from ran_jax import configs
+
+    return ("--config is required: a packaged config, one of " + ", ".join(configs.names())
+            + " (e.g. --config=digits_lenet, or digits_lenet:smoke for a seconds-long run), "
+            "or the path of a config file of your own.")
+  return f"--{name} is required (--help lists the flags)."
+
+
 def parse_flags_or_exit(argv):
   """absl's flag parsing for the command lines (train.py, sweep, attack, search): a bad flag or
   an unknown config field ends like a bad config value (`error: ...`, exit 2).
@@ -497,6 +523,9 @@ def parse_flags_or_exit(argv):
     # the locked config does not have, e.g. --config.ran.lamda=0.3.
     exit_with_error(unknown_override(argv) or f"unknown config field: {e}")
   except flags.Error as e:  # e.g. --config.ran.k=abc, a missing flag, a failing config file
+    missing = re.search(r"Flag --(\w+) must have a value other than None", str(e))
+    if missing:
+      exit_with_error(missing_flag_message(missing.group(1)))
     lines = str(e).strip().splitlines()
     if len(lines) > 1 and "Traceback" in str(e):  # a config file raised: keep its message
       lines = [lines[0].split(" Error whilst parsing")[0] + " " + lines[-1].strip()]

@@ -125,7 +125,7 @@ def load_trained(workdir: str, eraser: bool = True) -> Trained:
   if not meta_path.exists():
     raise FileNotFoundError(
         f"No exported model in {workdir} (missing {meta_path}); train to the end first with "
-        f"`python train.py --config=... --workdir={workdir}`.")
+        f"`ran-train --config=... --workdir={workdir}`.")
   meta = json.loads(meta_path.read_text())
   config = ml_collections.ConfigDict(meta["config"])
   models = build_models(config.model, tuple(meta["input_shape"]), meta["num_classes"],

@@ -700,7 +700,7 @@ def _jsonable(x: Any):
 CLI_DOC = """Compiles a config's training run for Cloud TPU slices, on this host (no TPU needed).
 
   ran-plan --config=imagenet_vgg --topology=v5e-8,v5e-16 --workdir=plans/imagenet_vgg
-  ran-plan --config=configs/cifar10_alexnet.py --topology=v4-8 --largest_batch
+  ran-plan --config=cifar10_alexnet --topology=v4-8 --largest_batch
 
 Needs libtpu (pip install "libtpu==0.0.42.*"). Writes the reports into --workdir as
 plan.json and plan.md (a markdown table, also printed), and with --keep_hlo the optimised

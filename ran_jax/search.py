@@ -56,7 +56,7 @@ not retrained, an interrupted training resumes from its checkpoint, a scored poi
 (DIR/points/<name>/result.json, and identity.json) is not rescored. A larger
 --max_trainings or another --max_accuracy_drop on a rerun reuses every finished candidate.
 
-Exit codes: 0 a setting was chosen; 2 bad arguments or config (like train.py); 3 no
+Exit codes: 0 a setting was chosen; 2 bad arguments or config (like ran-train); 3 no
 candidate stayed within the budget (the report says so).
 """
 

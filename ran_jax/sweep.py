@@ -16,10 +16,11 @@ not retrained (and an interrupted run resumes from its checkpoint); a finished p
 for more `--attackers` trains only the new families and takes the worst case over all.
 A `--variant` (repeatable) is an encoder trained with config overrides, spelled as on the
 command line without the dashes (`NAME:config.<section>.<field>=VALUE,...`), e.g. a
-defence (docs/privacy.md). `--config.<field>=VALUE` overrides apply to every point. Every
-config to be trained is validated before anything runs. Finally it writes
-WORKDIR/results.csv (schema: `ran_jax.privacy.results.CSV_COLUMNS`), WORKDIR/pareto.png,
-WORKDIR/reconstructions.png and WORKDIR/features3d.png.
+defence (the documentation's results page 'Reconstruction privacy and defences').
+`--config.<field>=VALUE` overrides apply to every point. Every config to be trained is
+validated before anything runs. Finally it writes WORKDIR/results.csv (schema:
+`ran_jax.privacy.results.CSV_COLUMNS`), WORKDIR/pareto.png, WORKDIR/reconstructions.png
+and WORKDIR/features3d.png.
 
 Identity: with an attribute (the config's data.attribute, or `--attribute`; '' turns it
 off) every point is also attacked for it (`ran_jax.privacy.identity`, full attack, test

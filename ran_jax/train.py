@@ -2,7 +2,6 @@
 
   ran-train --config=digits_lenet --workdir=runs/digits
   ran-train --config=mnist_lenet --config.ran.lam=0.3 --workdir=...
-  python train.py --config=configs/digits_lenet.py --workdir=runs/digits   (repository root)
   In Python: ran_jax.train("digits_lenet", "runs/digits")   # returns the final test metrics
 
 The same command as `python -m ran_jax.train`. --config takes a packaged config by name
@@ -34,13 +33,18 @@ def train(config, workdir: str, *, overrides: Optional[dict] = None) -> dict:
   Returns:
     The final test metrics (also WORKDIR/final_metrics.json), e.g. 'accuracy'.
 
+  Progress (a line per epoch with the ETA, a closing summary) goes to the "ran_jax" logger,
+  on stderr at INFO unless the caller has configured Python logging; a bar is drawn too when
+  stderr is a terminal.
+
   Raises:
     ran_jax.config_lib.ConfigError: a config value outside what RAN accepts.
     ran_jax.data.source.DataError: data that cannot be read or prepared.
     ValueError: an unknown config name or path, or an override of an unknown field.
   """
-  from ran_jax import configs, trainer
+  from ran_jax import configs, progress, trainer
 
+  progress.ensure_logging()   # INFO lines on stderr, unless the caller configured logging
   if isinstance(config, str):
     config = configs.get_config(config)
   if overrides:

@@ -14,7 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 from etils import epath
 
-from ran_jax import checkpointing, deploy, export, input_pipeline, losses, parallel, stages
+from ran_jax import checkpointing, deploy, export, input_pipeline, losses, parallel, progress
+from ran_jax import stages
 from ran_jax import __version__
 from ran_jax.config_lib import VERSION_KEY, validate_config
 from ran_jax.metric_writers import MetricWriter
@@ -213,13 +214,18 @@ def train_and_evaluate(config, workdir: str) -> dict:
            config.ran.k, config.ran.lam, config.batch_size)
   final = {}
   t_window, n_window = time.perf_counter(), 0
+  t_start = t_window
   metrics = None
   batches = pipeline.train_batches(start, total)
-  with _Preemption() as preemption:
+  epochs = -(-total // spe)
+  with _Preemption() as preemption, progress.bar(
+      total, desc="ran-train", unit="step", initial=start,
+      enabled=None if jax.process_index() == 0 else False) as bar:
     try:
       for step, batch in enumerate(batches, start=start + 1):
         state, metrics = iteration(state, batch)
         n_window += 1
+        bar.update()
         host = None
         if step % config.log_every_steps == 0 or step == total:
           host = jax.device_get(metrics)
@@ -239,9 +245,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
           host = host if host is not None else jax.device_get(metrics)
           if epoch_end:
             final = run_test_split(state, pipeline, program.test_step, config.seed)
-            log.info("eval step %d epoch %d | test accuracy %.4f | test recon (sum/example) %.4g "
-                     "| (mean/value) %.4g", step, (step - 1) // spe + 1, final["accuracy"],
-                     final["recon_sse"], final["recon_mse"])
+            epoch = (step - 1) // spe + 1
+            # The ETA of the whole run, from this process's pace so far (evaluation included).
+            left = progress.eta(step - start, total - start, time.perf_counter() - t_start)
+            log.info("epoch %d/%d (step %d/%d) | test accuracy %.4f | test recon (sum/example) "
+                     "%.4g | (mean/value) %.4g | ETA %s", epoch, epochs, step, total,
+                     final["accuracy"], final["recon_sse"], final["recon_mse"], left)
+            bar.set_postfix_str(f"epoch {epoch}/{epochs}, test accuracy {final['accuracy']:.4f}",
+                                refresh=False)
             writer.write(step, final, kind="test")
           save(step, host)
         if step < total and preemption.reached(step):
@@ -265,4 +276,18 @@ def train_and_evaluate(config, workdir: str) -> dict:
     deploy.export_deployment(workdir)  # WORKDIR/deploy/: encoder.tflite + classifier.jaxexport
   _write_text(workdir, "final_metrics.json",
               json.dumps({"step": int(jax.device_get(state.step)), **final}, indent=2))
+  log.info("%s", summary_line(workdir, final, int(jax.device_get(state.step)),
+                              bool(config.get("export_deployment", True))))
   return final
+
+
+def summary_line(workdir: str, final: dict, step: int, deployment: bool) -> str:
+  """The run's closing line: its test accuracy and where its outputs are."""
+  wd = epath.Path(workdir)
+  where = [f"checkpoints {wd / 'checkpoints'}", f"exported networks {wd / 'export'}"]
+  if deployment:
+    where.append(f"phone encoder {wd / 'deploy' / 'encoder.tflite'}")
+  where.append(f"metrics {wd / 'final_metrics.json'}")
+  return (f"done: step {step}, test accuracy {final.get('accuracy', float('nan')):.4f}, "
+          f"reconstruction error {final.get('recon_sse', float('nan')):.4g} (sum/example) | "
+          + "; ".join(where))

@@ -93,10 +93,14 @@ def test_readme_is_short_and_runs_what_ci_runs():
   lint = next(line for line in lines if line.startswith(".venv/bin/ruff"))
   tests = next(line for line in lines if line.startswith(".venv/bin/python -m pytest"))
   test_command = f"{lint} && {tests}"
-  assert ("pip install -r requirements-dev.txt && " + test_command) in readme, (
+  install = next(line for line in lines if line.startswith(".venv/bin/pip install"))
+  assert "-r requirements-dev.txt -e ." in install, "CI installs the package, as command 2 does"
+  assert ("pip install -r requirements-dev.txt -e . && " + test_command) in readme, (
       "README command 2 must run .ci/run's lint and test command")
+  # Command 1 installs the package (its commands), then trains with the installed command.
   first_screen = "\n".join(readme.splitlines()[:40])
-  assert "train.py --config=configs/digits_lenet.py" in first_screen
+  assert ("source .venv/bin/activate && pip install -r requirements.txt . && "
+          "ran-train --config=digits_lenet --workdir=runs/digits") in first_screen
 
 
 def _user_pages():

@@ -90,8 +90,8 @@ def get_config(spec: str):
 HELP = ("The config: a packaged config by name ({names}) or a path to a config file; "
         "':smoke' after it selects the seconds-long variant (e.g. digits_lenet:smoke). "
         "Override any field with --config.<section>.<field>=VALUE "
-        "(e.g. --config.ran.lam=0.3); every field, its default and allowed values: "
-        "docs/reference/config.md (from ran_jax/config_lib.py).")
+        "(e.g. --config.ran.lam=0.3); every field, its default and allowed values: the "
+        "documentation's reference page 'Config fields'.")
 
 
 def define_config_flag(name: str = "config", flag_values=None):

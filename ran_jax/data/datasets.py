@@ -415,4 +415,5 @@ def loader_for(name: str) -> Callable[..., DataSource]:
     return load_generic_tfds
   raise DataError(f"Unknown dataset {name!r}; allowed: {sorted(DATASETS)}, any TFDS "
                   "image-classification dataset name (https://www.tensorflow.org/datasets/catalog),"
-                  " a folder of images in class sub-folders or an .npz file (ran_jax/data/own.py).")
+                  " a folder of images in class sub-folders or an .npz file (the documentation's "
+                  "how-to page 'Train on your own data').")

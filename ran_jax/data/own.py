@@ -50,6 +50,14 @@ def is_own_data(name) -> bool:
   return os.path.isdir(path) or (name.endswith(".npz") and os.path.isfile(path))
 
 
+def data_identity(name):
+  """`data.name` as runs compare it: own data by its resolved path (`tiny.npz`, `./tiny.npz`
+  and `/abs/tiny.npz` are one dataset), any other name as given."""
+  if is_own_data(name):
+    return os.path.realpath(os.path.expanduser(name))
+  return name
+
+
 def load_own(data_config) -> DataSource:
   path = os.path.expanduser(data_config.name)
   if path.endswith(".npz"):
@@ -79,7 +87,7 @@ def _class_files(root: str) -> dict[str, list[str]]:
                  if not f.startswith(".") and os.path.isfile(os.path.join(root, f)))
   if stray:
     raise DataError(f"{root}: files outside class sub-folders: {stray[:5]}; put each image in "
-                    "<class>/ (see ran_jax/data/own.py).")
+                    "<class>/ (the documentation's how-to page 'Train on your own data').")
   if not classes:
     raise DataError(f"{root}: no class sub-folders; expected {root}/<class>/*.png|jpg.")
   out = {}

@@ -8,7 +8,7 @@
   ran-deploy secret   [--release_secret=PATH]     (once per device, for per_input)
   ran-deploy classify --workdir=DIR | --classifier=FILE --features=features.npz
                       [--labels=y.npy]
-  ran-deploy measure  --workdir=DIR [--out=measure.json]   (sizes, latency; docs/deploy.md)
+  ran-deploy measure  --workdir=DIR [--out=measure.json]   (sizes, latency)
   ran-deploy attack   --workdir=DIR [--preset=strong] [--attackers=...] [--out=attack.json]
   In Python: ran_jax.deploy(workdir="runs/digits", int8=True)   # = export
 
@@ -24,7 +24,8 @@ encoder_int8.tflite (--int8), classifier.jaxexport (server, jax.export) and depl
 reproducible, for tests), so repeated sends of
 one input can be averaged towards the clean features; 'per_input' derives it from a
 device secret and the input, so an identical input always yields the identical release
-(see ran_jax/deploy/client.py for what each protects). `classify` is the server.
+(the documentation's how-to page 'Deploy the encoder' says what each protects).
+`classify` is the server.
 """
 
 from __future__ import annotations
