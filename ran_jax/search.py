@@ -887,8 +887,10 @@ def search(config, workdir: str, *, knob: str = "model.feature_noise",
     SearchError, ran_jax.config_lib.ConfigError: bad arguments or config.
   """
   from ran_jax import attack, configs
+  from ran_jax import progress as job_progress
   from ran_jax.privacy import identity, protocol
 
+  job_progress.ensure_logging()   # INFO lines on stderr, unless the caller configured logging
   if isinstance(config, str):
     config = configs.get_config(config)
   if attribute is not None:

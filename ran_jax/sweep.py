@@ -46,6 +46,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import time
 from typing import Callable, Optional, Sequence
@@ -261,6 +262,34 @@ def _num(v) -> float:
     return 0.0
 
 
+def same_encoder_note(config, out: str, points) -> Optional[str]:
+  """Why every lambda gave one row, when the trained points (RAN's lambdas and the DNN) ended
+  with the same test metrics; None when they differ or fewer than two were trained."""
+  finals = []
+  for method, _, name, _ in points:
+    path = os.path.join(out, "runs", name, "final_metrics.json")
+    if method in ("ran", "dnn") and os.path.exists(path):
+      with open(path, encoding="utf-8") as f:
+        finals.append(json.load(f))
+  if len(finals) < 2:
+    return None
+  first = finals[0]
+  if any(not math.isclose(m[k], first[k], rel_tol=1e-5, abs_tol=1e-6)
+         for m in finals for k in ("accuracy", "recon_sse")):
+    return None
+  same = (f"every lambda and the DNN trained the same encoder (test accuracy "
+          f"{first['accuracy']:.4f}, reconstruction error {first['recon_sse']:.4g} at each of "
+          f"{len(finals)} points, {first.get('step', '?')} steps)")
+  psnr = float(config.ran.target_psnr or 0.0)
+  if psnr > 0:
+    return (same + f": the reconstruction term stayed capped at ran.target_psnr={psnr:g} dB "
+            "for the whole run (RAN's decoder never got below that error), so the encoder's "
+            "loss was lambda times its cross-entropy, and Adam's steps do not depend on that "
+            "factor. Full-length runs reach the target and lambda takes effect; a short sweep "
+            "shows it with --config.ran.target_psnr=0.")
+  return same + ": the runs are too short for lambda to change the encoder."
+
+
 def run_sweep(config, out: str, lams: Sequence[float] = PAPER_LAMS,
               noise_factors: Sequence[float] = PAPER_NOISE,
               resized_factors: Optional[Sequence[float]] = None,
@@ -383,6 +412,9 @@ def run_sweep(config, out: str, lams: Sequence[float] = PAPER_LAMS,
     if value_range is None and result.get("value_range"):
       value_range = tuple(result["value_range"])
   results.write_csv(rows, os.path.join(out, "results.csv"))
+  note = same_encoder_note(config, out, points)
+  if note:
+    log.warning("%s", note)
   if make_figures:
     if value_range is None:  # points saved before results recorded it: the images' span
       xs = [a["x_show"] for a in arts.values() if "x_show" in a]
@@ -434,7 +466,9 @@ def sweep(config, workdir: str, *, lams: Sequence[float] = DEFAULT_LAMS,
     The rows of WORKDIR/results.csv (dicts keyed by `ran_jax.privacy.results.CSV_COLUMNS`).
   """
   from ran_jax import attack, configs
+  from ran_jax import progress as job_progress
 
+  job_progress.ensure_logging()   # INFO lines on stderr, unless the caller configured logging
   if isinstance(config, str):
     config = configs.get_config(config)
   known = set(_ATTACK_OPTIONS)

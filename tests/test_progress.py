@@ -1,0 +1,100 @@
+"""What a job shows while it runs (`ran_jax.progress`): logging for library callers that set
+none up, a caller's own setup left alone, a bar only on a terminal and never glued to a log
+line, and the site header's version."""
+
+import io
+import logging
+import os
+import subprocess
+import sys
+
+import pytest
+
+import ran_jax
+from ran_jax import progress
+from tests.helpers import ROOT, subprocess_env
+
+
+def _run(code):
+  r = subprocess.run([sys.executable, "-c", code], cwd="/tmp", capture_output=True, text=True,
+                     env=subprocess_env({"PYTHONPATH": ROOT}), timeout=120)
+  assert r.returncode == 0, r.stderr[-2000:]
+  return r.stderr.splitlines()
+
+
+LOG = "import logging; log = logging.getLogger('ran_jax'); from ran_jax import progress\n"
+
+
+def test_library_callers_get_info_lines_without_any_setup():
+  lines = _run(LOG + "log.info('before')\nprogress.ensure_logging()\nlog.info('epoch 1/2')\n"
+               "log.debug('hidden')\nprogress.ensure_logging()\nlog.info('epoch 2/2')")
+  assert [line.split(" INFO ", 1)[1] for line in lines] == ["epoch 1/2", "epoch 2/2"]
+
+
+def test_absl_implicit_root_handler_prints_each_line_once():
+  # absl logs at import time through logging.basicConfig(): a root handler at WARNING.
+  lines = _run(LOG + "logging.basicConfig()\nprogress.ensure_logging()\nlog.info('epoch 1/2')")
+  assert lines == ["INFO:ran_jax:epoch 1/2"]
+
+
+@pytest.mark.parametrize("setup, expected", [
+    ("logging.basicConfig(level=logging.INFO, format='mine %(message)s')", ["mine epoch"]),
+    ("logging.getLogger('ran_jax').setLevel(logging.WARNING)", []),
+    ("logging.basicConfig(level=logging.WARNING, format='mine %(message)s')\n"
+     "logging.getLogger('ran_jax').setLevel(logging.ERROR)", []),
+])
+def test_a_callers_own_setup_is_left_alone(setup, expected):
+  assert _run(LOG + setup + "\nprogress.ensure_logging()\nlog.info('epoch')") == expected
+
+
+def test_handler_added_then_given_up_when_the_caller_configures_logging():
+  lines = _run(LOG + "progress.ensure_logging()\nlog.info('one')\n"
+               "logging.basicConfig(level=logging.INFO, format='mine %(message)s')\n"
+               "progress.ensure_logging()\nlog.info('two')")
+  assert lines[0].endswith(" INFO one") and lines[1:] == ["mine two"]   # never twice
+
+
+def test_no_bar_in_a_log_file(monkeypatch):
+  err = io.StringIO()
+  monkeypatch.setattr(sys, "stderr", err)
+  assert not progress.is_terminal()
+  with progress.bar(10, desc="ran-train", unit="step") as b:
+    for _ in range(10):
+      b.update()
+  assert err.getvalue() == ""
+
+
+def test_log_lines_never_glue_onto_a_drawn_bar(monkeypatch):
+  err = io.StringIO()
+  monkeypatch.setattr(sys, "stderr", err)
+  logger = logging.getLogger("ran_jax")
+  handler = logging.StreamHandler(err)
+  logger.addHandler(handler)
+  try:
+    with progress.bar(4, desc="ran-train", unit="step", enabled=True) as b:
+      b.update()
+      b.set_postfix_str("epoch 1/2", refresh=True)
+      logger.warning("epoch 1/2 | test accuracy 0.5")
+      b.update(3)
+  finally:
+    logger.removeHandler(handler)
+  out = err.getvalue()
+  assert "ran-train: 1/4 steps" in out and "ETA" in out and ", epoch 1/2" in out
+  # The bar's line is blanked (carriage return) right before the record: it starts a line.
+  before = out[:out.index("epoch 1/2 | test")]
+  assert before.endswith("\r") and before.rstrip("\r").endswith(" ")
+  assert not logger.filters   # the bar's filter is gone once it closes
+
+
+def test_eta():
+  assert progress.eta(0, 10, 5.0) == "?"
+  assert progress.eta(5, 10, 50.0) == "00:00:50"
+  assert progress.eta(1, 3601, 1.0) == "01:00:00"
+
+
+def test_site_header_names_this_version():
+  import yaml
+
+  with open(os.path.join(ROOT, "mkdocs.yml")) as f:
+    site = yaml.safe_load(f)
+  assert site["site_name"] == f"ran_jax {ran_jax.__version__}"
