@@ -129,3 +129,22 @@ def test_readme_blocks_run_outside_the_repository(tmp_path):
   # The Python API is not silent: the training's progress reaches stderr without any setup.
   assert "epoch 2/2" in r.stderr and "ETA" in r.stderr and "done: step 6" in r.stderr
   assert (tmp_path / "runs/api/export").is_dir()
+
+
+def test_tensorboard_reads_what_a_run_writes(tmp_path):
+  """The tutorial's `tensorboard --logdir=runs`: TensorBoard is installed with the package
+  (requirements.txt) and reads the scalars a run's MetricWriter writes."""
+  from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+  from ran_jax.metric_writers import MetricWriter
+
+  w = MetricWriter(str(tmp_path / "runs" / "digits"))
+  w.write(3, {"disc/ce": 0.5})
+  w.write(3, {"accuracy": 0.9}, kind="test")
+  w.close()
+  events = EventAccumulator(str(tmp_path / "runs" / "digits" / "tensorboard"))
+  events.Reload()
+  assert set(events.Tags()["scalars"]) == {"disc/ce", "test/accuracy"}
+  assert [(e.step, e.value) for e in events.Scalars("test/accuracy")] == [(3, pytest.approx(0.9))]
+  with open(os.path.join(ROOT, "docs", "tutorials", "first_run.md")) as f:
+    assert "tensorboard --logdir=runs" in f.read()
