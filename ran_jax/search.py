@@ -137,6 +137,12 @@ class SearchError(ValueError):
 # ---------------------------------------------------------------- arguments
 
 
+def knob_name(knob: str) -> str:
+  """A knob as every command spells a config field (`config.ran.lam`, as in `--config.ran.lam`
+  and a sweep's `--variant`) or bare (`ran.lam`) -> the bare field name."""
+  return knob[len("config."):] if knob.startswith("config.") else knob
+
+
 def check_args(config, knob: str, low: Optional[float], high: Optional[float],
                max_accuracy_drop: float, max_trainings: int, val_fraction: float,
                resolution: float = 0.0, objective: str = "reconstruction"):
@@ -396,6 +402,7 @@ def run_search(config, workdir: str, *, knob: str = "model.feature_noise",
   from ran_jax.privacy import protocol
 
   train_fn = train_fn or trainer.train_and_evaluate
+  knob = knob_name(knob)
   low, high = check_args(config, knob, low, high, max_accuracy_drop, max_trainings, val_fraction,
                          resolution, objective)
   by_identity = objective == "identity"
@@ -939,7 +946,8 @@ def define_flags():
   configs.define_config_flag("config")
   flags.DEFINE_string("workdir", None, "Search directory (runs/, points/, state, report).")
   flags.DEFINE_float("max_accuracy_drop", 0.005, "Accuracy budget below the reference.")
-  flags.DEFINE_string("knob", "model.feature_noise", f"Privacy knob: {sorted(KNOBS)}.")
+  flags.DEFINE_string("knob", "model.feature_noise", f"Privacy knob: {sorted(KNOBS)}, each also "
+                      "spelled as an override is (config.model.feature_noise).")
   flags.DEFINE_float("low", None, "Lower bound of the knob (default per knob).")
   flags.DEFINE_float("high", None, "Upper bound of the knob (default per knob).")
   flags.DEFINE_integer("max_trainings", 6, "Candidate trainings at most (plus the reference).")

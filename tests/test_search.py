@@ -273,3 +273,14 @@ def test_cli_bad_arguments_exit_2(tmp_path):
   assert r.returncode == 2, r.stderr[-2000:]
   assert "error: Invalid search arguments" in r.stderr and "low < high" in r.stderr
   assert not os.path.exists(tmp_path / "w" / search.STATE_FILE)
+
+
+def test_knob_spelled_as_every_override_is(tmp_path):
+  """--knob=config.ran.lam (the spelling of --config.ran.lam and of a sweep's --variant) is
+  the knob ran.lam: it reaches the same checks, before anything trains."""
+  assert search.knob_name("config.ran.lam") == search.knob_name("ran.lam") == "ran.lam"
+  with pytest.raises(ConfigError, match="ran.lam=1.5"):
+    search.run_search(smoke(), str(tmp_path / "w"), knob="config.ran.lam", low=0.5, high=1.5)
+  with pytest.raises(search.SearchError, match="--knob='ran.lamda': unknown knob"):
+    search.run_search(smoke(), str(tmp_path / "w"), knob="config.ran.lamda")
+  assert not os.path.exists(tmp_path / "w" / search.STATE_FILE)
