@@ -83,6 +83,11 @@ def rename_flags(argv: Sequence[str], renamed: dict) -> list:
   return out
 
 
+def plain_text(doc: str) -> str:
+  """A docstring as a terminal shows it: without markdown's emphasis and code marks."""
+  return doc.replace("**", "").replace("`", "")
+
+
 def command_name(argv0: str) -> str:
   """The console command a process runs as: 'ran-train' for the console script, for
   `python -m ran_jax.train` (argv[0] .../ran_jax/train.py) and for `python train.py`."""
@@ -114,7 +119,7 @@ def run_app(main: Callable, doc: str, argv: Optional[Sequence[str]] = None,
 
   argv = list(sys.argv if argv is None else argv)
   argv = rename_flags(argv, renamed or {})
-  sys.modules["__main__"].__doc__ = doc   # what absl's usage() prints
+  sys.modules["__main__"].__doc__ = plain_text(doc)   # what absl's usage() prints
   show_library_flags_in_help()
 
   def parse(args):

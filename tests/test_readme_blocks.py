@@ -74,17 +74,45 @@ def test_requirements_comment_names_a_readme_section():
 
 def test_every_command_prints_its_version(tmp_path):
   procs = {}
-  for script, target in _scripts().items():
-    module = target.split(":")[0]
-    module = module.rsplit(".", 1)[0] if module.endswith(".cli") else module   # the package
+  for script in _scripts():
     procs[script] = subprocess.Popen(
-        [sys.executable, "-m", module, "--version"], cwd=tmp_path, text=True,
+        _python_m(script) + ["--version"], cwd=tmp_path, text=True,
         env=subprocess_env({"PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "3"}),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
   for script, p in procs.items():
     out, err = p.communicate(timeout=120)
     assert p.returncode == 0, (script, err[-2000:])
     assert out.strip().splitlines()[-1] == f"{script} (ran_jax) {ran_jax.__version__}", out
+
+
+def _python_m(script: str) -> list:
+  module = _scripts()[script].split(":")[0]
+  return [sys.executable, "-m", module.rsplit(".", 1)[0] if module.endswith(".cli") else module]
+
+
+def test_help_fits_an_installed_package(tmp_path):
+  """Every command's --help: plain text (no markdown marks), and commands and documentation
+  pages by name, never files of the repository a pip install does not have."""
+  env = subprocess_env({"PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "3"})
+  procs = {s: subprocess.Popen(_python_m(s) + ["--help"], cwd=tmp_path, text=True, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+           for s in _scripts()}
+  for script, p in procs.items():
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 0 and "flags:" in out, (script, err[-2000:])
+    # absl heads the flags with the main module's name: under `python -m` its path (a console
+    # script shows its own name there, e.g. 'ran-train:').
+    out = "\n".join(line for line in out.splitlines() if not re.fullmatch(r"/\S+\.py:", line))
+    bad = re.findall(r"`|\*\*|docs/\S+|python train\.py|configs/\w+\.py|ran_jax/[\w/]+\.py", out)
+    assert bad == [], (script, bad)
+
+
+def test_a_missing_run_points_to_the_installed_command(tmp_path):
+  from ran_jax import export
+
+  with pytest.raises(FileNotFoundError, match=r"train to the end first with `ran-train "
+                     r"--config=\.\.\. --workdir="):
+    export.load_trained(str(tmp_path))
 
 
 def _installed_env():
