@@ -214,7 +214,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
            config.ran.k, config.ran.lam, config.batch_size)
   final = {}
   t_window, n_window = time.perf_counter(), 0
-  t_start = t_window
+  t_start, paced = t_window, None
   metrics = None
   batches = pipeline.train_batches(start, total)
   epochs = -(-total // spe)
@@ -246,8 +246,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
           if epoch_end:
             final = run_test_split(state, pipeline, program.test_step, config.seed)
             epoch = (step - 1) // spe + 1
-            # The ETA of the whole run, from this process's pace so far (evaluation included).
-            left = progress.eta(step - start, total - start, time.perf_counter() - t_start)
+            # The ETA of the whole run at this process's pace (evaluation included), measured
+            # from the end of its first epoch on: the first one also compiles the steps.
+            now = time.perf_counter()
+            if paced is None:
+              paced = (step, now)
+              left = progress.eta(step - start, total - start, now - t_start)
+            else:
+              left = progress.eta(step - paced[0], total - paced[0], now - paced[1])
             log.info("epoch %d/%d (step %d/%d) | test accuracy %.4f | test recon (sum/example) "
                      "%.4g | (mean/value) %.4g | ETA %s", epoch, epochs, step, total,
                      final["accuracy"], final["recon_sse"], final["recon_mse"], left)
