@@ -84,11 +84,11 @@ class _ClearBar(logging.Filter):
     return True
 
 
-@contextlib.contextmanager
-def bar(total: int, *, desc: str, unit: str, initial: int = 0,
-        enabled: Optional[bool] = None) -> Iterator:
+def open_bar(total: int, *, desc: str, unit: str, initial: int = 0,
+             enabled: Optional[bool] = None):
   """A tqdm bar on stderr with an ETA, or (not a terminal, or `enabled=False`) a disabled one
-  whose calls do nothing. Log records of "ran_jax" clear its line first while it is drawn."""
+  whose calls do nothing. Log records of "ran_jax" clear its line first while it is drawn;
+  `close()` it (or use `bar`, a context manager)."""
   from tqdm.auto import tqdm
 
   show = is_terminal() if enabled is None else bool(enabled)
@@ -100,8 +100,52 @@ def bar(total: int, *, desc: str, unit: str, initial: int = 0,
   clear = _ClearBar(b)
   if show:
     logger.addFilter(clear)
+  close = b.close
+
+  def close_and_unhook():
+    logger.removeFilter(clear)
+    close()
+
+  b.close = close_and_unhook
+  return b
+
+
+@contextlib.contextmanager
+def bar(total: int, *, desc: str, unit: str, initial: int = 0,
+        enabled: Optional[bool] = None) -> Iterator:
+  """`open_bar` as a context manager: the bar is closed (and unhooked) on leaving."""
+  b = open_bar(total, desc=desc, unit=unit, initial=initial, enabled=enabled)
   try:
     yield b
   finally:
-    logger.removeFilter(clear)
     b.close()
+
+
+class Track:
+  """Iterates over `items` with a bar (`open_bar`) and, after each item, a log line with the
+  count and the ETA at the pace so far, which is what a log file shows of the progress:
+
+    ran-sweep: 3/9 points done (ran_lam0.5) | ETA 00:04:10
+  """
+
+  def __init__(self, items, *, desc: str, unit: str, enabled: Optional[bool] = None):
+    self.items, self.desc, self.unit, self.enabled = list(items), desc, unit, enabled
+    self.postfix = ""
+    self._bar = None
+
+  def set_postfix_str(self, text: str) -> None:
+    self.postfix = text
+    if self._bar is not None:
+      self._bar.set_postfix_str(text)
+
+  def __iter__(self):
+    n, t0 = len(self.items), time.perf_counter()
+    with bar(n, desc=self.desc, unit=self.unit, enabled=self.enabled) as b:
+      self._bar = b
+      for i, item in enumerate(self.items):
+        yield item
+        b.update()
+        logging.getLogger(LOGGER).info(
+            "%s: %d/%d %ss done%s | ETA %s", self.desc, i + 1, n, self.unit,
+            f" ({self.postfix})" if self.postfix else "", eta(i + 1, n, time.perf_counter() - t0))
+      self._bar = None

@@ -467,11 +467,11 @@ def run_search(config, workdir: str, *, knob: str = "model.feature_noise",
       entry["identity"] = _identity_summary(_identity_point(pdir, attack))
     return entry
 
-  from tqdm.auto import tqdm
+  from ran_jax import progress as job_progress
 
-  bar = tqdm(total=1 + max_trainings, desc="ran-search", unit="training", disable=not progress,
-             bar_format="{desc}: {n}/{total} trainings at most |{bar}| {elapsed} elapsed, "
-                        "ETA {remaining} (at most)")
+  # On a terminal only: in a log file the bar's carriage returns would glue onto the lines.
+  bar = job_progress.open_bar(1 + max_trainings, desc="ran-search", unit="training",
+                              enabled=None if progress else False)
 
   # ------------------------------------------------------------ reference
   bar.set_postfix_str("reference")

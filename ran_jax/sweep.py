@@ -358,10 +358,11 @@ def run_sweep(config, out: str, lams: Sequence[float] = PAPER_LAMS,
     log.info("=== sweep point %s: identity (%s)", name, attribute)
     return identity.headline(identity_point(pdir, release, id_source, identity_cfg))
 
-  from tqdm.auto import tqdm
+  from ran_jax import progress as job_progress
 
-  bar = tqdm(points, desc="ran-sweep", unit="point", disable=not progress,
-             bar_format="{desc}: {n}/{total} points |{bar}| {elapsed} elapsed, ETA {remaining}")
+  # A bar on a terminal (with `progress`), and a line with the ETA after every point.
+  bar = job_progress.Track(points, desc="ran-sweep", unit="point",
+                           enabled=None if progress else False)
   for method, setting, name, value in bar:
     bar.set_postfix_str(name)
     pdir = os.path.join(out, "points", name)

@@ -98,3 +98,20 @@ def test_site_header_names_this_version():
   with open(os.path.join(ROOT, "mkdocs.yml")) as f:
     site = yaml.safe_load(f)
   assert site["site_name"] == f"ran_jax {ran_jax.__version__}"
+
+
+def test_track_logs_each_item_with_the_eta(caplog, monkeypatch):
+  monkeypatch.setattr(sys, "stderr", io.StringIO())   # a log file: no bar
+  tr = progress.Track(["a", "b", "c"], desc="ran-sweep", unit="point")
+  seen = []
+  with caplog.at_level(logging.INFO, logger="ran_jax"):
+    for item in tr:
+      tr.set_postfix_str(f"point {item}")
+      seen.append(item)
+  assert seen == ["a", "b", "c"] and sys.stderr.getvalue() == ""
+  lines = [r.getMessage() for r in caplog.records]
+  assert [line.split(" | ETA ")[0] for line in lines] == [
+      "ran-sweep: 1/3 points done (point a)", "ran-sweep: 2/3 points done (point b)",
+      "ran-sweep: 3/3 points done (point c)"]
+  assert lines[-1].endswith("| ETA 00:00:00")
+  assert not logging.getLogger("ran_jax").filters
