@@ -69,8 +69,10 @@ def erase(workdir: str, *, attribute: Optional[str] = None, within_class: bool =
   """
   import dataclasses as _dc
 
-  from ran_jax import export, input_pipeline
+  from ran_jax import export, input_pipeline, progress
   from ran_jax.privacy import erasure, identity
+
+  progress.ensure_logging()   # INFO lines on stderr, unless the caller configured logging
 
   if remove:
     removed = export.remove_eraser(workdir)

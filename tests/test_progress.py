@@ -115,3 +115,20 @@ def test_track_logs_each_item_with_the_eta(caplog, monkeypatch):
       "ran-sweep: 3/3 points done (point c)"]
   assert lines[-1].endswith("| ETA 00:00:00")
   assert not logging.getLogger("ran_jax").filters
+
+
+@pytest.mark.parametrize("job, args, error", [
+    ("train", ("no_such_config", "WD"), ValueError),
+    ("sweep", ("digits_lenet:smoke", "WD"), TypeError),     # an unknown option, below
+    ("search", ("digits_lenet:smoke", "WD"), Exception),
+    ("erase", ("WD",), Exception),
+    ("deploy", ("WD",), Exception),
+])
+def test_every_job_sets_up_logging_first(job, args, error, tmp_path, monkeypatch):
+  calls = []
+  monkeypatch.setattr(progress, "ensure_logging", lambda *a, **k: calls.append(job))
+  kwargs = {"sweep": {"attack_epochs": 1}, "search": {"knob": "ran.lamda"}}.get(job, {})
+  args = tuple(str(tmp_path / "wd") if a == "WD" else a for a in args)
+  with pytest.raises(error):
+    getattr(ran_jax, job)(*args, **kwargs)
+  assert calls == [job]

@@ -75,6 +75,9 @@ def deploy(workdir: str, *, int8: bool = False) -> dict:
     The manifest (deploy.json): shapes, noise scale, versions, sha256 of every artefact
     and the checks run at export.
   """
+  from ran_jax import progress
+
+  progress.ensure_logging()   # INFO lines on stderr, unless the caller configured logging
   return export_deployment(workdir, int8=int8)
 
 
