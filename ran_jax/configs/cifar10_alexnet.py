@@ -5,7 +5,7 @@ Prepares TFDS `cifar10` offline from the canonical `cifar-10-binary.tar.gz`
 `cifar10_jpg.tar.gz` (builder `cifar10_jpg`; quality-75 JPEG re-encodes, so
 numbers differ slightly from the original pixels):
 
-  python train.py --config=configs/cifar10_alexnet.py \
+  ran-train --config=cifar10_alexnet \
       --config.data.manual_dir=/path/to/cifar10 --workdir=runs/cifar10
 
 Sized for one accelerator; not trained to convergence here (accuracy: not

@@ -3,7 +3,7 @@
 No network or dataset download: the 1,797 real 8x8 digits ship with scikit-learn;
 they are resized to 28x28 and run through the MNIST LeNet-5 (1,437 train / 360 test).
 
-  python train.py --config=configs/digits_lenet.py --workdir=runs/digits
+  ran-train --config=digits_lenet --workdir=runs/digits
 
 Sized for 2 CPU cores: 30 epochs of 22 Algorithm-1 iterations (k=3, batch 64) take
 under a minute (39-41 s measured on a 2-core machine, start-up and the deployment export

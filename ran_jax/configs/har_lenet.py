@@ -6,7 +6,7 @@ Inputs are standardised per channel and clipped to +-4 std (the decoder's range)
 Prepares the package's TFDS builder `uci_har` offline from the official
 "UCI HAR Dataset" folder/zip or from `har_windows.npz` (HAPT re-derivation):
 
-  python train.py --config=configs/har_lenet.py \
+  ran-train --config=har_lenet \
       --config.data.manual_dir=/path/to/uci_har --workdir=runs/har
 
 Measured here (har_windows.npz, 2 heavily shared CPU cores, about 14 minutes, lambda=0.5):

@@ -2,7 +2,7 @@
 compactness + the attribute game + the class-conditional HSIC penalty against
 re-identification (docs/privacy_identity.md).
 
-  python train.py --config=configs/har_lenet_private.py \
+  ran-train --config=har_lenet_private \
       --config.data.manual_dir=/path/to/uci_har --workdir=runs/har_private
   python -m ran_jax.attack --workdir=runs/har_private     # reconstruction + identity attackers
 

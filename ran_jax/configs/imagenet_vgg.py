@@ -5,7 +5,7 @@ Prepares TFDS `imagenet2012` from the standard manual-download tars
 the validation split is the test split. Images are decoded per batch (JPEG,
 shorter side to 256, centre crop 224, [0, 1]) in a thread pool:
 
-  python train.py --config=configs/imagenet_vgg.py \
+  ran-train --config=imagenet_vgg \
       --config.data.manual_dir=/path/to/imagenet_tars \
       --config.data.data_dir=/path/to/tensorflow_datasets --workdir=runs/imagenet
 

@@ -4,7 +4,7 @@ Prepares TFDS `mnist` offline from the four canonical IDX files (TFDS verifies
 their sha256) into --config.data.data_dir (default ~/tensorflow_datasets) on
 first use, then reads the array_record copy:
 
-  python train.py --config=configs/mnist_lenet.py \
+  ran-train --config=mnist_lenet \
       --config.data.manual_dir=/path/to/mnist --workdir=runs/mnist
 
 One epoch (937 Algorithm-1 iterations, k=3, batch 64, lambda=0.5) measured on 2

@@ -1,7 +1,7 @@
 """The recommended private MNIST encoder: LeNet-5 + bounded bottleneck + release noise +
 within-class compactness (docs/privacy.md).
 
-  python train.py --config=configs/mnist_lenet_private.py \
+  ran-train --config=mnist_lenet_private \
       --config.data.manual_dir=/path/to/mnist --workdir=runs/mnist_private
   python -m ran_jax.attack --workdir=runs/mnist_private     # attackers on what is released
 

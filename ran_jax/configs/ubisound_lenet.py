@@ -6,7 +6,7 @@ turned into 32x32 log-mel images in [0, 1]. It is speech, not environmental
 sound. Recordings numbered 0-4 are the test set (FSDD's official 10% split).
 Prepares `spoken_digit` offline from the local recordings:
 
-  python train.py --config=configs/ubisound_lenet.py \
+  ran-train --config=ubisound_lenet \
       --config.data.manual_dir=/path/to/fsdd --workdir=runs/fsdd
 
 Measured here (2 heavily shared CPU cores, about 17 minutes, lambda=0.5): test

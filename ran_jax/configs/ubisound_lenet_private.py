@@ -2,7 +2,7 @@
 LeNet-5 + bottleneck + within-class compactness + a rounded, noisy release
 (docs/privacy_identity.md).
 
-  python train.py --config=configs/ubisound_lenet_private.py \
+  ran-train --config=ubisound_lenet_private \
       --config.data.manual_dir=/path/to/fsdd --workdir=runs/fsdd_private
   python -m ran_jax.attack --workdir=runs/fsdd_private    # reconstruction + speaker attackers
 
