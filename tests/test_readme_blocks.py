@@ -126,6 +126,23 @@ def _installed_env():
   return env
 
 
+def _run_raw(cmd, cwd, env):
+  """A subprocess whose output keeps its carriage returns (text=True would turn them into
+  newlines, hiding a progress bar drawn into a log)."""
+  r = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, timeout=600)
+  return subprocess.CompletedProcess(r.args, r.returncode, r.stdout.decode(errors="replace"),
+                                     r.stderr.decode(errors="replace"))
+
+
+def _assert_clean_training_log(stderr: str):
+  lines = stderr.split("\n")
+  epoch = [line for line in lines if re.search(r"epoch 2/2 \(step 6/6\) \| test accuracy "
+                                               r"[\d.]+ .*\| ETA \d\d:\d\d:\d\d$", line)]
+  done = [line for line in lines if "done: step 6, test accuracy" in line]
+  assert len(epoch) == 1 and len(done) == 1, stderr[-4000:]
+  assert "\r" not in epoch[0] + done[0] and "ran-train:" not in stderr
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_readme_blocks_run_outside_the_repository(tmp_path):
@@ -136,26 +153,24 @@ def test_readme_blocks_run_outside_the_repository(tmp_path):
   assert where.returncode == 0, where.stderr[-2000:]   # importable outside the checkout
 
   quickstart = _smoke(readme_block("Quickstart", "bash"))
-  r = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", quickstart], cwd=tmp_path, env=env,
-                     capture_output=True, text=True, timeout=600)
+  r = _run_raw(["bash", "-e", "-o", "pipefail", "-c", quickstart], tmp_path, env)
   assert r.returncode == 0, (quickstart, r.stdout[-3000:], r.stderr[-5000:])
   for f in ("runs/digits/final_metrics.json", "runs/digits/deploy/encoder.tflite",
             "runs/digits/eval/result.json", "x.npy", "x_labels.npy", "features.npz"):
     assert (tmp_path / f).exists(), f
   assert re.search(r"accuracy", r.stdout), r.stdout[-2000:]        # the cloud's report
-  # ran-train's log: an epoch line with its ETA and the closing summary, no glued lines
-  assert re.search(r"epoch 2/2 \(step 6/6\) \| test accuracy [\d.]+ .*\| ETA ", r.stderr)
-  assert "done: step 6, test accuracy" in r.stderr and "\r" not in r.stderr
+  # ran-train's log: an epoch line with its ETA and the closing summary, each a line of its
+  # own (no bar in a log file: no carriage return on them, no 'ran-train:' bar text)
+  _assert_clean_training_log(r.stderr)
 
   api = tmp_path / "api.py"
   api.write_text(_smoke(readme_block("The Python API in ten lines", "python")))
-  r = subprocess.run([sys.executable, str(api)], cwd=tmp_path, env=env, capture_output=True,
-                     text=True, timeout=600)
+  r = _run_raw([sys.executable, str(api)], tmp_path, env)
   assert r.returncode == 0, (api.read_text(), r.stderr[-5000:])
   accuracy, worst = r.stdout.strip().splitlines()[-1].split(" ", 1)
   assert 0.0 < float(accuracy) <= 1.0 and "mse_sum" in worst
   # The Python API is not silent: the training's progress reaches stderr without any setup.
-  assert "epoch 2/2" in r.stderr and "ETA" in r.stderr and "done: step 6" in r.stderr
+  _assert_clean_training_log(r.stderr)
   assert (tmp_path / "runs/api/export").is_dir()
 
 
