@@ -1,7 +1,7 @@
 """Attacker evaluation of the frozen encoder of a finished training run.
 
   ran-attack --workdir=runs/digits                        (python -m ran_jax.attack ...)
-  ran-attack --workdir=runs/mnist_private --preset=strong [--attackers=mlp_decoder,ridge]
+  ran-attack --workdir=runs/mnist_private --preset=thorough [--attackers=mlp_decoder,ridge]
   In Python: report = ran_jax.attack(workdir="runs/digits")   # the report as a dict
 
 Trains reconstruction attackers (`ran_jax.privacy.attackers`) from scratch on (input,
@@ -13,21 +13,30 @@ attackers and, for a noisy release, the Fisher bound.
 Writes WORKDIR/eval/result.json (and artifacts.npz; `--eval_dir` for another directory)
 and prints a table. MSE convention: see `ran_jax.privacy.metrics`.
 
-Presets (`--preset`): 'light' (the default, minutes on 2 CPU cores: the mirrored and MLP
-decoders and ridge, each fit capped at 15 epochs) and 'strong' (adds the residual
-decoder, the strongest and slowest attacker, caps at 100 epochs and adds the means of 4
-and 16 releases: what published figures use). The command prints the attackers a preset
-skipped. `--attackers`, `--attack_max_epochs` and `--releases` override the preset's.
+Attacker budgets (`--preset`, `ran_jax.privacy.budget`): every attacker is *searched* on
+the attacker's validation part under a declared budget, written into the result.
+'light' (the default, minutes on 2 CPU cores: the mirrored and MLP decoders and ridge, fits
+capped at 15 epochs; identity: logistic regression, MLP, kNN, random forest, extremely
+randomized trees, with 1 or 4 noise draws per training input) and 'thorough' (what
+published figures use; 'strong' is its earlier name: adds the residual decoder, wider and
+deeper MLP decoders, two learning rates, white-box inversion through the encoder, fits to
+100 epochs, the means of 4 and 16 releases; identity: capacity grids, gradient-boosted
+trees, 16 noise draws). Every worst case carries a convergence mark: 'converged', or
+'lower bound' when the last doubling of the fit set or of a searched capacity still moved
+it by more than the budget's tolerance. `--attackers`, `--attack_max_epochs` and
+`--releases` override the budget's.
 
 Repeated releases: for a noisy release every attacker family is also trained, validated
 and scored on the clean features (the limit: an attacker holding the encoder computes
-them) and on the mean of N releases of each input (`--releases`; the strong preset's 4
+them) and on the mean of N releases of each input (`--releases`; the thorough budget's 4
 and 16), under result['releases'].
 
 Identity: with an attribute (`--attribute=subject`, default the run's data.attribute)
 attribute attackers (`ran_jax.privacy.identity`) are trained on the releases too, for
 one release, N releases of one input, the clean features, the raw input, and N
-releases of one person (`--person_releases`); result['identity'].
+releases of one person (`--person_releases`: per-release probabilities calibrated on
+validation and summed, or a set attacker on the group's pooled statistics, the stronger of
+the two); result['identity'].
 `--noreconstruction` runs only these.
 """
 
@@ -38,64 +47,54 @@ import logging
 import os
 from typing import Optional, Sequence
 
+from ran_jax.privacy import budget as budget_lib
+
 log = logging.getLogger("ran_jax")
 
-
-@dataclasses.dataclass(frozen=True)
-class Preset:
-  """How hard the reconstruction attackers try: which families, and each fit's epoch cap."""
-
-  attackers: tuple
-  max_epochs: int
-  releases: tuple   # N of the 'mean of N releases of one input' threats (noisy encoders)
-
-  def describe(self) -> str:
-    means = (f", the mean of {'/'.join(map(str, self.releases))} releases too"
-             if self.releases else "")
-    return (f"{', '.join(self.attackers)}, at most {self.max_epochs} epochs per fit, one "
-            f"release and the clean features{means}")
-
-
-PRESETS = {
-    "light": Preset(("mirrored_decoder", "mlp_decoder", "ridge"), 15, ()),
-    "strong": Preset(("mirrored_decoder", "mlp_decoder", "resnet_decoder", "ridge"), 100,
-                     (4, 16)),
-}
+# The declared attacker budgets (`ran_jax.privacy.budget`); 'strong' is the earlier name of
+# 'thorough'.
+PRESETS = {**budget_lib.BUDGETS,
+           **{old: budget_lib.BUDGETS[new] for old, new in budget_lib.ALIASES.items()}}
 
 
 def attack_config(*, preset: str = "light", attackers: Optional[Sequence[str]] = None,
                   attack_max_epochs: Optional[int] = None, attack_train_limit: int = 0,
                   test_limit: int = 0, patience: int = 3, resnet_width: int = 64,
                   attacker_seed: int = 0, **unused):
-  """The `protocol.AttackConfig` of a preset, with explicit choices overriding it.
+  """The `protocol.AttackConfig` of a budget (`preset`), explicit choices overriding it.
 
-  Raises ValueError for an unknown preset or attacker family. `unused`: other keywords of
+  Raises ValueError for an unknown budget or attacker family. `unused`: other keywords of
   `ran_jax.attack` (the identity ones), ignored here.
   """
   from ran_jax.privacy import attackers as atk
   from ran_jax.privacy import protocol
 
   del unused
-  if preset not in PRESETS:
-    raise ValueError(f"preset={preset!r}: allowed: {sorted(PRESETS)}.")
-  p = PRESETS[preset]
-  attackers = tuple(p.attackers if attackers is None else attackers)
+  b = budget_lib.get_budget(preset)
+  r = b.reconstruction
+  attackers = tuple(r.attackers if attackers is None else attackers)
   unknown = sorted(set(attackers) - set(protocol.ATTACKERS))
   if unknown:
     raise ValueError(f"attackers: unknown {unknown}; allowed: {list(protocol.ATTACKERS)}.")
-  epochs = p.max_epochs if attack_max_epochs is None else int(attack_max_epochs)
+  epochs = r.max_epochs if attack_max_epochs is None else int(attack_max_epochs)
   if epochs < 1 or patience < 1:
     raise ValueError("attack_max_epochs and patience must be >= 1.")
   fit = atk.FitConfig(max_epochs=epochs, patience=patience, seed=attacker_seed)
-  # The retrained classifier is a utility figure, cheap to fit: the preset's cap applies to
+  # The retrained classifier is a utility figure, cheap to fit: the budget's cap applies to
   # the attackers only (an explicit attack_max_epochs caps both).
   classifier_fit = dataclasses.replace(
-      fit, max_epochs=max(epochs, PRESETS["strong"].max_epochs)
+      fit, max_epochs=max(epochs, budget_lib.BUDGETS["thorough"].reconstruction.max_epochs)
       if attack_max_epochs is None else epochs)
   return protocol.AttackConfig(attack_train_limit=attack_train_limit, test_limit=test_limit,
                                attackers=attackers, attacker_fit=fit,
                                classifier_fit=classifier_fit,
-                               seed=attacker_seed, resnet_width=resnet_width)
+                               seed=attacker_seed, resnet_width=resnet_width,
+                               mlp_hidden=tuple(r.mlp_hidden),
+                               learning_rates=tuple(r.learning_rates),
+                               inversion=r.inversion, inversion_steps=r.inversion_steps,
+                               inversion_weights=tuple(r.inversion_weights),
+                               fit_fractions=tuple(r.fit_fractions),
+                               tolerance=b.reconstruction_tolerance, budget=b.name)
 
 
 def identity_config(*, preset: str = "light", attacker_seed: int = 0,
@@ -107,10 +106,9 @@ def identity_config(*, preset: str = "light", attacker_seed: int = 0,
   from ran_jax.privacy import identity
 
   del unused
-  if preset not in PRESETS:
-    raise ValueError(f"preset={preset!r}: allowed: {sorted(PRESETS)}.")
-  releases = PRESETS[preset].releases if releases is None else releases
-  families = tuple(identity.FAMILIES if identity_attackers is None else identity_attackers)
+  b = budget_lib.get_budget(preset)
+  releases = b.reconstruction.releases if releases is None else releases
+  families = tuple(b.identity.families if identity_attackers is None else identity_attackers)
   unknown = sorted(set(families) - set(identity.FAMILIES))
   if unknown or not families:
     raise ValueError(f"identity_attackers: unknown {unknown}; allowed: "
@@ -120,10 +118,10 @@ def identity_config(*, preset: str = "light", attacker_seed: int = 0,
     raise ValueError(f"releases={list(releases)}: integers >= 2 expected.")
   if identity_seeds < 1 or person_releases < 0 or person_groups < 1:
     raise ValueError("identity_seeds and person_groups must be >= 1, person_releases >= 0.")
-  return identity.IdentityConfig(attackers=families,
-                                 seeds=tuple(range(attacker_seed, attacker_seed + identity_seeds)),
-                                 releases=releases, person_releases=person_releases,
-                                 person_groups=person_groups, seed=attacker_seed)
+  return identity.IdentityConfig.from_budget(
+      b, attackers=families, seeds=tuple(range(attacker_seed, attacker_seed + identity_seeds)),
+      releases=releases, person_releases=person_releases, person_groups=person_groups,
+      seed=attacker_seed)
 
 
 def skipped_attackers(cfg) -> list:
@@ -149,9 +147,8 @@ def attack(workdir: str, *, preset: str = "light", attackers: Optional[Sequence[
 
   Args:
     workdir: a finished training run (holds export/).
-    preset: 'light' (mirrored and MLP decoders, ridge; fits capped at 15 epochs; one
-      release and the clean features) or 'strong' (adds the residual decoder; 100 epochs;
-      also the means of 4 and 16 releases). See `PRESETS`.
+    preset: the attacker budget: 'light' or 'thorough' ('strong': its earlier name); see
+      `ran_jax.privacy.budget.BUDGETS` and the module docstring.
     attackers: reconstruction attacker families (default: the preset's), from
       `ran_jax.privacy.protocol.ATTACKERS`.
     attribute: sensitive attribute for the identity attacks (None: the run's
@@ -164,7 +161,7 @@ def attack(workdir: str, *, preset: str = "light", attackers: Optional[Sequence[
     resnet_width: channels of the residual decoder's coarsest stage.
     attacker_seed: seed of the attackers' split and fits (identity: the first seed).
     releases: N of the 'mean of N releases of one input' threats (noisy encoders; default:
-      the preset's, () for light, (4, 16) for strong).
+      the budget's, () for light, (4, 16) for thorough).
     identity_attackers, identity_seeds, person_releases, person_groups: the identity
       attacks (`ran_jax.privacy.identity.IdentityConfig`).
     progress: show a progress bar (per phase) on stderr.
@@ -202,12 +199,15 @@ def attack(workdir: str, *, preset: str = "light", attackers: Optional[Sequence[
   name = f"lam={trained.config.ran.lam:g}"
   phases = (["reconstruction"] if reconstruction else []) + (["identity"] if attribute else [])
   bar = tqdm(total=len(phases), desc="ran-attack", unit="phase", disable=not progress,
-             bar_format="{desc}: {n}/{total} phases |{bar}| {elapsed} elapsed, ETA {remaining}")
+             bar_format="{desc}: {n}/{total} phases |{bar}| {elapsed} elapsed, ETA {remaining}"
+                        " {postfix}")
+  log.info("attack: budget %s (%s)", budget_lib.get_budget(preset).name,
+           budget_lib.get_budget(preset).describe())
   result, art = {"name": name}, {}
   if reconstruction:
     skipped = skipped_attackers(cfg)
     if skipped:
-      log.info("attack: skipping %s (preset %s; --preset=strong or --attackers adds them)",
+      log.info("attack: skipping %s (budget %s; --preset=thorough or --attackers adds them)",
                ", ".join(skipped), preset)
     bar.set_postfix_str(f"reconstruction: {', '.join(cfg.attackers)}")
     data = protocol.prepare_data(source, cfg)
@@ -216,6 +216,7 @@ def attack(workdir: str, *, preset: str = "light", attackers: Optional[Sequence[
     result["skipped_attackers"] = skipped
     bar.update()
   result["preset"] = preset
+  result["budget"] = budget_lib.get_budget(preset).to_dict()
   result["eval_config"] = cfg.to_dict()
   if attribute:
     bar.set_postfix_str(f"identity ({attribute})")
@@ -229,9 +230,9 @@ def attack(workdir: str, *, preset: str = "light", attackers: Optional[Sequence[
 # ---------------------------------------------------------------- the report
 
 
-def _row(label: str, m: dict) -> str:
-  return (f"{label:24s}{m['mse_sum']:10.4g}{m['mse_mean']:10.4g}{m['psnr']:8.2f}"
-          f"{m['ssim']:8.4f}")
+def _row(label: str, m: dict, mark: str = "") -> str:
+  return (f"{label:28s}{m['mse_sum']:10.4g}{m['mse_mean']:10.4g}{m['psnr']:8.2f}"
+          f"{m['ssim']:8.4f}" + (f"  {mark}" if mark else ""))
 
 
 def format_table(result: dict) -> str:
@@ -242,17 +243,24 @@ def format_table(result: dict) -> str:
   if result.get("attackers"):
     lines += [f"{result['name']}: accuracy {result.get('accuracy', float('nan')):.4f}, "
               f"retrained {result.get('accuracy_retrained', float('nan')):.4f}",
-              f"{'attacker':24s}{'mse_sum':>10s}{'mse_mean':>10s}{'psnr':>8s}{'ssim':>8s}"]
+              f"{'attacker':28s}{'mse_sum':>10s}{'mse_mean':>10s}{'psnr':>8s}{'ssim':>8s}"
+              "  convergence"]
     for a, m in result["attackers"].items():
-      lines.append(_row(a, m))
+      cap = "" if m.get("converged", True) else "fit stopped at its epoch cap"
+      lines.append(_row(a, m, cap))
     w = result["worst"]
-    lines.append(_row(f"worst ({w['attacker']})", w))
+    lines.append(_row(f"worst ({w['attacker']})", w,
+                      budget_lib.mark_label(w.get("convergence"))))
     for name, rel in result.get("releases", {}).items():
       w = rel["worst"]
-      lines.append(_row(f"{name} ({w['attacker']})", w))
+      lines.append(_row(f"{name} ({w['attacker']})", w,
+                        budget_lib.mark_label(w.get("convergence"))))
+    ref = result.get("reference", {})
+    if ref.get("label_only"):
+      lines.append(_row("label-only level", ref["label_only"], "the class-mean input"))
     if result.get("skipped_attackers"):
-      lines.append(f"skipped attackers: {', '.join(result['skipped_attackers'])} (preset "
-                   f"{result.get('preset', 'light')}; --preset=strong adds them)")
+      lines.append(f"skipped attackers: {', '.join(result['skipped_attackers'])} (budget "
+                   f"{result.get('preset', 'light')}; --preset=thorough adds them)")
   if result.get("identity"):
     lines.append(identity.format_identity(result["identity"]))
   return "\n".join(lines)

@@ -66,7 +66,7 @@ def test_attackers_find_a_planted_attribute(planted_result):
   assert r["chance"] == pytest.approx(0.25) and 0.2 <= r["majority"] <= 0.3
   assert set(r["settings"]) == {"single", "raw"}  # noise-free: N releases = one = clean
   single = r["settings"]["single"]
-  assert set(single["attackers"]) == set(identity.FAMILIES)
+  assert set(single["attackers"]) == set(identity.IdentityConfig().attackers)
   assert single["worst"]["top1"] == max(a["top1"] for a in single["attackers"].values())
   assert single["worst"]["top1"] > 0.8
   lo, hi = single["worst"]["ci95"]
@@ -81,7 +81,7 @@ def test_label_only_floor(planted_result):
   nothing of the person (while the releases name it), at the level the label reveals where
   it does (the label names one of two pairs: 1/2), for one example and for a person."""
   floor = planted_result["label_only"]
-  assert set(floor["attackers"]) == set(identity.FAMILIES)
+  assert set(floor["attackers"]) == set(identity.IdentityConfig().attackers)
   assert floor["worst"]["top1"] < 0.45 < planted_result["settings"]["single"]["worst"]["top1"]
   h = identity.headline(planted_result)
   assert h["label_only"] == floor["worst"]["top1"]

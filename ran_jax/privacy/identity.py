@@ -80,20 +80,23 @@ import jax
 import numpy as np
 
 from ran_jax.data.source import DataError
-from ran_jax.models import Classifier
 from ran_jax.privacy import attackers as atk
+from ran_jax.privacy import attribute_attackers as aa
+from ran_jax.privacy import budget as budget_lib
 
 log = logging.getLogger("ran_jax")
 
-FAMILIES = ("logreg", "mlp", "knn", "forest")
-LOG_EPS = 1e-6  # floor of a predicted probability before its log (kNN gives exact zeros)
+FAMILIES = aa.FAMILIES
+SET_ATTACKER = "set"   # the person threat's set attacker, beside the families
+LOG_EPS = aa.LOG_EPS   # floor of a predicted probability before its log (kNN gives exact zeros)
 
 
 @dataclasses.dataclass
 class IdentityConfig:
-  """How attribute attackers are trained and scored."""
+  """How attribute attackers are searched, trained and scored (defaults: the `light`
+  budget of `ran_jax.privacy.budget`; `from_budget` builds one from a budget)."""
 
-  attackers: Sequence[str] = FAMILIES
+  attackers: Sequence[str] = budget_lib.IdentityBudget.families
   seeds: Sequence[int] = (0, 1, 2)
   releases: Sequence[int] = (4, 16)      # N of the mean_N settings
   clean: bool = True                     # also the clean-feature limit
@@ -102,11 +105,21 @@ class IdentityConfig:
   person_releases: int = 10              # releases of one person summed (0: off)
   person_groups: int = 1000
   bootstrap: int = 1000
-  fit_draws: int = 1                     # noisy releases per fit example (stacked)
-  knn_ks: Sequence[int] = (1, 3, 5, 9, 15, 25, 45, 75, 125)
-  mlp_hidden: Sequence[int] = (256,)
-  forest_trees: int = 200
-  forest_min_leaf: Sequence[int] = (1, 5)  # candidates, chosen on the validation part
+  # The search (`attribute_attackers.search`), chosen on the validation part of the first
+  # seed and refit with every seed: noisy releases per fit input, capacities, leaf sizes.
+  draws: Sequence[int] = budget_lib.IdentityBudget.draws
+  max_fit_rows: int = budget_lib.IdentityBudget.max_fit_rows
+  knn_ks: Sequence[int] = budget_lib.IdentityBudget.knn_ks
+  mlp_hidden: Sequence = (256,)          # one MLP, or a grid of them: ((256,), (512, 512))
+  forest_trees: Sequence[int] | int = budget_lib.IdentityBudget.trees
+  forest_min_leaf: Sequence[int] = budget_lib.IdentityBudget.min_leaf
+  boosting_rounds: Sequence[int] = budget_lib.IdentityBudget.boosting_rounds
+  calibrate: bool = True                 # person: smoothing + temperature chosen on validation
+  set_attacker: bool = True              # person: a classifier of pooled group statistics
+  set_groups: int = budget_lib.IdentityBudget.set_groups
+  fit_fractions: Sequence[float] = budget_lib.IdentityBudget.fit_fractions
+  tolerance: float = 0.005               # convergence: absolute top-1
+  budget: str = "light"                  # the declared budget's name, for the record
   fit: atk.FitConfig = dataclasses.field(
       default_factory=lambda: atk.FitConfig(batch_size=128, max_epochs=100, patience=4))
   raw_pca: int = 128
@@ -130,6 +143,20 @@ class IdentityConfig:
 
   def to_dict(self) -> dict:
     return dataclasses.asdict(self)
+
+  @classmethod
+  def from_budget(cls, budget: budget_lib.Budget, **overrides) -> "IdentityConfig":
+    """The config of a declared budget's identity search (`overrides`: other fields)."""
+    b = budget.identity
+    return cls(**{**dict(attackers=tuple(b.families), draws=tuple(b.draws),
+                         max_fit_rows=b.max_fit_rows, knn_ks=tuple(b.knn_ks),
+                         mlp_hidden=tuple(b.mlp_hidden), forest_trees=tuple(b.trees),
+                         forest_min_leaf=tuple(b.min_leaf),
+                         boosting_rounds=tuple(b.boosting_rounds), calibrate=b.calibrate,
+                         set_attacker=b.set_attacker, set_groups=b.set_groups,
+                         fit_fractions=tuple(b.fit_fractions),
+                         tolerance=budget.identity_tolerance, budget=budget.name),
+                  **overrides})
 
 
 # ---------------------------------------------------------------- splits
@@ -289,90 +316,16 @@ def raw_fn(pool: Pool, dims: int) -> Callable:
 # ---------------------------------------------------------------- attackers
 
 
-def _standardise(fit: np.ndarray):
-  mu, sd = fit.mean(0), fit.std(0) + 1e-6
-  return lambda z: ((z - mu) / sd).astype(np.float32)
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-  e = np.exp(logits - logits.max(-1, keepdims=True))
-  return e / e.sum(-1, keepdims=True)
-
-
-def _knn_proba(neighbour_ids: np.ndarray, k: int, num_attributes: int) -> np.ndarray:
-  """[M, >=k] attribute ids of the nearest neighbours -> [M, A] vote fractions of the first k."""
-  m = len(neighbour_ids)
-  votes = np.zeros((m, num_attributes))
-  np.add.at(votes, (np.repeat(np.arange(m), k), neighbour_ids[:, :k].reshape(-1)), 1.0)
-  return votes / k
-
-
 def fit_attacker(family: str, z_fit, a_fit, z_val, a_val, num_attributes: int,
                  cfg: IdentityConfig, seed: int, name: str = ""):
-  """Trains one family on (features, attribute); returns (predict_proba, chosen settings).
-
-  Settings (k and the space of kNN; the epoch count of logreg / mlp) are chosen on the
-  validation part; the attacker is then refit on fit + validation with them, so that
-  it uses all the data before the test part (for HAR the windows closest in time).
-  """
-  z_all = np.concatenate([z_fit, z_val])
-  a_all = np.concatenate([a_fit, a_val])
-  std = _standardise(z_fit)
-  if family in ("logreg", "mlp"):
-    hidden = () if family == "logreg" else tuple(cfg.mlp_hidden)
-    module = Classifier(hidden, num_attributes)
-    fcfg = dataclasses.replace(cfg.fit, seed=int(seed))
-    f = atk.fit(module, atk.ce_loss, std(z_fit), a_fit, std(z_val), a_val, fcfg, name=name)
-    epochs = max(1, f.best_epoch)
-    refit = dataclasses.replace(fcfg, max_epochs=epochs, patience=epochs + 1, lr_decays=0)
-    g = atk.fit(module, atk.ce_loss, std(z_all), a_all, std(z_val), a_val, refit,
-                name=f"{name}/refit")
-    return (lambda z: _softmax(g.predict(std(z)).astype(np.float64)),
-            {"epochs": int(epochs), "val_top1": float(
-                (f.predict(std(z_val)).argmax(-1) == a_val).mean())})
-  if family == "knn":
-    from sklearn.neighbors import NearestNeighbors
-
-    ks = sorted(k for k in cfg.knn_ks if k <= len(z_fit)) or [1]
-    best = None
-    for space, tf in (("standardised", std), ("raw", lambda z: z)):
-      nn_ids = NearestNeighbors(n_neighbors=ks[-1]).fit(tf(z_fit)).kneighbors(
-          tf(z_val), return_distance=False)
-      for k in ks:
-        acc = float((_knn_proba(a_fit[nn_ids], k, num_attributes).argmax(-1) == a_val).mean())
-        if best is None or acc > best[0]:
-          best = (acc, k, space, tf)
-    acc, k, space, tf = best
-    index = NearestNeighbors(n_neighbors=k).fit(tf(z_all))
-
-    def proba(z):
-      ids = index.kneighbors(tf(z), return_distance=False)
-      return _knn_proba(a_all[ids], k, num_attributes)
-
-    return proba, {"k": int(k), "space": space, "val_top1": acc}
-  if family == "forest":
-    from sklearn.ensemble import RandomForestClassifier
-
-    def forest(leaf):
-      return RandomForestClassifier(int(cfg.forest_trees), min_samples_leaf=int(leaf),
-                                    n_jobs=-1, random_state=int(seed))
-
-    best = None
-    for leaf in cfg.forest_min_leaf:
-      acc = float((forest(leaf).fit(z_fit, a_fit).predict(z_val) == a_val).mean())
-      if best is None or acc > best[0]:
-        best = (acc, leaf)
-    acc, leaf = best
-    model = forest(leaf).fit(z_all, a_all)
-    columns = model.classes_.astype(np.int64)   # the values seen in fit + validation
-
-    def proba(z):
-      p = np.zeros((len(z), num_attributes))
-      p[:, columns] = model.predict_proba(z)
-      return p
-
-    return proba, {"min_samples_leaf": int(leaf), "val_top1": acc}
-  raise ValueError(f"unknown attribute attacker {family!r}; allowed: {FAMILIES}")
+  """One family searched on (features, attribute) and refit on fit + validation; returns
+  (predict_proba, chosen settings). The features are used as given (one draw): the noise-
+  draw search of `_score_setting` stacks several copies itself."""
+  searched = aa.search(family, [z_fit], a_fit, z_val, a_val, num_attributes, cfg, seed,
+                       draws=(1,), name=name)
+  proba = aa.refit_with(searched, [z_fit], a_fit, [z_val], a_val, num_attributes, cfg, seed,
+                        name=name)
+  return proba, searched.describe()
 
 
 # ---------------------------------------------------------------- scoring
@@ -417,52 +370,163 @@ def _on_inputs(pool: Pool, fn: Callable) -> Callable:
   return lambda idx, key: fn(pool.x[idx], key)
 
 
+def draw_grid(cfg: IdentityConfig, n_fit: int, noisy: bool) -> list:
+  """The noise draws per fit input searched for a setting: (1,) for deterministic features,
+  else cfg.draws without those whose stacked fit set would exceed cfg.max_fit_rows.
+
+  >>> draw_grid(IdentityConfig(draws=(1, 4, 16), max_fit_rows=50000), 4000, True)
+  [1, 4]
+  >>> draw_grid(IdentityConfig(draws=(1, 4, 16)), 4000, False)
+  [1]
+  """
+  if not noisy:
+    return [1]
+  return sorted({int(d) for d in cfg.draws if int(d) == 1 or int(d) * n_fit <= cfg.max_fit_rows}
+                | {1})
+
+
 def _score_setting(get: Callable, pool: Pool, cfg: IdentityConfig, setting: str,
-                   groups: np.ndarray) -> dict:
-  """Every family x seed on one setting's features (`get(pool indices, key)`); per family
-  means; the worst case."""
+                   groups: np.ndarray, noisy: bool = False) -> dict:
+  """Every family searched on one setting's features (`get(pool indices, key)`), refit with
+  every seed; per family means; the worst case; the person threat (calibrated aggregation
+  of each family, the set attacker); the convergence marks of both figures.
+
+  The search (noise draws per fit input, capacities; `attribute_attackers.search`) and the
+  person calibration run on the validation part of the first seed; every seed then refits
+  the chosen settings on fit + validation with fresh noise and initialisation.
+  """
   a_fit, a_val, a_test = pool.attribute[pool.fit], pool.attribute[pool.val], \
       pool.attribute[pool.test]
-  by_family = {f: {"top1_seeds": [], "person_top1_seeds": []} for f in cfg.attackers}
-  correct = {f: [] for f in cfg.attackers}
-  person_correct = {f: [] for f in cfg.attackers}
+  A = pool.num_attributes
+  draws = draw_grid(cfg, len(pool.fit), noisy)
+  size = int(groups.shape[1]) if len(groups) else 0
+  val_groups = (person_groups(a_val, size, cfg.person_groups, [cfg.seed, 4]) if size
+                else np.zeros((0, 0), np.int64))
+  fams = list(cfg.attackers)
+  by_family = {f: {"top1_seeds": [], "person_top1_seeds": []} for f in fams}
+  correct = {f: [] for f in fams}
+  person_correct = {f: [] for f in fams}
+  searched, calib, seed_data = {}, {}, []
+  set_fam, set_rec = None, {"top1_seeds": [], "correct": []}
   for seed in cfg.seeds:
     key = jax.random.PRNGKey(int(seed))
-    z_fit = np.concatenate([get(pool.fit, jax.random.fold_in(key, 100 + d))
-                            for d in range(max(1, cfg.fit_draws))])
-    a_fit_d = np.tile(a_fit, max(1, cfg.fit_draws))
+    n_draw = max(draws)
+    z_draws = [get(pool.fit, jax.random.fold_in(key, 100 + d)) for d in range(n_draw)]
     z_val = get(pool.val, jax.random.fold_in(key, 1))
+    z_val_draws = [z_val] + [get(pool.val, jax.random.fold_in(key, 200 + d))
+                             for d in range(1, n_draw)]
     z_test = get(pool.test, jax.random.fold_in(key, 2))
-    for fam in cfg.attackers:
-      proba, chosen = fit_attacker(fam, z_fit, a_fit_d, z_val, a_val, pool.num_attributes, cfg,
-                                   seed, name=f"identity/{setting}/{fam}/seed{seed}")
-      p = proba(z_test)
+    seed_data.append((seed, z_draws, z_val_draws, z_test))
+    for fam in fams:
+      name = f"identity/{setting}/{fam}/seed{seed}"
+      if fam not in searched:   # the search, on the first seed's validation part
+        searched[fam] = aa.search(fam, z_draws, a_fit, z_val, a_val, A, cfg, seed, draws, name)
+        calib[fam] = aa.calibrate(searched[fam].chosen.val_proba, val_groups, a_val,
+                                  cfg.calibrate)
+        by_family[fam]["chosen"] = searched[fam].describe()
+        by_family[fam]["calibration"] = calib[fam]
+      p = aa.refit_with(searched[fam], z_draws, a_fit, z_val_draws, a_val, A, cfg, seed,
+                        name=name)(z_test)
       ok = (p.argmax(-1) == a_test).astype(np.float64)
       correct[fam].append(ok)
       by_family[fam]["top1_seeds"].append(float(ok.mean()))
-      by_family[fam].setdefault("chosen", []).append(chosen)
-      if len(groups):
-        logp = np.log(np.maximum(p, LOG_EPS))[groups].sum(1)  # [G, A]
-        pc = (logp.argmax(-1) == a_test[groups[:, 0]]).astype(np.float64)
+      msg = ""
+      if size:
+        c = calib[fam]
+        pc = aa.person_top1(aa.calibrated_log(p, c["smoothing"], c["temperature"]), groups,
+                            a_test)
         person_correct[fam].append(pc)
         by_family[fam]["person_top1_seeds"].append(float(pc.mean()))
-      log.info("identity %-8s %-6s seed %d: top-1 %.4f%s", setting, fam, seed, ok.mean(),
-               f", person ({groups.shape[1]} releases) {pc.mean():.4f}" if len(groups) else "")
+        msg = f", person ({size} releases) {pc.mean():.4f}"
+      log.info("identity %-8s %-11s seed %d: top-1 %.4f%s", setting, fam, seed, ok.mean(), msg)
+    if size and cfg.set_attacker:
+      sa = aa.fit_set_attacker(z_draws, a_fit, z_val, a_val, val_groups, A, cfg, size,
+                               cfg.set_groups, int(seed), f"identity/{setting}/set/seed{seed}",
+                               z_refit=_refit_parts(z_draws, z_val_draws),
+                               a_refit=np.concatenate([a_fit, a_val]), family=set_fam)
+      if sa is not None:
+        if set_fam is None:
+          set_fam, set_rec["chosen"] = sa.family, sa.describe()
+        pc = (sa.predict(aa.pooled(z_test, groups)).argmax(-1)
+              == a_test[groups[:, 0]]).astype(np.float64)
+        set_rec["correct"].append(pc)
+        set_rec["top1_seeds"].append(float(pc.mean()))
+        log.info("identity %-8s %-11s seed %d: person (%d releases) %.4f", setting,
+                 SET_ATTACKER, seed, size, pc.mean())
   for r in by_family.values():
     r["top1"] = float(np.mean(r["top1_seeds"]))
     if r["person_top1_seeds"]:
       r["person_top1"] = float(np.mean(r["person_top1_seeds"]))
   worst = max(by_family, key=lambda f: by_family[f]["top1"])
-  out = {"attackers": by_family, "worst": {
+  out = {"attackers": by_family, "draws_searched": draws, "worst": {
       "attacker": worst, "top1": by_family[worst]["top1"],
       "ci95": bootstrap_interval(np.mean(correct[worst], 0), cfg.bootstrap, [cfg.seed, 5])}}
-  if len(groups):
-    pw = max(by_family, key=lambda f: by_family[f].get("person_top1", -1.0))
-    out["person"] = {"attacker": pw, "top1": by_family[pw]["person_top1"],
-                     "releases": int(groups.shape[1]), "groups": int(len(groups)),
-                     "ci95": bootstrap_interval(np.mean(person_correct[pw], 0), cfg.bootstrap,
+  out["worst"]["convergence"] = _convergence(
+      searched[worst], seed_data, pool, cfg, a_fit, a_val, a_test, by_family[worst]["top1"],
+      None, None, f"identity/{setting}/{worst}")
+  if size:
+    cands = {f: by_family[f]["person_top1"] for f in fams}
+    if set_rec["top1_seeds"]:
+      set_rec["person_top1"] = float(np.mean(set_rec["top1_seeds"]))
+      cands[SET_ATTACKER] = set_rec["person_top1"]
+      out["set_attacker"] = {k: v for k, v in set_rec.items() if k != "correct"}
+    pw = max(cands, key=lambda f: cands[f])
+    pcorrect = set_rec["correct"] if pw == SET_ATTACKER else person_correct[pw]
+    out["person"] = {"attacker": pw, "top1": cands[pw], "releases": size,
+                     "groups": int(len(groups)),
+                     "ci95": bootstrap_interval(np.mean(pcorrect, 0), cfg.bootstrap,
                                                 [cfg.seed, 6])}
+    out["person"]["convergence"] = _convergence(
+        None if pw == SET_ATTACKER else searched[pw], seed_data, pool, cfg, a_fit, a_val,
+        a_test, cands[pw], groups, (set_fam, val_groups) if pw == SET_ATTACKER else
+        calib[pw], f"identity/{setting}/{pw}/person")
   return out
+
+
+def _refit_parts(z_draws, z_val_draws) -> list:
+  """Per draw: fit and validation features stacked (the set attacker's refit examples)."""
+  return [np.concatenate([zf, zv]) for zf, zv in zip(z_draws, z_val_draws)]
+
+
+def _convergence(searched, seed_data, pool: Pool, cfg: IdentityConfig, a_fit, a_val, a_test,
+                 figure: float, groups, person, name: str) -> dict:
+  """The fit-set-size curve of a figure (its attacker refit on each of cfg.fit_fractions
+  of fit + validation, every seed, test top-1; the last fraction is the figure) and the
+  search's edge gains -> `budget.identity_mark`.
+
+  searched None: the set attacker (person = (its family, validation groups)); groups None:
+  the one-release figure, else the person figure (person = the calibration)."""
+  fractions = [float(f) for f in cfg.fit_fractions if 0 < float(f) < 1.0]
+  A = pool.num_attributes
+  curve = []
+  for frac in fractions:
+    vals = []
+    for seed, z_draws, z_val_draws, z_test in seed_data:
+      if searched is None:
+        fam, val_groups = person
+        sa = aa.fit_set_attacker(z_draws, a_fit, z_val_draws[0], a_val, val_groups, A, cfg,
+                                 groups.shape[1], cfg.set_groups, int(seed), name,
+                                 z_refit=_refit_parts(z_draws, z_val_draws),
+                                 a_refit=np.concatenate([a_fit, a_val]), fraction=frac,
+                                 family=fam)
+        vals.append(float((sa.predict(aa.pooled(z_test, groups)).argmax(-1)
+                           == a_test[groups[:, 0]]).mean()))
+        continue
+      p = aa.refit_with(searched, z_draws, a_fit, z_val_draws, a_val, A, cfg, int(seed),
+                        fraction=frac, name=f"{name}/fraction{frac:g}")(z_test)
+      if groups is None:
+        vals.append(float((p.argmax(-1) == a_test).mean()))
+      else:
+        lp = aa.calibrated_log(p, person["smoothing"], person["temperature"])
+        vals.append(float(aa.person_top1(lp, groups, a_test).mean()))
+    curve.append(float(np.mean(vals)))
+  curve.append(float(figure))
+  gains = dict(searched.edge_gains) if searched is not None else {}
+  mark = budget_lib.identity_mark(curve, gains, cfg.tolerance)
+  mark["fractions"] = fractions + [1.0]
+  log.info("%s: %s (fit fractions %s: %s)", name, budget_lib.mark_label(mark),
+           "/".join(f"{f:g}" for f in mark["fractions"]), " ".join(f"{v:.4f}" for v in curve))
+  return mark
 
 
 ERASER_SPLIT_KEYS = ("eraser_fraction", "eraser_seed", "time_gap", "val_recordings")
@@ -531,7 +595,8 @@ def attack_identity(trained, source, cfg: IdentityConfig | None = None) -> dict:
     out["note"] = ("deterministic release: N releases of one input equal one release and the "
                    "clean features")
   for name, get in settings.items():
-    out["settings"][name] = _score_setting(_on_inputs(pool, get), pool, cfg, name, groups)
+    out["settings"][name] = _score_setting(_on_inputs(pool, get), pool, cfg, name, groups,
+                                           noisy=noisy and name not in ("clean", "raw"))
   if cfg.label_only:
     out["label_only"] = _score_setting(label_fn(pool, source.num_classes), pool, cfg,
                                        "label_only", groups)
@@ -584,6 +649,14 @@ def headline(r: dict) -> dict:
   out["label_only_person"] = (float(floor["person"]["top1"]) if floor and "person" in floor
                               else None)
   out["worst"] = max(v for v in (out["single"], out["clean"], out["person"]) if v is not None)
+  clean = settings.get("clean", single if not r.get("feature_noise") else None)
+  out["marks"] = {"single": budget_lib.mark_label(single["worst"].get("convergence")),
+                  "clean": (budget_lib.mark_label(clean["worst"].get("convergence"))
+                            if clean else None),
+                  "person": (budget_lib.mark_label(single["person"].get("convergence"))
+                             if "person" in single else None)}
+  out["converged"] = all(m in (None, "converged") for m in out["marks"].values())
+  out["budget"] = r.get("config", {}).get("budget")
   return out
 
 
@@ -597,18 +670,28 @@ def format_identity(r: dict) -> str:
            + f": chance {r['chance']:.4f}, majority {r['majority']:.4f}"
            + (f", label only {r['label_only']['worst']['top1']:.4f}" if r.get("label_only")
               else ""),
-           f"{'setting':10s}" + "".join(f"{f:>9s}" for f in
+           f"{'setting':10s}" + "".join(f"{f:>12s}" for f in
                                          next(iter(r["settings"].values()))["attackers"])
-           + f"{'worst':>9s}{'95% CI':>17s}{'vs raw':>8s}{'person':>9s}"]
+           + f"{'worst':>9s}{'95% CI':>17s}{'vs raw':>8s}{'person':>9s}  convergence"]
   rows = list(r["settings"].items())
   if r.get("label_only"):
     rows.append(("label only", r["label_only"]))
   for name, s in rows:
-    fams = "".join(f"{a['top1']:9.4f}" for a in s["attackers"].values())
+    fams = "".join(f"{a['top1']:12.4f}" for a in s["attackers"].values())
     ci = s["worst"]["ci95"]
     rel = s.get("relative_to_raw")
     person = s.get("person", {}).get("top1")
+    marks = budget_lib.mark_label(s["worst"].get("convergence"))
+    if "person" in s:
+      marks += f" / person {budget_lib.mark_label(s['person'].get('convergence'))}"
     lines.append(f"{name:10s}{fams}{s['worst']['top1']:9.4f}  [{ci[0]:.4f}, {ci[1]:.4f}]"
                  + (f"{rel:8.3f}" if rel is not None else f"{'-':>8s}")
-                 + (f"{person:9.4f}" if person is not None else f"{'-':>9s}"))
+                 + (f"{person:9.4f}" if person is not None else f"{'-':>9s}") + f"  {marks}")
+  cfg = r.get("config", {})
+  if cfg.get("budget"):
+    lines.append(f"budget {cfg['budget']}: worst of the families (each searched on validation: "
+                 f"noise draws {'/'.join(map(str, cfg.get('draws', [])))}, capacities) and, for "
+                 "the person, calibrated summed log-probabilities or the set attacker; "
+                 "'lower bound': the last doubling of the fit set or of a searched capacity "
+                 f"moved the figure by more than {cfg.get('tolerance', 0):g}")
   return "\n".join(lines)

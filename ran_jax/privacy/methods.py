@@ -56,7 +56,8 @@ def attack_trained(trained, data: protocol.Data, cfg: protocol.AttackConfig, nam
   result, art = protocol.attack_features(
       data, feats, cfg, feature_noise=trained.feature_noise, classify=jax.jit(trained.classify),
       own_decode=jax.jit(trained.decode), mirrored=fresh_mirror(trained),
-      classifier_module=fresh_classifier(trained), releases=releases, clean=clean, name=name)
+      classifier_module=fresh_classifier(trained), releases=releases, clean=clean,
+      invert_features=trained.features, name=name)
   result["train_step"] = trained.meta.get("step")
   result["lam"] = float(trained.config.ran.lam)
   if trained.feature_noise:

@@ -18,6 +18,8 @@ import numpy as np
 
 from ran_jax import losses
 from ran_jax.privacy import attackers as atk
+from ran_jax.privacy import budget as budget_lib
+from ran_jax.privacy import inversion
 from ran_jax.privacy import metrics
 
 log = logging.getLogger("ran_jax")
@@ -26,8 +28,9 @@ ATTACKERS = ("mirrored_decoder", "mlp_decoder", "resnet_decoder", "ridge")
 # Every attacker name that may appear in results (fixed CSV schema):
 #   own_decoder  the decoder trained with the encoder (RAN's D; none for Noisy)
 #   identity     the released data itself taken as the reconstruction (Noisy: |I - noisy I|^2)
+#   inversion    white-box inversion through the frozen encoder (`ran_jax.privacy.inversion`)
 ALL_ATTACKERS = ("own_decoder", "mirrored_decoder", "mlp_decoder", "resnet_decoder", "ridge",
-                 "identity")
+                 "identity", "inversion")
 TRAINED_ATTACKERS = ("mirrored_decoder", "mlp_decoder", "resnet_decoder")
 METRICS = ("mse_sum", "mse_mean", "psnr", "ssim")
 
@@ -44,7 +47,16 @@ class AttackConfig:
   classifier_fit: atk.FitConfig = dataclasses.field(
       default_factory=lambda: atk.FitConfig(max_epochs=30, patience=3))
   retrain_classifier: bool = True
-  mlp_hidden: Sequence[int] = (1024, 1024)
+  # One MLP decoder (1024, 1024), or a grid of them ((1024, 1024), (2048, 2048)) searched on
+  # validation; learning_rates (empty: attacker_fit's) searched for every trained family.
+  mlp_hidden: Sequence = (1024, 1024)
+  learning_rates: Sequence[float] = ()
+  inversion: bool = False          # white-box inversion through the encoder (given one)
+  inversion_steps: int = 200
+  inversion_weights: Sequence[float] = (0.01, 0.1, 1.0, 10.0)
+  fit_fractions: Sequence[float] = (1.0,)   # convergence: the worst refit on these fractions
+  tolerance: float = 0.02          # convergence: relative change of the summed error
+  budget: str = ""                 # the declared budget's name, for the record
   resnet_width: int = 64
   resnet_blocks: int = 1
   n_show: int = 8                  # test images whose reconstructions are kept for figures
@@ -196,6 +208,7 @@ def attack_features(data: Data, encode: Callable, cfg: AttackConfig, *,
                     identity: bool = False,
                     releases: Sequence[int] = (),
                     clean: bool = False,
+                    invert_features: Optional[Callable] = None,
                     name: str = "") -> tuple[dict, dict]:
   """Scores one frozen feature map `encode` (numpy [B, ...] -> numpy features).
 
@@ -220,6 +233,13 @@ def attack_features(data: Data, encode: Callable, cfg: AttackConfig, *,
   mirrored: a fresh mirrored decoder module (skipped when None or not in cfg.attackers).
   classifier_module: a fresh classifier retrained on the frozen features.
   identity: also score the features themselves as the reconstruction (Noisy).
+  invert_features: the clean feature map as a JAX function (x -> z): with cfg.inversion,
+  white-box inversion through it, started from the best trained decoder (`inversion`).
+
+  The trained families are searched (cfg.mlp_hidden's capacities x cfg.learning_rates,
+  chosen on validation loss) and the worst case of each threat carries a convergence mark
+  (`budget.reconstruction_mark`: the worst attacker refit on cfg.fit_fractions of the fit
+  part, and the search's edge gains).
 
   Returns (result, artifacts): result is JSON-able (accuracy, per-attacker metrics,
   worst case); artifacts are arrays for the figures (reconstructions, 3-D features).
@@ -252,43 +272,70 @@ def attack_features(data: Data, encode: Callable, cfg: AttackConfig, *,
 
   # ---------------------------------------------------------------- attackers
   families = {
-      "mirrored_decoder": mirrored,
-      "mlp_decoder": atk.MLPDecoder(data.input_shape, tuple(cfg.mlp_hidden), data.value_range),
-      "resnet_decoder": atk.ResNetDecoder(data.input_shape, data.value_range, cfg.resnet_width,
-                                          cfg.resnet_blocks),
+      "mirrored_decoder": [((), mirrored)],
+      "mlp_decoder": [(tuple(h), atk.MLPDecoder(data.input_shape, tuple(h), data.value_range))
+                      for h in mlp_grid(cfg.mlp_hidden)],
+      "resnet_decoder": [((), atk.ResNetDecoder(data.input_shape, data.value_range,
+                                                cfg.resnet_width, cfg.resnet_blocks))],
   }
-  trained = [a for a in TRAINED_ATTACKERS if a in cfg.attackers and families[a] is not None]
-  by_attacker, recs = _attack_threat(
+  trained = [a for a in TRAINED_ATTACKERS
+             if a in cfg.attackers and all(m is not None for _, m in families[a])]
+  inv = invert_features if cfg.inversion else None
+  by_attacker, recs, conv = _attack_threat(
       data, cfg, single, sigma, z_fit, z_val, z_test, families, trained, own_decode,
-      identity, name)
+      identity, name, inv)
   result["attackers"] = by_attacker
   for attacker, rec in recs.items():
     art[f"rec_{attacker}"] = rec[:cfg.n_show]
   result["worst"] = worst_case(by_attacker)
+  if result["worst"]:
+    result["worst"]["convergence"] = conv(result["worst"]["attacker"])
+  result["budget"] = cfg.budget
   if further:
     result["releases"] = {}
   for threat in further:
     seeds = (cfg.seed, 1, threat.draws), (cfg.seed, 2, threat.draws)
     t_val, t_test = (threat.features(z, sigma, s) for z, s in zip((zc_val, zc_test), seeds))
-    t_by, _ = _attack_threat(data, cfg, threat, sigma, z_fit, t_val, t_test, families, trained,
-                             own_decode, False, f"{name}/{threat.name}")
+    t_by, _, t_conv = _attack_threat(data, cfg, threat, sigma, z_fit, t_val, t_test, families,
+                                     trained, own_decode, False, f"{name}/{threat.name}", inv)
+    t_worst = worst_case(t_by)
+    if t_worst:
+      t_worst["convergence"] = t_conv(t_worst["attacker"])
     result["releases"][threat.name] = {"trained_on": threat.name, "attackers": t_by,
-                                       "worst": worst_case(t_by)}
+                                       "worst": t_worst}
   return result, art
+
+
+def mlp_grid(value) -> list:
+  """mlp_hidden as a grid: (1024, 1024) is one decoder; ((1024, 1024), (2048, 2048)) two.
+
+  >>> mlp_grid((1024, 1024)), mlp_grid(((64,), (128, 128)))
+  ([(1024, 1024)], [(64,), (128, 128)])
+  """
+  value = tuple(value)
+  if value and all(isinstance(v, (tuple, list)) for v in value):
+    return [tuple(int(w) for w in v) for v in value]
+  return [tuple(int(v) for v in value)]
+
+
+def _learning_rates(cfg: AttackConfig) -> list:
+  return [float(v) for v in cfg.learning_rates] or [float(cfg.attacker_fit.learning_rate)]
 
 
 def _attack_threat(data: Data, cfg: AttackConfig, threat: Threat, sigma: float,
                    z_fit: np.ndarray, z_val: np.ndarray, z_test: np.ndarray, families: dict,
                    trained: Sequence[str], own_decode: Optional[Callable], identity: bool,
-                   name: str) -> tuple[dict, dict]:
+                   name: str, invert_features: Optional[Callable] = None):
   """Every attacker of cfg.attackers fitted to one threat's features and scored on them.
 
   z_fit: clean features of the fit part (the threat's noise is drawn from them: fresh per
   batch for the trained families, one fixed copy for ridge); z_val / z_test: the threat's
-  features of the validation and test parts. Returns ({attacker: metrics}, {attacker:
-  reconstructions of the test inputs}).
+  features of the validation and test parts. families: {family: [(capacity, module)]}:
+  every capacity x learning rate of a family trains in one group, the lowest validation
+  loss is the family's attacker (result 'search'). Returns ({attacker: metrics},
+  {attacker: reconstructions of the test inputs}, convergence(attacker) -> mark or None).
   """
-  by_attacker, recs = {}, {}
+  by_attacker, recs, chosen = {}, {}, {}
 
   def score(attacker, rec, **extra):
     m = metrics.reconstruction_metrics(data.x_test, rec, data.value_range)
@@ -303,21 +350,82 @@ def _attack_threat(data: Data, cfg: AttackConfig, threat: Threat, sigma: float,
     score("identity", z_test.reshape(data.x_test.shape))
   noise_std = threat.noise(sigma)
   noise = dict(input_noise=noise_std, noise_kind="gaussian") if noise_std else {}
+  lrs = _learning_rates(cfg)
+
+  def jobs_of(attackers):
+    return [(a, cap, lr, atk.Job(f"{name}/{a}" + (f"[{'x'.join(map(str, cap))}]" if cap else "")
+                                 + (f"[lr={lr:g}]" if len(lrs) > 1 else ""), module,
+                                 atk.recon_loss, "x",
+                                 dataclasses.replace(cfg.attacker_fit, learning_rate=lr)))
+            for a in attackers for cap, module in families[a] for lr in lrs]
+
   # The decoder families train together: one compiled program over the same batches.
   if trained:
-    jobs = [atk.Job(f"{name}/{a}", families[a], atk.recon_loss, "x", cfg.attacker_fit)
-            for a in trained]
-    fitted = atk.fit_group(jobs, z_fit, {"x": data.x_fit}, z_val, {"x": data.x_val}, **noise)
-    for attacker, job in zip(trained, jobs):
-      f = fitted[job.name]
+    jobs = jobs_of(trained)
+    fitted = atk.fit_group([j for *_, j in jobs], z_fit, {"x": data.x_fit}, z_val,
+                           {"x": data.x_val}, **noise)
+    for attacker in trained:
+      mine = [(cap, lr, job, fitted[job.name]) for a, cap, lr, job in jobs if a == attacker]
+      cap, lr, job, f = min(mine, key=lambda t: t[3].best_val)
+      grid = [{"capacity": list(c), "learning_rate": r, "val_loss": g.best_val,
+               "epochs": g.epochs, "converged": g.converged} for c, r, _, g in mine]
+      caps = list(dict.fromkeys(c for c, *_ in mine))
+      per_cap = [min(g.best_val for c, r, _, g in mine if c == cc) for cc in caps]
+      gain = budget_lib.edge_gain(per_cap, caps.index(cap), higher_is_better=False)
+      chosen[attacker] = {"job": job, "capacity": cap, "lr": lr,
+                          "capacity_gain": gain / per_cap[-2] if len(per_cap) > 1 else 0.0}
+      extra = {"search": grid, "capacity": list(cap), "learning_rate": lr} if len(mine) > 1 \
+          else {}
       score(attacker, f.predict(z_test), epochs=f.epochs, best_epoch=f.best_epoch,
-            lr_cuts=f.lr_cuts, converged=f.converged)
+            lr_cuts=f.lr_cuts, converged=f.converged, **extra)
+      chosen[attacker]["fitted"] = f
   if "ridge" in cfg.attackers:
     z_ridge = threat.features(z_fit, sigma, (cfg.seed, 0) + ((threat.draws,) if
                                                             threat.draws > 1 else ()))
     r = atk.fit_ridge(z_ridge, data.x_fit, z_val, data.x_val, data.value_range)
     score("ridge", r.predict(z_test), alpha=r.alpha)
-  return by_attacker, recs
+  if invert_features is not None and chosen:
+    start = min(chosen, key=lambda a: chosen[a]["fitted"].best_val)
+    f = chosen[start]["fitted"]
+    rec, info = inversion.search_and_invert(
+        invert_features, z_val, f.predict(z_val), data.x_val, z_test, f.predict(z_test),
+        data.value_range, cfg.inversion_weights, cfg.inversion_steps, f"{name}/inversion")
+    score("inversion", rec, started_from=start, **info)
+
+  def convergence(attacker: str):
+    """The mark of `attacker`'s figure: refit on cfg.fit_fractions of the fit part."""
+    fractions = sorted(float(v) for v in cfg.fit_fractions if 0 < float(v) < 1)
+    if attacker in ("own_decoder", "identity") or not fractions:
+      return None
+    base = chosen.get(by_attacker[attacker].get("started_from", attacker))
+    if attacker != "ridge" and base is None:
+      return None
+    curve = []
+    for frac in fractions:
+      keep = np.sort(np.random.default_rng([cfg.seed, 41]).permutation(len(z_fit))[
+          :max(2, int(frac * len(z_fit)))])
+      if attacker == "ridge":
+        zr = threat.features(z_fit[keep], sigma, (cfg.seed, 0, 41))
+        pred = atk.fit_ridge(zr, data.x_fit[keep], z_val, data.x_val,
+                             data.value_range).predict(z_test)
+      else:
+        job = dataclasses.replace(base["job"], name=f"{base['job'].name}/fraction{frac:g}")
+        pred = atk.fit_group([job], z_fit[keep], {"x": data.x_fit[keep]}, z_val,
+                             {"x": data.x_val}, **noise)[job.name].predict(z_test)
+      curve.append(float(metrics.reconstruction_metrics(data.x_test, pred,
+                                                        data.value_range)["mse_sum"]))
+    figure = by_attacker[attacker]["mse_sum"]
+    if attacker == "inversion":   # the inversion's curve is its starting decoder's
+      figure = by_attacker[by_attacker[attacker]["started_from"]]["mse_sum"]
+    gains = {} if attacker == "ridge" else {"capacity": base["capacity_gain"]}
+    mark = budget_lib.reconstruction_mark(curve + [figure], gains, cfg.tolerance)
+    mark["fractions"] = fractions + [1.0]
+    log.info("%s | %s: %s (fit fractions %s: %s)", name, attacker, budget_lib.mark_label(mark),
+             "/".join(f"{v:g}" for v in mark["fractions"]),
+             " ".join(f"{v:.4g}" for v in mark["fit_curve"]))
+    return mark
+
+  return by_attacker, recs, convergence
 
 
 def worst_case(by_attacker: dict) -> dict:
