@@ -4,7 +4,9 @@ Model inversion against collaborative inference (He et al., 2019): gradient desc
 through E to explain the release z, started from the best trained decoder's output x0 and
 held near it by a learned prior (the decoder, fitted on the attacker's own data):
 
-  x* = argmin_x  mean_f (E(x) - z)^2 / var(z)  +  w * mean_p (x - x0)^2 / var(x0)
+  x* = argmin_x  mean_f (E(x) - z)^2 / var(z)  +  w * mean_p (x - x0)^2 / s_x^2
+
+(s_x^2 = (hi - lo)^2 / 12, the variance of a uniform input over the value range)
 
 x is kept in the value range by a sigmoid parameterisation. The prior weight w is chosen on
 the attacker's validation part (its inputs are known to it) among the budget's grid and
@@ -62,7 +64,7 @@ def invert(features: Callable, z: np.ndarray, x0: np.ndarray, value_range: Seque
   """Inverts releases z [M, ...] through `features` (JAX, the clean feature map) from x0."""
   lo, hi = (float(v) for v in value_range)
   z_scale = float(z_scale or max(float(np.var(z)), 1e-8))
-  x_scale = float(x_scale or max(float(np.var(x0)), 1e-8))
+  x_scale = float(x_scale or (hi - lo) ** 2 / 12.0)
   fn = _solver(features, int(steps), float(lr), lo, hi)
   out = [np.asarray(fn(jnp.asarray(z[s:s + batch]), jnp.asarray(x0[s:s + batch]),
                        float(weight), z_scale, x_scale)) for s in range(0, len(z), batch)]
@@ -77,7 +79,7 @@ def search_and_invert(features: Callable, z_val: np.ndarray, x0_val: np.ndarray,
   'decoder' = x0 itself is a candidate), then the test releases inverted with it.
   Returns (test reconstructions, {'weight', 'val_mse_sum': {candidate: error}})."""
   z_scale = max(float(np.var(z_val)), 1e-8)
-  x_scale = max(float(np.var(x0_val)), 1e-8)
+  x_scale = (float(value_range[1]) - float(value_range[0])) ** 2 / 12.0
   scores = {"decoder": float(metrics.mse_per_example(x_val, x0_val, "sum").mean())}
   for w in weights:
     rec = invert(features, z_val, x0_val, value_range, w, steps, z_scale=z_scale,
