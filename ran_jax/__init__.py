@@ -24,7 +24,11 @@ from __future__ import annotations
 
 import importlib
 
+from ran_jax import storage as _storage
+
 __version__ = "0.1.0"
+
+_storage.use_gcsfs()   # gs:// paths through gcsfs, before any module touches one
 
 # The jobs: each a module `ran_jax.<name>` callable as its same-named function.
 _JOBS = ("train", "attack", "erase", "sweep", "search", "deploy", "plan")

@@ -2,6 +2,10 @@
 
 After a resume the steps between the last checkpoint and the interruption are
 logged again; readers should keep the last record of each (kind, step).
+
+On Cloud Storage (a gs:// workdir) an object cannot be appended to: the writer keeps the
+file's lines and rewrites metrics.jsonl whole after each record (a few records a minute at
+most: `log_every_steps` and the test passes), so a rerun continues the same file.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ import time
 import jax
 from etils import epath
 
+from ran_jax import storage
+
 
 class MetricWriter:
   """Writes from process 0 only; other processes get a no-op writer."""
@@ -20,11 +26,16 @@ class MetricWriter:
     self.active = jax.process_index() == 0
     self._tb = None
     self._jsonl = None
+    self._lines = None   # a remote file's lines, rewritten whole
     if not self.active:
       return
     root = epath.Path(workdir)
     root.mkdir(parents=True, exist_ok=True)
-    self._jsonl = (root / "metrics.jsonl").open("a")
+    self._path = root / "metrics.jsonl"
+    if storage.is_remote(workdir):
+      self._lines = self._path.read_text().splitlines(True) if self._path.exists() else []
+    else:
+      self._jsonl = self._path.open("a")
     if tensorboard:
       from tensorboardX import SummaryWriter
 
@@ -35,8 +46,13 @@ class MetricWriter:
       return
     clean = {k: float(v) for k, v in metrics.items()}
     record = {"step": int(step), "kind": kind, "time": time.time(), **clean}
-    self._jsonl.write(json.dumps(record) + "\n")
-    self._jsonl.flush()
+    line = json.dumps(record) + "\n"
+    if self._lines is not None:
+      self._lines.append(line)
+      self._path.write_text("".join(self._lines))
+    else:
+      self._jsonl.write(line)
+      self._jsonl.flush()
     if self._tb is not None:
       for k, v in clean.items():
         self._tb.add_scalar(k if kind == "train" else f"{kind}/{k}", v, int(step))

@@ -12,6 +12,8 @@ import hashlib
 import json
 import os
 
+from ran_jax import storage
+
 DEPLOY_DIR = "deploy"
 MANIFEST = "deploy.json"
 ENCODER_FILE = "encoder.tflite"
@@ -34,18 +36,16 @@ def deploy_dir(workdir: str) -> str:
 
 
 def read_bytes(path: str, what: str) -> bytes:
-  if not os.path.exists(path):
+  """An artefact's bytes (local or gs://)."""
+  if not storage.path(path).exists():
     raise FileNotFoundError(f"No {what} at {path}; create it with "
                             "`python -m ran_jax.deploy export --workdir=DIR`.")
-  with open(path, "rb") as f:
-    return f.read()
+  return storage.path(path).read_bytes()
 
 
 def write_bytes(path: str, blob: bytes) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "wb") as f:
-    f.write(blob)
-  os.replace(tmp, path)
+  """Writes an artefact whole (local or gs://)."""
+  storage.write_bytes(path, blob)
 
 
 def existing(path: str) -> str:
@@ -56,12 +56,11 @@ def existing(path: str) -> str:
 
 def read_manifest(directory: str) -> dict:
   path = os.path.join(directory, MANIFEST)
-  if not os.path.exists(path):
+  if not storage.path(path).exists():
     raise FileNotFoundError(f"No deployment manifest {path}; create it with "
                             "`python -m ran_jax.deploy export --workdir=<the workdir>`.")
   try:
-    with open(path, encoding="utf-8") as f:
-      manifest = json.load(f)
+    manifest = json.loads(storage.path(path).read_text())
   except json.JSONDecodeError as e:
     raise ArtefactError(f"{path} is not valid JSON ({e}); re-run the export.") from None
   if manifest.get("format") != FORMAT:

@@ -23,7 +23,7 @@ from typing import Optional
 
 import numpy as np
 
-from ran_jax import __version__
+from ran_jax import __version__, storage
 from ran_jax.deploy.artefacts import (BATCH, CLASSIFIER_FILE, ENCODER_FILE, ENCODER_INT8_FILE,
                                       FORMAT, MANIFEST, deploy_dir, sha256, write_bytes)
 from ran_jax.deploy.client import TFLiteEncoder, draw_eps, litert_available
@@ -178,7 +178,7 @@ def export_deployment(workdir: str, int8: bool = False, seed: int = 0) -> dict:
     return {}
   fn, x_shape, z_shape = encoder_fn(trained)
   out = deploy_dir(workdir)
-  os.makedirs(out, exist_ok=True)
+  storage.path(out).mkdir(parents=True, exist_ok=True)
   m = trained.meta
   manifest = {
       "format": FORMAT, "step": m.get("step"), "dataset": m.get("dataset"),
@@ -223,10 +223,8 @@ def export_deployment(workdir: str, int8: bool = False, seed: int = 0) -> dict:
   write_bytes(os.path.join(out, CLASSIFIER_FILE), cls)
   manifest["classifier"] = {"file": CLASSIFIER_FILE, "sha256": sha256(cls), "bytes": len(cls),
                             "platforms": list(CLASSIFIER_PLATFORMS)}
-  tmp = os.path.join(out, MANIFEST + ".tmp")
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(manifest, f, indent=2)
-  os.replace(tmp, os.path.join(out, MANIFEST))  # last: a manifest marks a finished export
+  # last: a manifest marks a finished export (written whole, local or gs://)
+  storage.write_text(os.path.join(out, MANIFEST), json.dumps(manifest, indent=2))
   log.info("Wrote the deployment to %s: %s", out,
            ", ".join(f"{e['file']} ({e['bytes']} B)" for k, e in manifest.items()
                      if k in ("encoder", "encoder_int8", "classifier")))
