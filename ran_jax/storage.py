@@ -47,20 +47,14 @@ def path(p):
 
 
 def write_text(p, text: str) -> None:
-  """Writes a whole text file (local or gs://): a local file through a temporary one and a
-  rename, so a reader never sees half of it; a Cloud Storage object appears whole when its
-  upload completes."""
-  target = path(p)
-  if is_remote(p):
-    target.write_text(text)
-    return
-  tmp = target.parent / f".{target.name}.tmp"
-  tmp.write_text(text)
-  os.replace(tmp, target)
+  """Writes a whole text file (local or gs://) as `write_bytes` does, UTF-8."""
+  write_bytes(p, text.encode("utf-8"))
 
 
 def write_bytes(p, data: bytes) -> None:
-  """As `write_text`, for bytes."""
+  """Writes a whole file (local or gs://): a local file through a temporary one and a rename,
+  so a reader never sees half of it; a Cloud Storage object appears whole when its upload
+  completes."""
   target = path(p)
   if is_remote(p):
     target.write_bytes(data)

@@ -60,6 +60,7 @@ def test_noise_draws_are_searched_and_more_draws_win_on_noisy_releases():
   s = aa.search("knn", draws, att, zv, av, 5, cfg, 0, draws=(1, 8))
   one = max(p["val_top1"] for p in s.grid if p["draws"] == 1)
   eight = max(p["val_top1"] for p in s.grid if p["draws"] == 8)
+  assert s.chosen.val_top1 == max(p["val_top1"] for p in s.grid)   # the best on validation
   assert s.chosen.settings["draws"] == 8 and eight > one + 0.02, (one, eight)
   assert s.edge_gains["draws"] == pytest.approx(eight - one)
 

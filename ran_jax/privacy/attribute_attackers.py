@@ -39,6 +39,7 @@ import numpy as np
 from ran_jax.models import Classifier
 from ran_jax.privacy import attackers as atk
 from ran_jax.privacy import budget as budget_lib
+from ran_jax.privacy import protocol
 
 log = logging.getLogger("ran_jax")
 
@@ -132,7 +133,7 @@ def candidates(family: str, z_fit, a_fit, z_val, a_val, num_attributes: int, cfg
   part and scored on validation; the order of each capacity axis is the grid's."""
   out = []
   if family in ("logreg", "mlp"):
-    for h in ([()] if family == "logreg" else _hidden_grid(cfg.mlp_hidden)):
+    for h in ([()] if family == "logreg" else protocol.mlp_grid(cfg.mlp_hidden)):
       f, std = _neural_fit(h, z_fit, a_fit, z_val, a_val, num_attributes, cfg.fit, seed,
                            f"{name}/{'x'.join(map(str, h)) or 'linear'}")
       p = _softmax(f.predict(std(z_val)).astype(np.float64))
@@ -197,14 +198,6 @@ def fit_chosen(family: str, settings: dict, z, a, num_attributes: int, cfg, seed
   else:
     raise ValueError(f"unknown attribute attacker {family!r}; allowed: {list(FAMILIES)}")
   return lambda q: _full_proba(m, m.predict_proba(q), num_attributes)
-
-
-def _hidden_grid(value) -> list:
-  """mlp_hidden: (256,) is one MLP; ((256,), (512, 512)) a grid of them."""
-  value = tuple(value)
-  if value and all(isinstance(v, (tuple, list)) for v in value):
-    return [tuple(int(w) for w in v) for v in value]
-  return [tuple(int(v) for v in value)]
 
 
 CAPACITY_AXIS = {"mlp": "hidden", "forest": "trees", "extra_trees": "trees",
