@@ -1,0 +1,192 @@
+"""The Orbax checkpoints in-process: what is saved comes back bit-equal, damage is found
+and moved aside (never deleted), a checkpoint of another config is refused untouched, and
+the fingerprint says exactly which config fields a checkpoint belongs to.
+
+The end-to-end tests (test_train_e2e.py) do the same through train.py; these call
+`ran_jax.checkpointing` directly, with known answers.
+"""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ran_jax import checkpointing, configs
+from ran_jax.checkpointing import CheckpointError, Checkpointer, ForeignCheckpointError
+from ran_jax.program import InputSpec
+
+SPEC = InputSpec(input_shape=(8, 8, 1), num_classes=10)
+
+
+def _state(seed):
+  """A TrainState-like pytree: float and integer leaves, nested."""
+  k = jax.random.key(seed)
+  return {"theta_e": {"w": jax.random.normal(k, (3, 4)), "b": jnp.arange(4.0) + seed},
+          "step": jnp.asarray(seed, jnp.int32)}
+
+
+def _abstract(state):
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                      state)
+
+
+def _fp(digest="d1"):
+  return {"encoder": "lenet", "digest": digest}
+
+
+def _equal(a, b):
+  return all(jax.tree.leaves(jax.tree.map(lambda x, y: bool(np.array_equal(x, y)), a, b)))
+
+
+@pytest.fixture
+def three_saves(tmp_path):
+  """Steps 1, 2, 3 saved with max_to_keep=2: steps 2 and 3 remain."""
+  ck = Checkpointer(str(tmp_path / "ckpt"), max_to_keep=2, async_save=False)
+  for s in (1, 2, 3):
+    assert ck.save(s, _state(s), {"fingerprint": _fp()})
+  ck.wait()
+  yield ck
+  ck.close()
+
+
+def test_newest_checkpoint_comes_back_bit_equal_and_only_max_to_keep_remain(three_saves):
+  ck = three_saves
+  assert ck.all_steps() == [2, 3]
+  restored = ck.restore_latest_good(_abstract(_state(0)), _fp())
+  assert _equal(restored, _state(3))
+  assert int(restored["step"]) == 3
+  meta = ck.read_meta(3)
+  assert meta["fingerprint"] == _fp()
+  # the per-leaf sums saved with the state, in jax.tree.leaves order (b, w, step)
+  want = [float(jnp.sum(x.astype(jnp.float32))) for x in jax.tree.leaves(_state(3))]
+  np.testing.assert_allclose(meta["leaf_sums"], want, rtol=1e-6)
+
+
+def _damage_sums(ck, step, leaf, by):
+  """Rewrites the leaf sums saved with `step` as if one leaf's bytes had changed by `by`."""
+  path = os.path.join(str(ck.directory), str(step), "meta", "metadata")
+  with open(path) as f:
+    meta = json.load(f)
+  meta["leaf_sums"][leaf] += by
+  with open(path, "w") as f:
+    json.dump(meta, f)
+
+
+def test_damaged_content_names_the_leaf(three_saves):
+  ck = three_saves
+  _damage_sums(ck, 3, leaf=1, by=0.5)
+  with pytest.raises(CheckpointError, match=r"step 3: .*\(first differing leaf #1\)"):
+    ck.restore(3, _abstract(_state(0)))
+  # within the tolerance (rtol 1e-5 of a sum near 1): still accepted
+  _damage_sums(ck, 2, leaf=2, by=1e-7)
+  assert _equal(ck.restore(2, _abstract(_state(0))), _state(2))
+
+
+def test_damaged_newest_is_moved_aside_and_the_previous_restored(three_saves):
+  ck = three_saves
+  _damage_sums(ck, 3, leaf=0, by=1.0)
+  restored = ck.restore_latest_good(_abstract(_state(0)), _fp())
+  assert _equal(restored, _state(2))
+  assert ck.all_steps() == [2]
+  corrupt = str(ck.directory) + "_corrupt"
+  moved = os.listdir(corrupt)
+  assert len(moved) == 1 and moved[0].startswith("3-")   # kept, never deleted
+  assert os.path.isdir(os.path.join(corrupt, moved[0], "state"))
+
+
+def test_unreadable_metadata_is_moved_aside(three_saves):
+  ck = three_saves
+  with open(os.path.join(str(ck.directory), "3", "meta", "metadata"), "w") as f:
+    f.write("{not json")
+  restored = ck.restore_latest_good(_abstract(_state(0)), _fp())
+  assert _equal(restored, _state(2))
+  assert os.listdir(str(ck.directory) + "_corrupt")[0].startswith("3-")
+
+
+def test_all_damaged_gives_none(three_saves):
+  ck = three_saves
+  _damage_sums(ck, 3, leaf=0, by=1.0)
+  _damage_sums(ck, 2, leaf=0, by=1.0)
+  assert ck.restore_latest_good(_abstract(_state(0)), _fp()) is None
+  assert ck.all_steps() == []
+  assert len(os.listdir(str(ck.directory) + "_corrupt")) == 2
+
+
+def test_foreign_checkpoint_is_refused_and_left_untouched(three_saves):
+  ck = three_saves
+  with pytest.raises(ForeignCheckpointError, match=r"\(step 3\) of a different model/data"):
+    ck.restore_latest_good(_abstract(_state(0)), _fp("other"))
+  assert ck.all_steps() == [2, 3]
+  assert not os.path.exists(str(ck.directory) + "_corrupt")
+
+
+def test_empty_directory_gives_none(tmp_path):
+  ck = Checkpointer(str(tmp_path / "none"), async_save=False)
+  assert ck.all_steps() == []
+  assert ck.restore_latest_good(_abstract(_state(0)), _fp()) is None
+  ck.close()
+
+
+def _fingerprint(**changes):
+  c = configs.get_config("digits_lenet")
+  c.ran.schedule, c.ran.ema_decay = "constant", 0.0     # the paper's RAN
+  for key, value in changes.items():
+    section, field = key.split("__")
+    c[section][field] = value
+  return checkpointing.model_fingerprint(c, SPEC)
+
+
+def test_fingerprint_fields_of_the_paper_config():
+  fp = _fingerprint()
+  c = configs.get_config("digits_lenet")
+  assert {k: v for k, v in fp.items() if k != "digest"} == {
+      "encoder": c.model.encoder,
+      "widths": list(c.model.widths) if c.model.get("widths") else None,
+      "classifier_hidden": list(c.model.classifier_hidden),
+      "dataset": "digits", "input_shape": [8, 8, 1], "num_classes": 10}
+  assert len(fp["digest"]) == 16
+
+
+@pytest.mark.parametrize("change,field,value", [
+    ({"model__bottleneck_dim": 16}, "bottleneck", [16, "dense"]),
+    ({"model__feature_noise": 0.5}, "bounded", True),
+    ({"ran__extra_decoders": ("mlp",)}, "extra_decoders", ["mlp"]),
+    ({"ran__attribute_weight": 0.1}, "attribute_heads", None),
+    ({"ran__schedule": "cosine"}, "schedule", True),
+    ({"ran__ema_decay": 0.99}, "ema", True),
+])
+def test_each_state_changing_field_changes_the_digest(change, field, value):
+  base, fp = _fingerprint(), _fingerprint(**change)
+  assert field not in base and field in fp
+  if value is not None:
+    assert fp[field] == value
+  assert fp["digest"] != base["digest"]
+
+
+def test_extra_decoders_record_their_widths():
+  fp = _fingerprint(ran__extra_decoders=("mlp", "wide"))
+  assert fp["mlp_decoder_hidden"] == [1024] and fp["wide_decoder_mult"] == 2
+
+
+def test_values_that_do_not_change_the_state_keep_the_digest():
+  """Learning rates, lambda and the seed change values, not the state's structure."""
+  base = _fingerprint()["digest"]
+  assert _fingerprint(ran__lam=0.5)["digest"] == base
+  assert _fingerprint(ran__l1=0.5, ran__k=3)["digest"] == base
+  other = checkpointing.model_fingerprint(configs.get_config("digits_lenet"),
+                                          InputSpec(input_shape=(8, 8, 1), num_classes=9))
+  assert other["digest"] != base and other["num_classes"] == 9
+
+
+def test_exported_networks_round_trip_and_damage_is_named(tmp_path):
+  tree = _state(5)
+  path = tmp_path / "export" / "networks"
+  checkpointing.save_networks(path, tree)
+  back = checkpointing.restore_networks(path, _abstract(tree))
+  assert _equal(back, tree)
+  wrong = {"theta_e": {"w": jax.ShapeDtypeStruct((5, 4), jnp.float32)}}
+  with pytest.raises(CheckpointError, match="Cannot read the exported networks in .*networks"):
+    checkpointing.restore_networks(path, wrong)
