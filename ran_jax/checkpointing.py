@@ -50,8 +50,8 @@ class Checkpointer:
   def __init__(self, directory: str, *, max_to_keep: int = 2, async_save: bool = True):
     self.directory = _path(directory)
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save,
-        cleanup_tmp_directories=True)
+        max_to_keep=max_to_keep, enable_async_checkpointing=async_save,
+        cleanup_tmp_directories=True)   # what a save killed midway left behind
     self.manager = ocp.CheckpointManager(self.directory, options=options,
                                          item_names=("state", "meta"))
 
@@ -79,12 +79,13 @@ class Checkpointer:
     if expected is not None:
       got = np.asarray(jax.device_get(leaf_sums(state)), np.float64)
       expected = np.asarray(expected, np.float64)
-      if got.shape != expected.shape or not np.allclose(got, expected, rtol=1e-5, atol=1e-6):
-        same_shape = got.shape == expected.shape
-        bad = int(np.argmax(~np.isclose(got, expected, rtol=1e-5, atol=1e-6))) if same_shape else -1
+      if got.shape != expected.shape:
+        raise CheckpointError(f"step {step}: {got.size} leaves restored but {expected.size} "
+                              "sums saved with them; the files are damaged.")
+      if not np.allclose(got, expected, rtol=1e-5, atol=1e-6):
+        bad = int(np.argmax(~np.isclose(got, expected, rtol=1e-5, atol=1e-6)))
         raise CheckpointError(f"step {step}: restored content does not match the sums saved "
-                              "with it "
-                              f"(first differing leaf #{bad}); the files are damaged.")
+                              f"with it (first differing leaf #{bad}); the files are damaged.")
     return state
 
   def restore_latest_good(self, abstract_state, fingerprint: dict):
@@ -154,18 +155,18 @@ def model_fingerprint(config, input_spec) -> dict:
       "input_shape": list(input_spec.input_shape),
       "num_classes": int(input_spec.num_classes),
   }
-  if m.get("bottleneck_dim", 0):
+  if m.bottleneck_dim:
     desc["bottleneck"] = [int(m.bottleneck_dim), m.get("bottleneck_kind", "dense")]
   if m.get("feature_noise", 0.0):
     desc["bounded"] = True
   if r.get("extra_decoders", ()):
     desc["extra_decoders"] = list(r.extra_decoders)
     desc["mlp_decoder_hidden"] = list(r.get("mlp_decoder_hidden", (1024,)))
-    desc["wide_decoder_mult"] = int(r.get("wide_decoder_mult", 2))
+    desc["wide_decoder_mult"] = int(r.wide_decoder_mult)
   if r.get("attribute_weight", 0.0):
     desc["attribute_heads"] = [list(r.get("attribute_heads", ())),
                                list(r.get("attribute_hidden", ())),
-                               int(getattr(input_spec, "num_attributes", 0))]
+                               int(input_spec.num_attributes)]
   if r.get("schedule", "constant") != "constant":
     desc["schedule"] = True  # the Adam states carry a schedule count
   if r.get("ema_decay", 0.0):

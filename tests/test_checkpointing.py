@@ -19,6 +19,8 @@ from ran_jax.checkpointing import CheckpointError, Checkpointer, ForeignCheckpoi
 from ran_jax.program import InputSpec
 
 SPEC = InputSpec(input_shape=(8, 8, 1), num_classes=10)
+# The digest of the paper's RAN on the embedded digits as the last release wrote it.
+PAPER_DIGEST = "5dc536b5a25a5c05"
 
 
 def _state(seed):
@@ -190,3 +192,90 @@ def test_exported_networks_round_trip_and_damage_is_named(tmp_path):
   wrong = {"theta_e": {"w": jax.ShapeDtypeStruct((5, 4), jnp.float32)}}
   with pytest.raises(CheckpointError, match="Cannot read the exported networks in .*networks"):
     checkpointing.restore_networks(path, wrong)
+
+
+def test_defaults_keep_the_last_two_and_options_are_keyword_only(tmp_path):
+  ck = Checkpointer(str(tmp_path / "a" / "b" / "ckpt"))    # a folder that does not exist yet
+  for s in (1, 2, 3):
+    assert ck.save(s, _state(s), {"fingerprint": _fp()})
+  ck.wait()
+  assert ck.all_steps() == [2, 3]
+  ck.close()
+  with pytest.raises(TypeError):
+    Checkpointer(str(tmp_path / "c"), 3)   # a bare number is not taken for max_to_keep
+
+
+def test_a_save_is_never_skipped_silently(three_saves):
+  """An earlier step than the newest is written (Orbax would skip it without force), and
+  the same step twice is an error rather than a no-op."""
+  ck = three_saves
+  assert ck.save(1, _state(1), {"fingerprint": _fp()})
+  ck.wait()
+  assert 1 in ck.all_steps()
+  with pytest.raises(Exception, match="already exists"):
+    ck.save(3, _state(7), {"fingerprint": _fp()})
+    ck.wait()
+
+
+def test_what_a_killed_save_left_behind_is_cleaned_on_open(tmp_path):
+  """A save killed midway leaves Orbax's temporary folder; the next run's Checkpointer
+  removes it and keeps the finished checkpoints."""
+  ck = Checkpointer(str(tmp_path / "ckpt"), async_save=False)
+  assert ck.save(1, _state(1), {"fingerprint": _fp()})
+  ck.close()
+  tmp = tmp_path / "ckpt" / "2.orbax-checkpoint-tmp-1700000000"
+  os.makedirs(tmp / "state")
+  again = Checkpointer(str(tmp_path / "ckpt"), async_save=False)
+  again.wait()
+  again.close()
+  assert os.listdir(tmp_path / "ckpt") == ["1"]
+
+
+def test_missing_sums_are_reported_as_damage(three_saves):
+  ck = three_saves
+  path = os.path.join(str(ck.directory), "3", "meta", "metadata")
+  with open(path) as f:
+    meta = json.load(f)
+  meta["leaf_sums"] = meta["leaf_sums"][:2]
+  with open(path, "w") as f:
+    json.dump(meta, f)
+  with pytest.raises(CheckpointError, match="step 3: 3 leaves restored but 2 sums saved"):
+    ck.restore(3, _abstract(_state(0)))
+
+
+def test_foreign_checkpoint_message_names_both_configs_without_digests(three_saves):
+  ck = three_saves
+  mine = {"encoder": "alexnet", "digest": "d9"}
+  with pytest.raises(ForeignCheckpointError) as e:
+    ck.restore_latest_good(_abstract(_state(0)), mine)
+  msg = str(e.value)
+  assert "{'encoder': 'lenet'} vs this run's {'encoder': 'alexnet'}" in msg
+  assert "digest" not in msg and "d1" not in msg
+
+
+def test_the_paper_config_keeps_its_digest():
+  """Checkpoints written by earlier versions resume: the digest of the paper's RAN on the
+  embedded digits is pinned (sorted-key JSON of the fields above, SHA-256, 16 hex)."""
+  fp = _fingerprint()
+  desc = {k: v for k, v in fp.items() if k != "digest"}
+  import hashlib
+  want = hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:16]
+  assert fp["digest"] == want == PAPER_DIGEST
+
+
+def test_attribute_heads_record_the_attribute_values():
+  c = configs.get_config("digits_lenet")
+  c.ran.attribute_weight = 0.1
+  spec = InputSpec(input_shape=(8, 8, 1), num_classes=10, num_attributes=3)
+  fp = checkpointing.model_fingerprint(c, spec)
+  assert fp["attribute_heads"][2] == 3
+  assert checkpointing.model_fingerprint(c, SPEC)["attribute_heads"][2] == 0
+
+
+def test_exported_networks_overwrite_and_land_on_the_first_device(tmp_path):
+  path = tmp_path / "export" / "networks"
+  checkpointing.save_networks(path, _state(1))
+  checkpointing.save_networks(path, _state(2))      # a second export replaces the first
+  back = checkpointing.restore_networks(path, _abstract(_state(0)))
+  assert _equal(back, _state(2))
+  assert all(x.devices() == {jax.local_devices()[0]} for x in jax.tree.leaves(back))

@@ -191,3 +191,60 @@ def test_confusion_loss_known_answer():
   assert float(losses.confusion_loss(jnp.asarray(logits))) == pytest.approx(want, rel=1e-5)
   assert float(losses.confusion_loss(jnp.zeros((3, 5)))) == pytest.approx(0.0, abs=1e-6)
   assert want > 0
+
+
+# A batch with the edge cases of the per-class terms: class 0 (examples 0-1) has exactly one
+# classmate each, with different attribute values; class 1 (examples 2-5) has features all
+# equal (a within-class kernel of zeros after centring); class 2 (6-9) is an ordinary class;
+# class 3 (10-11) is a pair sharing one attribute value (b = 1 / 1).
+EDGE_LABELS = np.array([0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3])
+EDGE_ATTRS = np.array([0, 1, 0, 1, 0, 1, 0, 0, 1, 1, 2, 2])
+
+
+def _edge_features():
+  z = RNG.normal(size=(12, 3)).astype(np.float32)
+  z[2:6] = z[2]
+  return z
+
+
+def test_entanglement_of_a_class_of_two():
+  """An example whose only classmate has another attribute value (p = 0, b = 0 / 1) or the
+  same (p = 1, b = 1 / 1)."""
+  z = _edge_features()
+  want = _np_entanglement(z, EDGE_ATTRS, EDGE_LABELS, 0.5)
+  got = float(losses.attribute_entanglement(jnp.asarray(z), jnp.asarray(EDGE_ATTRS),
+                                            jnp.asarray(EDGE_LABELS), 0.5))
+  assert got == pytest.approx(want, rel=1e-4, abs=1e-7)
+
+
+def test_conditional_hsic_of_a_class_of_two_and_of_a_constant_class():
+  """A class of two with different attribute values counts (its centred kernels' norms are
+  below 1); a class whose features are all equal has a zero centred kernel and adds
+  nothing: the loss stays finite."""
+  z = _edge_features()
+
+  def reference(z):
+    b = len(z)
+    d = np.array([[np.mean((z[i] - z[j]) ** 2) for j in range(b)] for i in range(b)])
+    scale = d[~np.eye(b, dtype=bool)].mean()
+    num = den = 0.0
+    for c in range(4):
+      idx = np.flatnonzero(EDGE_LABELS == c)
+      n = len(idx)
+      h = np.eye(n) - 1.0 / n
+      hkh = h @ np.exp(-d[np.ix_(idx, idx)] / scale) @ h
+      hlh = h @ (EDGE_ATTRS[idx][:, None] == EDGE_ATTRS[idx][None, :]).astype(float) @ h
+      if np.sum(hlh * hlh) <= 1e-6 or np.sum(hkh * hkh) == 0:
+        continue
+      num += n * np.sum(hkh * hlh) / math.sqrt(np.sum(hkh * hkh) * np.sum(hlh * hlh))
+      den += n
+    return num / den
+
+  got = float(losses.conditional_hsic(jnp.asarray(z), jnp.asarray(EDGE_ATTRS),
+                                      jnp.asarray(EDGE_LABELS), 4, 1.0))
+  assert np.isfinite(got)
+  assert got == pytest.approx(reference(z), rel=1e-4)
+  # class 0 alone: two examples of two values are perfectly "aligned" (normalised HSIC 1)
+  two = float(losses.conditional_hsic(jnp.asarray(z[:2]), jnp.asarray(EDGE_ATTRS[:2]),
+                                      jnp.asarray(EDGE_LABELS[:2]), 4, 1.0))
+  assert two == pytest.approx(1.0, abs=1e-5)
