@@ -13,6 +13,8 @@ it: fitted on one release (weight 1/2 at s = 1) and scored on the mean of 4, 16 
 """
 
 import dataclasses
+import os
+
 
 import jax
 import jax.numpy as jnp
@@ -298,3 +300,243 @@ def test_config_dataclass_round_trip():
   cfg = protocol.AttackConfig(attackers=("ridge",), seed=3)
   assert cfg.to_dict()["attackers"] == ("ridge",) and cfg.to_dict()["seed"] == 3
   assert dataclasses.replace(cfg, seed=4).seed == 4
+
+
+# ---------------------------------------------------------------- the parts, by known answers
+
+
+class _Fitted:
+  """What `atk.fit_group` returns for one job, with a chosen validation loss: its
+  reconstruction is the constant `out`."""
+
+  def __init__(self, best_val, out, shape):
+    self.best_val, self.out, self.shape = best_val, out, shape
+    self.epochs, self.best_epoch, self.lr_cuts, self.converged = 3, 2, 0, True
+
+  def predict(self, z):
+    return np.full((len(z),) + self.shape, self.out, np.float32)
+
+
+@pytest.fixture
+def fake_fits(monkeypatch):
+  """atk.fit_group and atk.fit_ridge replaced by recorders: `val_of(job name)` sets each
+  trained job's validation loss; every call's jobs, inputs and sizes are kept."""
+  calls = {"group": [], "ridge": []}
+  val_of = {"fn": lambda name: 1.0}
+
+  def group(jobs, inputs, targets, val_inputs, val_targets, **kw):
+    calls["group"].append({"names": [j.name for j in jobs], "n": len(inputs),
+                           "inputs": inputs, "noise": kw.get("input_noise", 0.0)})
+    return {j.name: _Fitted(val_of["fn"](j.name), 0.0, targets["x"].shape[1:]) for j in jobs}
+
+  def ridge(z, x, z_val, x_val, value_range):
+    calls["ridge"].append({"z": np.asarray(z), "n": len(z)})
+    return dataclasses.make_dataclass("R", ["predict", "alpha"])(
+        lambda q: np.zeros((len(q),) + x.shape[1:], np.float32), 1.0)
+
+  monkeypatch.setattr(atk, "fit_group", group)
+  monkeypatch.setattr(atk, "fit_ridge", ridge)
+  return calls, val_of
+
+
+def _cfg(**kw):
+  base = dict(attackers=("mlp_decoder",), mlp_hidden=(8,), retrain_classifier=False,
+              n_show=2, n_scatter=10, fit_fractions=(1.0,))
+  return protocol.AttackConfig(**{**base, **kw})
+
+
+def test_search_keeps_the_lowest_validation_loss_and_measures_the_edge(fake_fits):
+  """A grid of three capacities x two learning rates: the lowest validation loss is the
+  family's attacker, the grid is recorded, and a choice on the largest capacity carries the
+  gain over the one before it, relative to it: (5 - 4) / 5 = 0.2."""
+  calls, val_of = fake_fits
+  vals = {("8", "0.001"): 9.0, ("8", "0.01"): 7.0, ("16", "0.001"): 6.0,
+          ("16", "0.01"): 5.0, ("32", "0.001"): 4.5, ("32", "0.01"): 4.0}
+  val_of["fn"] = lambda n: vals[(n.split("[")[1][:-1], n.split("lr=")[1].split("]")[0])]
+  cfg = _cfg(mlp_hidden=((8,), (16,), (32,)), learning_rates=(1e-3, 1e-2), fit_fractions=(0.5,),
+             tolerance=0.1)
+  result, _ = protocol.attack_features(_data(40, 10, 10), _flat, cfg, name="g")
+  names = calls["group"][0]["names"]
+  assert names[:2] == ["g/mlp_decoder[8][lr=0.001]", "g/mlp_decoder[8][lr=0.01]"]
+  assert len(names) == 6
+  m = result["attackers"]["mlp_decoder"]
+  assert m["capacity"] == [32] and m["learning_rate"] == 0.01
+  assert sorted(g["val_loss"] for g in m["search"]) == sorted(vals.values())
+  mark = result["worst"]["convergence"]
+  assert mark["edge_gains"] == {"capacity": pytest.approx(0.2)}
+  assert not mark["converged"] and "capacity" in mark["reason"]
+  # the refit on half the fit part: the chosen job again, on 20 of 40 examples
+  refit = calls["group"][1]
+  assert refit["names"] == ["g/mlp_decoder[32][lr=0.01]/fraction0.5"] and refit["n"] == 20
+  assert mark["fractions"] == [0.5, 1.0]
+
+
+def test_one_point_grid_has_no_search_record_and_no_edge(fake_fits):
+  calls, _ = fake_fits
+  result, _ = protocol.attack_features(_data(40, 10, 10), _flat, _cfg(fit_fractions=(0.0, 0.5)),
+                                       name="g")
+  assert calls["group"][0]["names"] == ["g/mlp_decoder[8]"]      # no [lr=...] with one rate
+  m = result["attackers"]["mlp_decoder"]
+  assert "search" not in m and "capacity" not in m
+  mark = result["worst"]["convergence"]
+  assert mark["edge_gains"] == {"capacity": 0.0}
+  assert mark["fractions"] == [0.5, 1.0]       # 0 is no fit set: left out
+  # only the whole fit part: no refit, no mark
+  result, _ = protocol.attack_features(_data(40, 10, 10), _flat, _cfg(), name="h")
+  assert result["worst"]["convergence"] is None
+
+
+def test_ridge_fits_on_one_fixed_copy_of_each_threats_features(fake_fits):
+  """Ridge's training features: one release drawn from (seed, 0), the mean of 4 from
+  (seed, 0, 4), the clean features as they are; its refit on a fraction draws (seed, 0, 41)
+  on the fraction's examples, chosen by the permutation of (seed, 41)."""
+  calls, _ = fake_fits
+  data, sigma = _data(40, 10, 10), 0.5
+  cfg = _cfg(attackers=("ridge",), seed=3, fit_fractions=(0.25,))
+  result, _ = protocol.attack_features(data, _flat, cfg, feature_noise=sigma, releases=(4,),
+                                       clean=True, name="r")
+  z = _flat(data.x_fit)
+  single, mean4, clean = protocol.threats(sigma, (4,), True)
+  fits = [c for c in calls["ridge"] if c["n"] == 40]
+  np.testing.assert_array_equal(fits[0]["z"], single.features(z, sigma, (3, 0)))
+  np.testing.assert_array_equal(fits[1]["z"], mean4.features(z, sigma, (3, 0, 4)))
+  np.testing.assert_array_equal(fits[2]["z"], z)
+  refits = [c for c in calls["ridge"] if c["n"] != 40]
+  keep = np.sort(np.random.default_rng([3, 41]).permutation(40)[:10])
+  assert [c["n"] for c in refits] == [10, 10, 10]
+  np.testing.assert_array_equal(refits[0]["z"], single.features(z[keep], sigma, (3, 0, 41)))
+  assert result["worst"]["convergence"]["fractions"] == [0.25, 1.0]
+
+
+def test_attack_features_scores_what_it_was_asked_to(fake_fits):
+  calls, _ = fake_fits
+  data = _data(40, 10, 10)
+  module = atk.MLPDecoder(data.input_shape, (8,), data.value_range)
+  result, _ = protocol.attack_features(data, _flat, _cfg(attackers=("ridge",)),
+                                       feature_noise=0.5, mirrored=module, name="a")
+  assert set(result["attackers"]) == {"ridge"} and calls["group"] == []
+  assert result["feature_shape"] == [16]
+  assert "releases" not in result                           # no further threat by default
+  assert "accuracy_retrained" not in result
+  with pytest.raises(TypeError):
+    protocol.attack_features(data, _flat, _cfg(), 0.5)      # the options are keyword-only
+
+
+def test_no_retrained_classifier_when_switched_off(monkeypatch, fake_fits):
+  fits = []
+  monkeypatch.setattr(atk, "fit", lambda *a, **k: fits.append(a) or _Fitted(0.0, 0.0, (2,)))
+  data = _data(40, 10, 10)
+  head = atk.MLPDecoder(data.input_shape, (8,), data.value_range)
+  result, _ = protocol.attack_features(data, _flat, _cfg(), classifier_module=head, name="c")
+  assert fits == [] and "accuracy_retrained" not in result
+  result, _ = protocol.attack_features(data, _flat, _cfg(retrain_classifier=True), name="c")
+  assert fits == [] and "accuracy_retrained" not in result      # nothing to retrain
+  result, _ = protocol.attack_features(data, _flat, _cfg(retrain_classifier=True),
+                                       classifier_module=head, name="c")
+  assert len(fits) == 1
+  assert result["accuracy_retrained"] == pytest.approx(np.mean(data.y_test == 0))   # argmax 0
+
+
+def test_non_finite_features_of_either_part_are_refused():
+  data = _data(20, 5, 5)
+
+  def nan_on_test(x):
+    z = _flat(x).copy()
+    if len(x) == 5 and np.array_equal(x, data.x_test):
+      z[0, 0] = np.nan
+    return z
+
+  with pytest.raises(FloatingPointError, match="non-finite"):
+    protocol.attack_features(data, nan_on_test, _cfg(), name="n")
+
+
+def test_pca3_projects_on_the_top_three_axes_and_pads_short_features():
+  """Features whose centred columns are orthogonal with spreads 5, 4, 3, 2, 1 about a
+  mean of 7: the projection is the first three columns, centred (up to sign)."""
+  rng = np.random.default_rng(0)
+  u, _ = np.linalg.qr(rng.standard_normal((50, 5)) - 0.0)
+  u = u - u.mean(0)
+  u, _ = np.linalg.qr(u)           # orthonormal and centred columns
+  z = u * np.array([5.0, 4.0, 3.0, 2.0, 1.0]) + 7.0
+  out = protocol.pca3(z.reshape(50, 5, 1))
+  assert out.shape == (50, 3) and out.dtype == np.float32
+  np.testing.assert_allclose(np.abs(out), np.abs(z - z.mean(0))[:, :3], atol=1e-4)
+  short = protocol.pca3(z[:, :2])
+  assert short.shape == (50, 3)
+  np.testing.assert_allclose(np.abs(short[:, :2]), np.abs(z[:, :2] - z[:, :2].mean(0)),
+                             atol=1e-4)
+  np.testing.assert_array_equal(short[:, 2], 0.0)
+
+
+class _Split:
+  def __init__(self, n, offset):
+    self.x = (np.arange(n, dtype=np.float32) + offset).reshape(n, 1, 1, 1)
+    self.y = np.arange(n) % 2
+
+  def __len__(self):
+    return len(self.x)
+
+  def get(self, idx):
+    return {"image": self.x[idx], "label": self.y[idx]}
+
+
+def _source(n_train, n_test):
+  return dataclasses.make_dataclass(
+      "S", ["train", "test", "input_shape", "num_classes", "value_range"])(
+          _Split(n_train, 0), _Split(n_test, 1000), (1, 1, 1), 2, (0, 2000))
+
+
+def test_prepare_data_limits_and_splits_the_training_part():
+  d = protocol.prepare_data(_source(50, 30), protocol.AttackConfig())
+  assert (len(d.x_fit), len(d.x_val), len(d.x_test)) == (45, 5, 30)      # 10 % validation
+  assert sorted(np.concatenate([d.x_fit, d.x_val]).ravel()) == list(range(50))
+  perm = np.random.default_rng(0).permutation(50)
+  np.testing.assert_array_equal(d.x_val.ravel(), perm[:5])
+  d = protocol.prepare_data(_source(50, 30), protocol.AttackConfig(attack_train_limit=20,
+                                                                   test_limit=1))
+  assert (len(d.x_fit), len(d.x_val), len(d.x_test)) == (18, 2, 1)
+  assert d.x_test.ravel().tolist() == [1000.0]                  # the first test example
+  assert sorted(np.concatenate([d.x_fit, d.x_val]).ravel()) == list(range(20))
+  d = protocol.prepare_data(_source(4, 30), protocol.AttackConfig(test_limit=99))
+  assert (len(d.x_fit), len(d.x_val), len(d.x_test)) == (3, 1, 30)   # at least one to validate
+  with pytest.raises(ValueError, match="attack_train_limit=1.*none to fit"):
+    protocol.prepare_data(_source(50, 30), protocol.AttackConfig(attack_train_limit=1))
+
+
+def test_reference_levels_are_the_class_means_and_the_mean_input():
+  """Class 0 of the fit part has the inputs 0 and 2 (mean 1), class 1 has 4 (mean 4); a
+  class without fit examples falls back to the overall mean (2)."""
+  x = np.array([0.0, 2.0, 4.0], np.float32).reshape(3, 1, 1, 1)
+  t = np.array([1.0, 5.0, 3.0], np.float32).reshape(3, 1, 1, 1)
+  data = protocol.Data(x, np.array([0, 0, 1]), x[:1], np.array([0]), t, np.array([0, 1, 2]),
+                       (1, 1, 1), 3, (0.0, 10.0))
+  ref = protocol.reference_levels(data)
+  assert ref["label_only"]["mse_sum"] == pytest.approx((0 + 1 + 1) / 3)   # 1, 4, 2 guessed
+  assert ref["mean_image"]["mse_sum"] == pytest.approx((1 + 9 + 1) / 3)   # 2 guessed
+
+
+def test_a_saved_point_can_be_saved_again(tmp_path):
+  protocol.save(str(tmp_path / "p"), {"a": 1}, {"z": np.zeros(2)})
+  protocol.save(str(tmp_path / "p"), {"a": 2}, {"z": np.ones(2)})
+  result, art = protocol.load(str(tmp_path / "p"))
+  assert result == {"a": 2} and art["z"].tolist() == [1.0, 1.0]
+  assert not os.path.exists(tmp_path / "p" / "result.json.tmp")
+
+
+def test_threats_are_values_and_a_mean_of_two_is_a_threat():
+  t = protocol.Threat("single", 1)
+  with pytest.raises(dataclasses.FrozenInstanceError):
+    t.draws = 2
+  assert {t: 1}[protocol.Threat("single", 1)] == 1
+  assert [x.name for x in protocol.threats(0.5, (2, 1))] == ["single", "mean_2"]
+  assert [x.name for x in protocol.threats(0.5)] == ["single"]
+
+
+def test_attack_config_defaults_are_the_documented_ones():
+  """The defaults every caller that sets nothing gets (AttackConfig's comments)."""
+  c = protocol.AttackConfig()
+  assert (c.attack_train_limit, c.val_fraction, c.test_limit, c.seed) == (0, 0.1, 0, 0)
+  assert c.attackers == protocol.ATTACKERS and c.retrain_classifier
+  assert (c.classifier_fit.max_epochs, c.classifier_fit.patience) == (30, 3)
+  assert (c.resnet_width, c.resnet_blocks, c.inversion) == (64, 1, False)
+  assert tuple(c.mlp_hidden) == (1024, 1024) and tuple(c.fit_fractions) == (1.0,)

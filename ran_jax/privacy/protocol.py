@@ -86,15 +86,19 @@ class Data:
 def prepare_data(source, cfg: AttackConfig) -> Data:
   """Train subset (split fit/val by a fixed permutation) and test arrays of a DataSource."""
   n_tr = len(source.train)
-  if cfg.attack_train_limit and cfg.attack_train_limit > 0:
+  if cfg.attack_train_limit > 0:
     n_tr = min(n_tr, cfg.attack_train_limit)
+  n_val = max(1, int(round(cfg.val_fraction * n_tr)))
+  if n_tr - n_val < 1:
+    raise ValueError(f"{n_tr} training example(s) (attack_train_limit="
+                     f"{cfg.attack_train_limit}) leave none to fit attackers on after {n_val} "
+                     "for validation: use at least 2.")
   tr = source.train.get(np.arange(n_tr))
   n_te = len(source.test)
-  if cfg.test_limit and cfg.test_limit > 0:
+  if cfg.test_limit > 0:
     n_te = min(n_te, cfg.test_limit)
   te = source.test.get(np.arange(n_te))
   perm = np.random.default_rng(cfg.seed).permutation(n_tr)
-  n_val = max(1, int(round(cfg.val_fraction * n_tr)))
   val, fit_ = perm[:n_val], perm[n_val:]
   x, y = np.asarray(tr["image"], np.float32), np.asarray(tr["label"], np.int32)
   return Data(x[fit_], y[fit_], x[val], y[val], np.asarray(te["image"], np.float32),
