@@ -469,6 +469,16 @@ def sample(workers):
     jobs += [(name, modules[name]["path"], source, by_id[i], entry["tests"]) for i in entry["ids"]]
   lock, free, bad = threading.Lock(), list(trees), []
 
+  # The sampled tests must pass on the code as it is, or a "kill" would mean nothing.
+  for name, entry in spec.items():
+    rc, secs = _pytest(trees[0], ["-q", *entry["tests"]], 600,
+                       os.path.join(BUILD, f"sample.{name}.clean.log"))
+    print(f"{name}: its sampled tests on the unmutated code: "
+          f"{'pass' if rc == 0 else 'FAIL'} ({secs:.0f} s)", flush=True)
+    if rc != 0:
+      sys.exit(f"sample.toml: the tests of {name} fail without a mutant (see "
+               f"{os.path.join(BUILD, f'sample.{name}.clean.log')}); fix them first")
+
   def one(job):
     name, rel, source, m, tests = job
     with lock:

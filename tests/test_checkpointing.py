@@ -223,12 +223,12 @@ def test_what_a_killed_save_left_behind_is_cleaned_on_open(tmp_path):
   ck = Checkpointer(str(tmp_path / "ckpt"), async_save=False)
   assert ck.save(1, _state(1), {"fingerprint": _fp()})
   ck.close()
-  tmp = tmp_path / "ckpt" / "2.orbax-checkpoint-tmp-1700000000"
+  tmp = tmp_path / "ckpt" / "5.orbax-checkpoint-tmp-1700000000"
   os.makedirs(tmp / "state")
   again = Checkpointer(str(tmp_path / "ckpt"), async_save=False)
-  again.wait()
+  assert again.save(2, _state(2), {"fingerprint": _fp()})   # Orbax awaits its cleanup here
   again.close()
-  assert os.listdir(tmp_path / "ckpt") == ["1"]
+  assert sorted(os.listdir(tmp_path / "ckpt")) == ["1", "2"]
 
 
 def test_missing_sums_are_reported_as_damage(three_saves):

@@ -54,10 +54,13 @@ def test_defaults_reproduce_the_paper_iteration_recorded_before_the_defences():
   golden = np.load(GOLDEN)
   got = paper_ran_state()
   assert sorted(got) == sorted(golden.files)
-  # Bit-identical on the machine that recorded it; a hair of tolerance for another CPU's
-  # vector width. Any defence term, extra pass or changed RNG stream moves far more.
+  # Bit-identical on the machine that recorded it. Another CPU's vector width sums in another
+  # order: a few float32 roundings of each leaf's scale (seen: up to 1.5e-7 of a leaf's
+  # largest value on an AVX2-only CPU), so the tolerance is 2e-6 of that scale. Any defence
+  # term, extra pass or changed RNG stream moves far more.
   for k in golden.files:
-    np.testing.assert_allclose(got[k], golden[k], rtol=1e-6, atol=1e-7, err_msg=k)
+    scale = max(1.0, float(np.max(np.abs(golden[k])))) if golden[k].size else 1.0
+    np.testing.assert_allclose(got[k], golden[k], rtol=1e-5, atol=2e-6 * scale, err_msg=k)
 
 
 # ---------------------------------------------------------------- bottleneck
