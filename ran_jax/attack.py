@@ -164,7 +164,8 @@ def attack(workdir: str, *, preset: str = "light", attackers: Optional[Sequence[
       the budget's, () for light, (4, 16) for thorough).
     identity_attackers, identity_seeds, person_releases, person_groups: the identity
       attacks (`ran_jax.privacy.identity.IdentityConfig`).
-    progress: show a progress bar (per phase) on stderr.
+    progress: show a progress bar per phase and per fit on stderr (on a terminal; a log
+      gets the per-attacker lines and, per fit, its epochs with the time left at most).
 
   Returns:
     The report written to EVAL_DIR/result.json: 'name', 'accuracy' (the service
@@ -178,10 +179,11 @@ def attack(workdir: str, *, preset: str = "light", attackers: Optional[Sequence[
     ran_jax.data.source.DataError: the dataset cannot be loaded.
     ValueError: a bad argument.
   """
-  from tqdm.auto import tqdm
-
   from ran_jax import export, input_pipeline
-  from ran_jax.privacy import identity, methods, protocol
+  from ran_jax import progress as job_progress
+  from ran_jax.privacy import protocol
+
+  job_progress.ensure_logging()   # INFO lines on stderr, unless the caller configured logging
 
   cfg = attack_config(preset=preset, attackers=attackers, attack_max_epochs=attack_max_epochs,
                       attack_train_limit=attack_train_limit, test_limit=test_limit,
@@ -198,11 +200,23 @@ def attack(workdir: str, *, preset: str = "light", attackers: Optional[Sequence[
   source = input_pipeline.load_dataset(data_config)
   name = f"lam={trained.config.ran.lam:g}"
   phases = (["reconstruction"] if reconstruction else []) + (["identity"] if attribute else [])
-  bar = tqdm(total=len(phases), desc="ran-attack", unit="phase", disable=not progress,
-             bar_format="{desc}: {n}/{total} phases |{bar}| {elapsed} elapsed, ETA {remaining}"
-                        " {postfix}")
+  bar = job_progress.open_bar(len(phases), desc="ran-attack", unit="phase",
+                              enabled=None if progress else False)
   log.info("attack: budget %s (%s)", budget_lib.get_budget(preset).name,
            budget_lib.get_budget(preset).describe())
+  try:
+    with job_progress.bars(None if progress else False):
+      result, art = _attack_phases(trained, source, cfg, icfg, name, preset, reconstruction,
+                                   attribute, bar)
+  finally:
+    bar.close()
+  protocol.save(eval_dir or os.path.join(workdir, "eval"), result, art)
+  return result
+
+
+def _attack_phases(trained, source, cfg, icfg, name, preset, reconstruction, attribute, bar):
+  from ran_jax.privacy import identity, methods, protocol
+
   result, art = {"name": name}, {}
   if reconstruction:
     skipped = skipped_attackers(cfg)
@@ -222,9 +236,7 @@ def attack(workdir: str, *, preset: str = "light", attackers: Optional[Sequence[
     bar.set_postfix_str(f"identity ({attribute})")
     result["identity"] = identity.attack_identity(trained, source, icfg)
     bar.update()
-  bar.close()
-  protocol.save(eval_dir or os.path.join(workdir, "eval"), result, art)
-  return result
+  return result, art
 
 
 # ---------------------------------------------------------------- the report

@@ -17,6 +17,7 @@ so log lines never glue onto it in a terminal either; the bar redraws on its nex
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import sys
 import time
@@ -84,13 +85,28 @@ class _ClearBar(logging.Filter):
     return True
 
 
+_BARS: contextvars.ContextVar = contextvars.ContextVar("ran_jax_bars", default=None)
+
+
+@contextlib.contextmanager
+def bars(enabled: Optional[bool]) -> Iterator:
+  """Inside, a bar opened without `enabled` (the per-fit bars of the attackers) follows
+  `enabled`: False switches them off, None leaves them to the terminal test."""
+  token = _BARS.set(enabled)
+  try:
+    yield
+  finally:
+    _BARS.reset(token)
+
+
 def open_bar(total: int, *, desc: str, unit: str, initial: int = 0,
              enabled: Optional[bool] = None):
-  """A tqdm bar on stderr with an ETA, or (not a terminal, or `enabled=False`) a disabled one
-  whose calls do nothing. Log records of "ran_jax" clear its line first while it is drawn;
-  `close()` it (or use `bar`, a context manager)."""
+  """A tqdm bar on stderr with an ETA, or (not a terminal, or `enabled=False`, or inside
+  `bars(False)`) a disabled one whose calls do nothing. Log records of "ran_jax" clear its
+  line first while it is drawn; `close()` it (or use `bar`, a context manager)."""
   from tqdm.auto import tqdm
 
+  enabled = _BARS.get() if enabled is None else enabled
   show = is_terminal() if enabled is None else bool(enabled)
   b = tqdm(total=total, initial=initial, desc=desc, unit=unit, disable=not show,
            file=sys.stderr, dynamic_ncols=True,

@@ -123,6 +123,7 @@ def test_track_logs_each_item_with_the_eta(caplog, monkeypatch):
     ("search", ("digits_lenet:smoke", "WD"), Exception),
     ("erase", ("WD",), Exception),
     ("deploy", ("WD",), Exception),
+    ("attack", ("WD",), FileNotFoundError),
 ])
 def test_every_job_sets_up_logging_first(job, args, error, tmp_path, monkeypatch):
   calls = []
@@ -132,3 +133,41 @@ def test_every_job_sets_up_logging_first(job, args, error, tmp_path, monkeypatch
   with pytest.raises(error):
     getattr(ran_jax, job)(*args, **kwargs)
   assert calls == [job]
+
+
+def test_a_fit_logs_its_epochs_with_the_time_left_at_most(caplog, monkeypatch):
+  """An attacker's fit (`attackers.fit_group`): a line per epoch (every=0 here; 10 s apart by
+  default) with the epoch, the fits running, the best validation loss and the time left if
+  every fit ran to its cap; after the last epoch, 0 left."""
+  import numpy as np
+
+  from ran_jax.privacy import attackers as atk
+
+  monkeypatch.setattr(sys, "stderr", io.StringIO())   # a log file: no bar
+  monkeypatch.setattr(atk.Progress.__init__, "__defaults__", (0.0,))
+  rng = np.random.default_rng(0)
+  z, x = rng.normal(size=(32, 4)).astype(np.float32), rng.uniform(size=(32, 2, 2, 1))
+  cfg = atk.FitConfig(batch_size=16, max_epochs=3, patience=5)
+  jobs = [atk.Job(f"t/mlp{w}", atk.MLPDecoder((2, 2, 1), (w,), (0.0, 1.0)), atk.recon_loss,
+                  "x", cfg) for w in (4, 8)]
+  with caplog.at_level(logging.INFO, logger="ran_jax"):
+    atk.fit_group(jobs, z, {"x": x.astype(np.float32)}, z[:8], {"x": x[:8].astype(np.float32)})
+  lines = [r.getMessage() for r in caplog.records if "of at most" in r.getMessage()]
+  assert [line.split(", best")[0] for line in lines] == [
+      f"t/mlp4 and 1 more: epoch {e} of at most 3, {r} running" for e, r in
+      ((1, 2), (2, 2), (3, 0))]
+  assert lines[-1].endswith("| at most 00:00:00 left")
+  assert sys.stderr.getvalue() == ""
+
+
+def test_bars_off_inside_a_job_that_was_asked_for_none(monkeypatch):
+  err = io.StringIO()
+  err.isatty = lambda: True                           # a terminal
+  monkeypatch.setattr(sys, "stderr", err)
+  with progress.bars(False):
+    with progress.bar(3, desc="fit", unit="epoch") as b:
+      b.update(3)
+  assert err.getvalue() == ""
+  with progress.bar(3, desc="fit", unit="epoch") as b:
+    b.update(3)
+  assert "fit: 3/3 epochs" in err.getvalue()

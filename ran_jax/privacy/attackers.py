@@ -421,6 +421,41 @@ class Group:
     return _variables(st["best_params"], st["best_stats"])
 
 
+class Progress:
+  """What a fit shows per epoch: a bar on a terminal, and in a log a line at most every
+  `every` seconds (and after the last epoch) with the epoch, the fits still running, the best
+  validation loss and the time left at most (every fit stops at its epoch cap or earlier):
+
+    attack/mlp_decoder[1024x1024] and 2 more: epoch 4 of at most 30, 3 running, best val
+    loss 0.01234 | at most 00:05:10 left
+  """
+
+  def __init__(self, title: str, cap: int, every: float = 10.0):
+    from ran_jax import progress
+
+    self.title, self.cap, self.every = title, int(cap), float(every)
+    self.t0 = self.last = time.perf_counter()
+    self.bar = progress.open_bar(self.cap, desc=title, unit="epoch")
+    self.done = 0
+
+  def epoch(self, epoch: int, running: int, best: float) -> None:
+    from ran_jax import progress
+
+    now = time.perf_counter()
+    self.bar.update(epoch - self.done)
+    self.done = epoch
+    self.bar.set_postfix_str(f"{running} running, best val loss {best:.4g}")
+    if running and now - self.last < self.every:
+      return
+    self.last = now
+    left = progress.eta(epoch, self.cap, now - self.t0) if running else "00:00:00"
+    log.info("%s: epoch %d of at most %d, %d running, best val loss %.4g | at most %s left",
+             self.title, epoch, self.cap, running, best, left)
+
+  def close(self) -> None:
+    self.bar.close()
+
+
 def fit_group(jobs: Sequence[Job], inputs: np.ndarray, targets: dict, val_inputs: np.ndarray,
               val_targets: dict, input_noise: float = 0.0,
               noise_kind: str = "laplace") -> dict:
@@ -442,6 +477,9 @@ def fit_group(jobs: Sequence[Job], inputs: np.ndarray, targets: dict, val_inputs
   active, converged = np.ones(k, bool), np.zeros(k, bool)
   rng = jax.random.PRNGKey(group.seed)
   epoch = 0
+  cap = max(j.cfg.max_epochs for j in jobs)
+  title = jobs[0].name if k == 1 else f"{jobs[0].name} and {k - 1} more"
+  shown = Progress(title, cap)
   while active.any():
     epoch += 1
     rng, key = jax.random.split(rng)
@@ -467,6 +505,8 @@ def fit_group(jobs: Sequence[Job], inputs: np.ndarray, targets: dict, val_inputs
         active[i] = False
       if not active[i]:
         seconds[i] = time.perf_counter() - t0
+    shown.epoch(epoch, int(active.sum()), float(np.min(np.where(np.isfinite(best), best, np.inf))))
+  shown.close()
   out = {}
   for i, j in enumerate(jobs):
     log.info("%s: %d epochs (best %d, val loss %.5g, %d lr cuts, %s), %.1fs", j.name,
