@@ -728,7 +728,37 @@ def define_flags():
   flags.DEFINE_boolean("largest_batch", False,
                        "Also find the largest per-chip batch that fits, by compiling (2-4 "
                        "compiles per slice).")
+  flags.DEFINE_boolean("launch", False, "Print the gcloud commands that run the config on the "
+                       "(one) --topology, with the workdir and the data under --bucket; "
+                       "compiles nothing.")
+  flags.DEFINE_string("bucket", None, "With --launch: gs://BUCKET[/prefix] for the wheel, "
+                      "the TFDS data (tfds/) and the run (runs/NAME).")
+  flags.DEFINE_string("project", None, "With --launch: the Google Cloud project.")
+  flags.DEFINE_string("zone", None, "With --launch: the zone of the slice.")
+  flags.DEFINE_string("tpu_name", "ran", "With --launch: the TPU VM's name.")
+  flags.DEFINE_string("run_name", "", "With --launch: the run's folder under BUCKET/runs "
+                      "(default: the config's name).")
+  flags.DEFINE_boolean("queued", False, "With --launch: a queued resource instead of a "
+                       "TPU VM created at once.")
+  flags.DEFINE_boolean("spot", True, "With --launch: Spot capacity (preemptible; the run "
+                       "resumes after a preemption).")
   flags.mark_flags_as_required(["config"])
+
+
+def _print_launch(fl) -> None:
+  import sys
+
+  from ran_jax import launch
+
+  if len(fl.topology) != 1:
+    raise PlanError(f"--launch takes one --topology, got {','.join(fl.topology)}.")
+  try:
+    job = launch.Launch(config=launch.config_argument(sys.argv[1:]), topology=fl.topology[0],
+                        bucket=fl.bucket or "", project=fl.project or "", zone=fl.zone or "",
+                        name=fl.tpu_name, run=fl.run_name, queued=fl.queued, spot=fl.spot)
+    sys.stdout.write(launch.script(job, fl.config.data.name))
+  except launch.LaunchError as e:
+    raise PlanError(str(e)) from None
 
 
 def main(argv):
@@ -746,6 +776,9 @@ def main(argv):
     out = str(epath.Path(fl.workdir) / "plan.json")
   hlo_dir = str(epath.Path(fl.workdir) / "hlo") if fl.workdir and fl.keep_hlo else None
   try:
+    if fl.launch:
+      _print_launch(fl)
+      return
     if not has_libtpu():
       raise PlanError(f"Compiling for TPU needs libtpu on this host: {LIBTPU_INSTALL}")
     for name in fl.topology:
