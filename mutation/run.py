@@ -317,8 +317,10 @@ def run_module(name, spec, workers, fresh, only=None, survivors=False):
     state = {"module": spec["path"], "source": _digest(source), "mutants": {}}
   state.update(commit=_commit(), total=len(found) if not only else state.get("total", len(found)))
   if survivors:  # the tests changed: their coverage again, then every mutant not killed
-    state.pop("coverage", None)
-    for mid in [i for i, r in state["mutants"].items() if r["status"] in ("survived", "error")]:
+    state.pop("coverage", None)   # (an equivalent one, explained.toml, cannot be: kept)
+    equivalent = load_explained().get(name, {})
+    for mid in [i for i, r in state["mutants"].items()
+                if r["status"] in ("survived", "error") and i not in equivalent]:
       del state["mutants"][mid]
   todo = [m for m in found if m.id not in state["mutants"]]
   print(f"{name}: {len(found)} mutants, {len(todo)} to run", flush=True)

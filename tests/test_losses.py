@@ -46,6 +46,24 @@ def test_task_loss_without_a_teacher_is_the_cross_entropy_whatever_the_weight():
     assert float(losses.task_loss(logits, jnp.asarray(LABELS), None, weight, 2.0)) == ce
 
 
+@pytest.mark.parametrize("weight,temperature", [(0.3, 1.0), (0.7, 3.0)])
+def test_task_loss_with_a_teacher_known_answer(weight, temperature):
+  """(1 - w) CE + w T^2 KL(teacher || student), the softmaxes at temperature T, written
+  per example here; zero KL when the student is the teacher."""
+  logits, teacher = RNG.normal(size=(12, 4)), RNG.normal(size=(12, 4)) * 2
+  ce = np.mean([-_log_softmax(logits[i])[LABELS[i]] for i in range(12)])
+  kl = np.mean([sum(math.exp(pt) * (pt - ps) for pt, ps in
+                    zip(_log_softmax(teacher[i] / temperature),
+                        _log_softmax(logits[i] / temperature))) for i in range(12)])
+  want = (1 - weight) * ce + weight * temperature ** 2 * kl
+  got = float(losses.task_loss(jnp.asarray(logits), jnp.asarray(LABELS), jnp.asarray(teacher),
+                               weight, temperature))
+  assert kl > 0.05 and got == pytest.approx(want, rel=1e-5)
+  same = float(losses.task_loss(jnp.asarray(logits), jnp.asarray(LABELS), jnp.asarray(logits),
+                                weight, temperature))
+  assert same == pytest.approx((1 - weight) * ce, rel=1e-5)
+
+
 @pytest.mark.parametrize("reduction", ["sum", "mean"])
 def test_squared_error_per_example_and_recon_error(reduction):
   x = RNG.normal(size=(3, 2, 4, 1)).astype(np.float32)
