@@ -453,27 +453,32 @@ ARTIFACT_FILE = "artifacts.npz"
 
 
 def save(directory: str, result: dict, art: dict) -> None:
-  """Writes artifacts first and result.json last: result.json marks a finished point."""
+  """Writes artifacts first and result.json last: result.json marks a finished point.
+  `directory` may be local or gs:// (each file is written whole, `ran_jax.storage`)."""
+  import io
   import json
-  import os
 
-  os.makedirs(directory, exist_ok=True)
-  np.savez_compressed(os.path.join(directory, ARTIFACT_FILE), **art)
-  tmp = os.path.join(directory, RESULT_FILE + ".tmp")
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(result, f, indent=2, default=float)
-  os.replace(tmp, os.path.join(directory, RESULT_FILE))
+  from ran_jax import storage
+
+  storage.path(directory).mkdir(parents=True, exist_ok=True)
+  buf = io.BytesIO()
+  np.savez_compressed(buf, **art)
+  storage.write_bytes(storage.path(directory) / ARTIFACT_FILE, buf.getvalue())
+  storage.write_text(storage.path(directory) / RESULT_FILE,
+                     json.dumps(result, indent=2, default=float))
 
 
 def load(directory: str) -> tuple[Optional[dict], Optional[dict]]:
+  """(result, artifacts) of a finished point, or (None, None) before its result.json."""
+  import io
   import json
-  import os
 
-  path = os.path.join(directory, RESULT_FILE)
-  if not os.path.exists(path):
+  from ran_jax import storage
+
+  path = storage.path(directory) / RESULT_FILE
+  if not path.exists():
     return None, None
-  with open(path, encoding="utf-8") as f:
-    result = json.load(f)
-  ap = os.path.join(directory, ARTIFACT_FILE)
-  art = dict(np.load(ap)) if os.path.exists(ap) else {}
+  result = json.loads(path.read_text(encoding="utf-8"))
+  ap = storage.path(directory) / ARTIFACT_FILE
+  art = dict(np.load(io.BytesIO(ap.read_bytes()))) if ap.exists() else {}
   return result, art
