@@ -330,9 +330,14 @@ def fake_fits(monkeypatch):
     return {j.name: _Fitted(val_of["fn"](j.name), 0.0, targets["x"].shape[1:]) for j in jobs}
 
   def ridge(z, x, z_val, x_val, value_range):
-    calls["ridge"].append({"z": np.asarray(z), "n": len(z)})
-    return dataclasses.make_dataclass("R", ["predict", "alpha"])(
-        lambda q: np.zeros((len(q),) + x.shape[1:], np.float32), 1.0)
+    call = {"z": np.asarray(z), "n": len(z), "val": np.asarray(z_val), "scored": []}
+    calls["ridge"].append(call)
+
+    def predict(q):
+      call["scored"].append(np.asarray(q))
+      return np.zeros((len(q),) + x.shape[1:], np.float32)
+
+    return dataclasses.make_dataclass("R", ["predict", "alpha"])(predict, 1.0)
 
   monkeypatch.setattr(atk, "fit_group", group)
   monkeypatch.setattr(atk, "fit_ridge", ridge)
@@ -401,6 +406,12 @@ def test_ridge_fits_on_one_fixed_copy_of_each_threats_features(fake_fits):
   np.testing.assert_array_equal(fits[0]["z"], single.features(z, sigma, (3, 0)))
   np.testing.assert_array_equal(fits[1]["z"], mean4.features(z, sigma, (3, 0, 4)))
   np.testing.assert_array_equal(fits[2]["z"], z)
+  # validated and scored on each threat's own copies of the validation and test parts
+  zv, zt = _flat(data.x_val), _flat(data.x_test)
+  for fit, threat, seeds in zip(fits, (single, mean4, clean),
+                                (((3, 1), (3, 2)), ((3, 1, 4), (3, 2, 4)), ((), ()))):
+    np.testing.assert_array_equal(fit["val"], threat.features(zv, sigma, seeds[0]))
+    np.testing.assert_array_equal(fit["scored"][0], threat.features(zt, sigma, seeds[1]))
   refits = [c for c in calls["ridge"] if c["n"] != 40]
   keep = np.sort(np.random.default_rng([3, 41]).permutation(40)[:10])
   assert [c["n"] for c in refits] == [10, 10, 10]
@@ -540,3 +551,21 @@ def test_attack_config_defaults_are_the_documented_ones():
   assert (c.classifier_fit.max_epochs, c.classifier_fit.patience) == (30, 3)
   assert (c.resnet_width, c.resnet_blocks, c.inversion) == (64, 1, False)
   assert tuple(c.mlp_hidden) == (1024, 1024) and tuple(c.fit_fractions) == (1.0,)
+
+
+def test_inversion_starts_from_the_decoder_with_the_lowest_validation_loss(fake_fits,
+                                                                         monkeypatch):
+  calls, val_of = fake_fits
+  val_of["fn"] = lambda n: 1.0 if "resnet" in n else 2.0
+  seen = {}
+
+  def invert(features, z_val, x0_val, x_val, z_test, x0_test, *args):
+    seen["x0"] = x0_test
+    return np.asarray(x0_test), {"weight": 1.0}
+
+  monkeypatch.setattr(protocol.inversion, "search_and_invert", invert)
+  cfg = _cfg(attackers=("mlp_decoder", "resnet_decoder"), inversion=True, resnet_width=4)
+  result, _ = protocol.attack_features(_data(40, 10, 10), _flat, cfg, name="i",
+                                       invert_features=lambda x: x)
+  assert result["attackers"]["inversion"]["started_from"] == "resnet_decoder"
+  assert "x0" in seen
