@@ -527,11 +527,13 @@ def test_reference_levels_are_the_class_means_and_the_mean_input():
 
 
 def test_a_saved_point_can_be_saved_again(tmp_path):
-  protocol.save(str(tmp_path / "p"), {"a": 1}, {"z": np.zeros(2)})
-  protocol.save(str(tmp_path / "p"), {"a": 2}, {"z": np.ones(2)})
-  result, art = protocol.load(str(tmp_path / "p"))
+  where = tmp_path / "sweep" / "points" / "p"            # its parents made as needed
+  assert protocol.load(str(where)) == (None, None)
+  protocol.save(str(where), {"a": 1}, {"z": np.zeros(2)})
+  protocol.save(str(where), {"a": 2}, {"z": np.ones(2)})
+  result, art = protocol.load(str(where))
   assert result == {"a": 2} and art["z"].tolist() == [1.0, 1.0]
-  assert not os.path.exists(tmp_path / "p" / "result.json.tmp")
+  assert sorted(os.listdir(where)) == ["artifacts.npz", "result.json"]
 
 
 def test_threats_are_values_and_a_mean_of_two_is_a_threat():
