@@ -293,8 +293,12 @@ def _digest(text):
 
 
 def _commit():
-  return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
+  """HEAD, with "+changes" when tracked files differ from it (the trees copy the work tree)."""
+  head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
                         text=True).stdout.strip()
+  dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "ran_jax",
+                          "tests"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+  return head + ("+changes" if dirty else "")
 
 
 def run_module(name, spec, workers, fresh, only=None, survivors=False):
@@ -434,7 +438,10 @@ def report():
       state = json.load(f)
     c, survivors = summarise(name, state, explained.get(name, {}))
     scope = f" ({', '.join(spec['scope'])})" if spec.get("scope") else ""
-    out.append(f"| `{spec['path']}`{scope} | `{state['commit'][:10]}` | {c['mutants']} | "
+    with open(os.path.join(ROOT, spec["path"])) as f:
+      stale = "" if _digest(f.read()) == state["source"] else " (stale: the module changed since)"
+    commit = state["commit"][:10] + ("+changes" if state["commit"].endswith("+changes") else "")
+    out.append(f"| `{spec['path']}`{scope} | `{commit}`{stale} | {c['mutants']} | "
                f"{c['run']} | {c['killed']} | {c['timeout']} | {c['survived']} | "
                f"{c['equivalent']} | {c['error']} | {100 * c['score']:.1f} % |")
     if survivors:
