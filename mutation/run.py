@@ -351,6 +351,12 @@ def run_module(name, spec, workers, fresh, only=None, survivors=False):
         tests, how = list(spec["tests"]), "module's tests (line not run in-process)"
       else:  # the quickest first: with -x, a killed mutant stops at its first failure
         tests, how = sorted(tests, key=lambda t: seconds.get(t, 30.0)), "covering tests"
+      # tests that run the function in subprocesses, which coverage does not see
+      qualname = m.id.split("/")[0]
+      extra = [t for prefix, ts in spec.get("subprocess_tests", {}).items()
+               if qualname.startswith(prefix) for t in ts if t not in tests]
+      if extra:
+        tests, how = tests + extra, how + " + subprocess tests"
       budget = 90 + 3 * sum(seconds.get(t, 30.0) for t in tests)
       target = os.path.join(tree, spec["path"])
       log = os.path.join(BUILD, f"{name}.mutant.{os.path.basename(tree)}.log")

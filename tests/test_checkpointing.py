@@ -279,3 +279,62 @@ def test_exported_networks_overwrite_and_land_on_the_first_device(tmp_path):
   back = checkpointing.restore_networks(path, _abstract(_state(0)))
   assert _equal(back, _state(2))
   assert all(x.devices() == {jax.local_devices()[0]} for x in jax.tree.leaves(back))
+
+
+_TWO_PROCESSES = r'''
+import json, sys, time
+import jax
+port, pid, directory = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+jax.distributed.initialize(f"127.0.0.1:{port}", 2, pid)
+from etils import epath
+from ran_jax.checkpointing import Checkpointer
+import tests.test_checkpointing as t
+if pid == 0:   # process 0 moves the damaged step late: process 1 must wait for it
+  cls = type(epath.Path(directory))
+  real = cls.rename
+  def slow(self, target):
+    time.sleep(3.0)
+    return real(self, target)
+  cls.rename = slow
+ck = Checkpointer(directory, async_save=False)
+state = ck.restore_latest_good(t._abstract(t._state(0)), t._fp())
+print(json.dumps({"steps": ck.all_steps(), "step": int(state["step"])}), flush=True)
+ck.close()
+'''
+
+
+@pytest.mark.slow
+def test_two_processes_see_the_damaged_checkpoint_moved_before_going_on(three_saves, tmp_path):
+  """On a multi-host slice only process 0 moves a damaged checkpoint aside; every process
+  waits for it (a barrier) before listing the checkpoints again, so none of them goes on
+  believing the damaged one is still there."""
+  import socket
+  import subprocess
+  import sys
+
+  from tests.helpers import ROOT, subprocess_env
+
+  ck = three_saves
+  ck.close()
+  _damage_sums(ck, 3, leaf=0, by=1.0)
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  env = subprocess_env({"PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu"})
+  procs = [subprocess.Popen([sys.executable, "-c", _TWO_PROCESSES, str(port), str(i),
+                             str(ck.directory)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True) for i in range(2)]
+  outs = []
+  try:
+    for p in procs:
+      outs.append(p.communicate(timeout=300))
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.communicate()
+  for p, (_, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+  got = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
+  assert got == [{"steps": [2], "step": 2}] * 2
+  assert len(os.listdir(str(ck.directory) + "_corrupt")) == 1
