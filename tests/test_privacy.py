@@ -71,6 +71,62 @@ def test_ssim_data_range_matters():
   assert metrics.ssim_per_example(x, y, 1.0)[0] < metrics.ssim_per_example(x, y, 255.0)[0]
 
 
+def naive_ssim_axes(x, y, data_range, sigma=1.5, truncate=3.5):
+  """The same windows written per axis: a 1-D Gaussian along each axis longer than 1 (an
+  axis of length 1 has nothing to window), reflected at the edges as often as needed."""
+  r = int(truncate * sigma + 0.5)
+  t = np.arange(-r, r + 1)
+  g = np.exp(-t ** 2 / (2 * sigma ** 2))
+  g = g / g.sum()
+
+  def window(a):
+    for axis in (0, 1):
+      if a.shape[axis] > 1:
+        pad = [(r, r) if ax == axis else (0, 0) for ax in (0, 1)]
+        p = np.pad(a, pad, mode="symmetric")
+        a = sum(g[k] * np.take(p, range(k, k + a.shape[axis]), axis=axis)
+                for k in range(2 * r + 1))
+    return a
+
+  c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+  mx, my = window(x), window(y)
+  vx, vy, cxy = window(x * x) - mx ** 2, window(y * y) - my ** 2, window(x * y) - mx * my
+  return (((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))
+          ).mean()
+
+
+@pytest.mark.parametrize("shape", [(1, 16), (16, 1), (2, 9), (12, 12)])
+def test_ssim_of_rows_columns_and_short_images_against_direct_windows(shape):
+  """1-D signals (HAR's windows are [1, T] or [T, 1]), an image two rows high, and a
+  square one, on a value range of width 2 (C2 = (0.03 x 2)^2)."""
+  rng = np.random.default_rng(2)
+  x = rng.uniform(-1, 1, size=(3,) + shape + (1,))
+  y = np.clip(x + rng.normal(scale=0.3, size=x.shape), -1, 1)
+  got = metrics.ssim_per_example(x, y, 2.0)
+  want = [naive_ssim_axes(x[i, ..., 0], y[i, ..., 0], 2.0) for i in range(3)]
+  np.testing.assert_allclose(got, want, rtol=1e-9)
+  if shape == (12, 12):
+    np.testing.assert_allclose(want, [naive_ssim(x[i, ..., 0], y[i, ..., 0], 2.0)
+                                      for i in range(3)], rtol=1e-9)
+
+
+def test_ssim_refuses_arrays_it_cannot_compare():
+  x = np.zeros((2, 4, 4, 1))
+  with pytest.raises(ValueError, match="ssim expects two"):
+    metrics.ssim_per_example(x, np.zeros((2, 4, 5, 1)), 1.0)
+  with pytest.raises(ValueError, match="ssim expects two"):
+    metrics.ssim_per_example(x[..., 0], x[..., 0], 1.0)
+
+
+def test_psnr_and_ssim_use_the_width_of_the_value_range():
+  """On [-1, 1] the peak is 2: PSNR = 10 log10(4 / MSE), SSIM's constants use 2."""
+  x, rec = np.zeros((3, 8, 8, 1)), np.full((3, 8, 8, 1), 0.1)
+  m = metrics.reconstruction_metrics(x, rec, (-1.0, 1.0))
+  assert m["psnr"] == pytest.approx(10 * np.log10(4.0 / 0.01))
+  # constant images: (2ab + C1) / (a^2 + b^2 + C1) with C1 = (0.01 x 2)^2
+  assert m["ssim"] == pytest.approx((0 + 4e-4) / (0.01 + 4e-4))
+
+
 def _images(n, shape=(4, 4, 1), seed=0):
   return np.random.default_rng(seed).uniform(0.05, 0.95, size=(n,) + shape).astype(np.float32)
 
