@@ -95,7 +95,7 @@ def naive_ssim_axes(x, y, data_range, sigma=1.5, truncate=3.5):
           ).mean()
 
 
-@pytest.mark.parametrize("shape", [(1, 16), (16, 1), (2, 9), (12, 12)])
+@pytest.mark.parametrize("shape", [(1, 16), (16, 1), (2, 9), (9, 2), (12, 12)])
 def test_ssim_of_rows_columns_and_short_images_against_direct_windows(shape):
   """1-D signals (HAR's windows are [1, T] or [T, 1]), an image two rows high, and a
   square one, on a value range of width 2 (C2 = (0.03 x 2)^2)."""
