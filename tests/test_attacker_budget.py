@@ -19,6 +19,70 @@ def test_doctests(module):
   assert result.attempted > 0 and result.failed == 0
 
 
+# The declared budgets (written into every result; docs/results/attacker_budgets.md; lists for
+# tuples), the searches behind the published figures:
+# a figure's meaning is its budget, so a change here must be deliberate and documented.
+DECLARED = {'light': {'name': 'light',
+                      'reconstruction': {'attackers': ['mirrored_decoder', 'mlp_decoder', 'ridge'],
+                                         'max_epochs': 15,
+                                         'releases': [],
+                                         'mlp_hidden': [[1024, 1024]],
+                                         'learning_rates': [0.001],
+                                         'inversion': False,
+                                         'inversion_steps': 200,
+                                         'inversion_weights': [0.01, 0.1, 1.0, 10.0],
+                                         'fit_fractions': [0.5, 1.0]},
+                      'identity': {'families': ['logreg', 'mlp', 'knn', 'forest', 'extra_trees'],
+                                   'draws': [1, 4],
+                                   'max_fit_rows': 60000,
+                                   'mlp_hidden': [[256]],
+                                   'trees': [200],
+                                   'min_leaf': [1, 5],
+                                   'boosting_rounds': [100],
+                                   'knn_ks': [1, 3, 5, 9, 15, 25, 45, 75, 125],
+                                   'calibrate': True,
+                                   'set_attacker': True,
+                                   'set_groups': 400,
+                                   'fit_fractions': [0.25, 0.5, 1.0]},
+                      'identity_tolerance': 0.005,
+                      'reconstruction_tolerance': 0.02},
+            'thorough': {'name': 'thorough',
+                         'reconstruction': {'attackers': ['mirrored_decoder', 'mlp_decoder',
+                                                          'resnet_decoder', 'ridge'],
+                                            'max_epochs': 100,
+                                            'releases': [4, 16],
+                                            'mlp_hidden': [[1024, 1024], [2048, 2048],
+                                                           [1024, 1024, 1024]],
+                                            'learning_rates': [0.001, 0.0003],
+                                            'inversion': True,
+                                            'inversion_steps': 200,
+                                            'inversion_weights': [0.01, 0.1, 1.0, 10.0],
+                                            'fit_fractions': [0.25, 0.5, 1.0]},
+                         'identity': {'families': ['logreg', 'mlp', 'knn', 'forest', 'extra_trees',
+                                                   'boosting'],
+                                      'draws': [1, 4, 16],
+                                      'max_fit_rows': 60000,
+                                      'mlp_hidden': [[256], [512, 512], [1024, 1024]],
+                                      'trees': [100, 200, 400],
+                                      'min_leaf': [1, 5],
+                                      'boosting_rounds': [100, 300],
+                                      'knn_ks': [1, 3, 5, 9, 15, 25, 45, 75, 125],
+                                      'calibrate': True,
+                                      'set_attacker': True,
+                                      'set_groups': 1000,
+                                      'fit_fractions': [0.25, 0.5, 1.0]},
+                         'identity_tolerance': 0.005,
+                         'reconstruction_tolerance': 0.02}}
+
+
+def test_the_declared_budgets_are_the_published_ones():
+  import json
+
+  got = {k: json.loads(json.dumps(v.to_dict())) for k, v in budget.BUDGETS.items()}
+  assert got == DECLARED
+  assert budget.get_budget("strong") is budget.BUDGETS["thorough"]
+
+
 def test_budgets_are_written_into_the_configs():
   light, thorough = (attack.attack_config(preset=p) for p in ("light", "thorough"))
   assert light.budget == "light" and not light.inversion
