@@ -510,6 +510,8 @@ def test_prepare_data_limits_and_splits_the_training_part():
   assert sorted(np.concatenate([d.x_fit, d.x_val]).ravel()) == list(range(20))
   d = protocol.prepare_data(_source(4, 30), protocol.AttackConfig(test_limit=99))
   assert (len(d.x_fit), len(d.x_val), len(d.x_test)) == (3, 1, 30)   # at least one to validate
+  d = protocol.prepare_data(_source(50, 30), protocol.AttackConfig(attack_train_limit=2))
+  assert (len(d.x_fit), len(d.x_val)) == (1, 1)                     # the fewest that fit
   with pytest.raises(ValueError, match="attack_train_limit=1.*none to fit"):
     protocol.prepare_data(_source(50, 30), protocol.AttackConfig(attack_train_limit=1))
 
