@@ -69,7 +69,7 @@ def erase(workdir: str, *, attribute: Optional[str] = None, within_class: bool =
   """
   import dataclasses as _dc
 
-  from ran_jax import export, input_pipeline, progress
+  from ran_jax import export, input_pipeline, progress, storage
   from ran_jax.privacy import erasure, identity
 
   progress.ensure_logging()   # INFO lines on stderr, unless the caller configured logging
@@ -139,22 +139,22 @@ def erase(workdir: str, *, attribute: Optional[str] = None, within_class: bool =
       "classifier_refit": refit,
   }
   report["deployed"] = _redeploy(workdir) if deploy else None
-  (export_dir / erasure.ERASER_REPORT).write_text(json.dumps(report, indent=2))
+  storage.write_text(export_dir / erasure.ERASER_REPORT, json.dumps(report, indent=2))
   return report
 
 
 def _redeploy(workdir: str):
   """Exports WORKDIR/deploy/ again if it exists (with its int8 encoder if it had one)."""
+  from ran_jax import storage
   from ran_jax.deploy import artefacts
 
   out = artefacts.deploy_dir(workdir)
   manifest_path = os.path.join(out, artefacts.MANIFEST)
-  if not os.path.exists(manifest_path):
+  if not storage.exists(manifest_path):
     return None
   from ran_jax.deploy import convert
 
-  with open(manifest_path, encoding="utf-8") as f:
-    int8 = "encoder_int8" in json.load(f)
+  int8 = "encoder_int8" in json.loads(storage.read_text(manifest_path))
   convert.export_deployment(workdir, int8=int8)
   return {"dir": out, "int8": int8}
 

@@ -35,8 +35,9 @@
    use) on the test split, which the search never looked at; the report gives both scores.
 5. **Outputs.** DIR/search_state.json (every candidate: knob value, accuracy, attack
    result), DIR/chosen/config.json and DIR/chosen/export (a relative link to the chosen
-   run's export: `ran_jax.export.load_trained('DIR/chosen')` loads it), DIR/report.md with
-   DIR/front.png and DIR/reconstructions.png.
+   run's export; a copy of it where links cannot be made, as on Cloud Storage:
+   `ran_jax.export.load_trained('DIR/chosen')` loads it), DIR/report.md with
+   DIR/front.png and DIR/reconstructions.png. DIR may be local or gs://.
 
 Objective (`--objective`): 'reconstruction' (the default, steps 1-5 above: the most private
 qualifying position is chosen) or 'identity' (needs an attribute: `--attribute`, default
@@ -73,7 +74,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from ran_jax import config_lib
+from ran_jax import config_lib, storage
 
 log = logging.getLogger("ran_jax")
 
@@ -272,10 +273,8 @@ def validation_source(source, n_fit: int, n_val: int):
 
 
 def _write_atomic(path: str, text: str) -> None:
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.write(text)
-  os.replace(tmp, path)
+  """Writes a whole text file (local: a temporary file and a rename; gs://: one upload)."""
+  storage.write_text(path, text)
 
 
 def _write_json(path: str, obj) -> None:
@@ -370,13 +369,12 @@ def _identity_summary(result: dict) -> dict:
 def _identity_point(directory: str, compute: Callable) -> dict:
   """DIRECTORY/identity.json, computed (and written) unless it is there: resumable."""
   path = os.path.join(directory, IDENTITY_FILE)
-  if os.path.exists(path):
-    with open(path, encoding="utf-8") as f:
-      return json.load(f)
+  if storage.exists(path):
+    return json.loads(storage.read_text(path))
   t0 = time.perf_counter()
   result = compute()
   result["eval_seconds"] = time.perf_counter() - t0
-  os.makedirs(directory, exist_ok=True)
+  storage.makedirs(directory)
   _write_json(path, result)
   return result
 
@@ -417,7 +415,7 @@ def run_search(config, workdir: str, *, knob: str = "model.feature_noise",
   ref_overrides = reference_overrides(config)
   fast_cfg = fast_cfg or fast_attack_config()
   full_cfg = full_cfg or protocol.AttackConfig()
-  os.makedirs(workdir, exist_ok=True)
+  storage.makedirs(workdir)
 
   source = input_pipeline.load_dataset(config.data)
   n_fit, n_val = split_sizes(config, len(source.train), val_fraction)
@@ -551,10 +549,9 @@ def run_search(config, workdir: str, *, knob: str = "model.feature_noise",
 
 
 def _load_state(path: str, search: dict) -> dict:
-  if not os.path.exists(path):
+  if not storage.exists(path):
     return {"version": STATE_VERSION, "search": search, "reference": None, "candidates": []}
-  with open(path, encoding="utf-8") as f:
-    state = json.load(f)
+  state = json.loads(storage.read_text(path))
   old = state.get("search", {})
   diff = sorted(k for k in set(old) | set(search) if old.get(k) != search.get(k))
   if diff:
@@ -569,10 +566,21 @@ def _write_chosen(workdir: str, base, knob: str, chosen: dict) -> None:
   from ran_jax import sweep
 
   out = os.path.join(workdir, "chosen")
-  os.makedirs(out, exist_ok=True)
+  storage.makedirs(out)
   cfg = sweep.apply_overrides(base, {knob: chosen["value"]})
   _write_atomic(os.path.join(out, "config.json"), cfg.to_json_best_effort(indent=2) + "\n")
   link = os.path.join(out, "export")
+  if storage.is_remote(workdir):
+    # Cloud Storage has no symbolic links: chosen/export is a copy of the chosen run's
+    # export (replacing an earlier choice's), so that load_trained('DIR/chosen') still
+    # loads it. A copy made for this run already is kept.
+    made_from = os.path.join(out, "export_of.txt")
+    if storage.exists(made_from) and storage.read_text(made_from) == chosen["run"]:
+      return
+    storage.rmtree(link)
+    storage.copytree(os.path.join(workdir, chosen["run"], "export"), link)
+    storage.write_text(made_from, chosen["run"])
+    return
   target = os.path.join("..", chosen["run"], "export")
   if os.path.islink(link) or os.path.exists(link):
     if os.path.islink(link) and os.readlink(link) == target:
@@ -600,7 +608,7 @@ def _fmt(v, spec=".4g") -> str:
 
 def front_figure(state: dict, path: str) -> None:
   """Validation accuracy vs worst-case mse_sum (fast attackers) of every trained point."""
-  from ran_jax.privacy import figures  # noqa: F401 - selects the Agg backend
+  from ran_jax.privacy import figures   # also selects the Agg backend
   import matplotlib.pyplot as plt
 
   ref, knob = state["reference"], state["search"]["knob"]
@@ -631,7 +639,7 @@ def front_figure(state: dict, path: str) -> None:
   ax.grid(alpha=0.3)
   ax.legend(fontsize=7, loc="best")
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  figures.save_figure(fig, path, dpi=110)
   plt.close(fig)
 
 

@@ -18,7 +18,11 @@ Every command reads and writes its `--workdir` (and a TFDS `data_dir`) through e
 
 Both defaults are set when `ran_jax` is imported, unless already set in the environment.
 Cloud Storage objects cannot be appended to or renamed in place: `write_text` writes an
-object whole, and a file opened to append (`metrics.jsonl`) is rewritten whole.
+object whole, and a file opened to append (`metrics.jsonl`) is rewritten whole. Cloud
+Storage has no directories (`makedirs` is a no-op there) and no symbolic links.
+
+The helpers below take a local path or a gs:// URL (a str or an `epath.Path`), so that a
+command's file operations on its workdir are the same code on both.
 """
 
 from __future__ import annotations
@@ -59,6 +63,61 @@ def write_bytes(p, data: bytes) -> None:
   if is_remote(p):
     target.write_bytes(data)
     return
-  tmp = target.parent / f".{target.name}.tmp"
+  # The process id in the name: processes filling one directory (a sweep's --methods)
+  # never write into one another's temporary file.
+  tmp = target.parent / f".{target.name}.tmp{os.getpid()}"
   tmp.write_bytes(data)
   os.replace(tmp, target)
+
+
+def read_text(p) -> str:
+  """A whole text file (local or gs://), UTF-8, as stored (no newline translation)."""
+  return path(p).read_bytes().decode("utf-8")
+
+
+def read_bytes(p) -> bytes:
+  """A whole file (local or gs://)."""
+  return path(p).read_bytes()
+
+
+def exists(p) -> bool:
+  """Whether the file or directory `p` exists (gs://: an object, or objects under it)."""
+  return path(p).exists()
+
+
+def makedirs(p) -> None:
+  """Creates the directory `p` and its parents (exist_ok). Cloud Storage has no directories
+  (an object's name holds its whole path): nothing to do there, and no bucket is created."""
+  if not is_remote(p):
+    os.makedirs(p, exist_ok=True)
+
+
+def rmtree(p) -> None:
+  """Removes the directory `p` and everything under it (local or gs://); none: nothing."""
+  target = path(p)
+  if target.exists():
+    target.rmtree()
+
+
+def copytree(src, dst) -> None:
+  """Copies the directory `src` to `dst` (local or gs://; each file whole). A local `dst`
+  must not exist yet."""
+  if not (is_remote(src) or is_remote(dst)):
+    import shutil
+
+    shutil.copytree(src, dst)
+    return
+  src_path, dst_path = path(src), path(dst)
+  top = _without_scheme(src_path)
+  for root, _, files in src_path.walk():
+    # fsspec names the folders it walks without the gs:// scheme
+    rel = _without_scheme(root)[len(top):].strip("/")
+    for name in files:
+      out = dst_path / rel / name if rel else dst_path / name
+      makedirs(out.parent)
+      write_bytes(out, read_bytes(src_path / rel / name if rel else src_path / name))
+
+
+def _without_scheme(p) -> str:
+  text = os.fspath(p)
+  return (text.split("://", 1)[1] if "://" in text else text).rstrip("/")

@@ -55,7 +55,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ran_jax import config_lib, export, input_pipeline, trainer
+from ran_jax import config_lib, export, input_pipeline, storage, trainer
 from ran_jax.privacy import figures, identity, methods, protocol, results
 from ran_jax.privacy.results import setting_key as _key
 
@@ -162,7 +162,7 @@ def train_point(config, value, workdir: str, train_fn: Callable) -> float:
 
   value: lambda (RAN, DNN) or a dict of config overrides (a variant).
   """
-  if os.path.exists(os.path.join(workdir, export.EXPORT_DIR, "model.json")):
+  if storage.exists(os.path.join(workdir, export.EXPORT_DIR, "model.json")):
     return 0.0
   cfg = _point_config(config, value)
   t0 = time.perf_counter()
@@ -229,16 +229,13 @@ def identity_point(pdir: str, release, source, cfg: identity.IdentityConfig) -> 
   """PDIR/identity.json: `identity.attack_identity(release, source, cfg)`, computed unless
   there (then read back), so a resumed sweep does not attack a point twice."""
   path = os.path.join(pdir, IDENTITY_FILE)
-  if os.path.exists(path):
-    with open(path, encoding="utf-8") as f:
-      return json.load(f)
+  if storage.exists(path):
+    return json.loads(storage.read_text(path))
   t0 = time.perf_counter()
   result = identity.attack_identity(release(), source, cfg)
   result["eval_seconds"] = time.perf_counter() - t0
-  os.makedirs(pdir, exist_ok=True)
-  with open(path + ".tmp", "w", encoding="utf-8") as f:
-    json.dump(result, f, indent=2, default=float)
-  os.replace(path + ".tmp", path)
+  storage.makedirs(pdir)
+  storage.write_text(path, json.dumps(result, indent=2, default=float))
   return result
 
 
@@ -268,9 +265,8 @@ def same_encoder_note(config, out: str, points) -> Optional[str]:
   finals = []
   for method, _, name, _ in points:
     path = os.path.join(out, "runs", name, "final_metrics.json")
-    if method in ("ran", "dnn") and os.path.exists(path):
-      with open(path, encoding="utf-8") as f:
-        finals.append(json.load(f))
+    if method in ("ran", "dnn") and storage.exists(path):
+      finals.append(json.loads(storage.read_text(path)))
   if len(finals) < 2:
     return None
   first = finals[0]
@@ -310,15 +306,13 @@ def run_sweep(config, out: str, lams: Sequence[float] = PAPER_LAMS,
   attribute = (config.data.get("attribute", "") if attribute is None else attribute) or ""
   identity_cfg = identity_cfg or identity.IdentityConfig()
   resized_factors = noise_factors if resized_factors is None else resized_factors
-  os.makedirs(out, exist_ok=True)
-  with open(os.path.join(out, "sweep.json"), "w", encoding="utf-8") as f:
-    json.dump({"config": json.loads(config.to_json_best_effort()), "lams": list(lams),
-               "noise_factors": list(noise_factors), "resized_factors": list(resized_factors),
-               "n_components": n_components, "variants": list(variants),
-               "eval": eval_cfg.to_dict(),
-               **({"attribute": attribute, "identity": identity_cfg.to_dict()}
-                  if attribute else {})}, f, indent=2,
-              default=str)
+  storage.makedirs(out)
+  storage.write_text(os.path.join(out, "sweep.json"), json.dumps(
+      {"config": json.loads(config.to_json_best_effort()), "lams": list(lams),
+       "noise_factors": list(noise_factors), "resized_factors": list(resized_factors),
+       "n_components": n_components, "variants": list(variants), "eval": eval_cfg.to_dict(),
+       **({"attribute": attribute, "identity": identity_cfg.to_dict()} if attribute else {})},
+      indent=2, default=str))
   points = plan(lams, noise_factors, resized_factors, include, variants)
   # Every config the sweep will train, checked before anything is trained or loaded.
   for method, _, name, value in points:

@@ -1,14 +1,18 @@
 """The workdir on Cloud Storage: train, checkpoint, resume, export and deploy with
-`--workdir=gs://bkt/run`, against a local fake-gcs-server (tests/gcs_server.py) that this
-module starts and stops. Each command runs as a user would (a subprocess) from an empty
-scratch directory, which must stay empty: everything goes to the bucket.
+`--workdir=gs://bkt/run`, then attack, erase, sweep and search on gs://, against a local
+fake-gcs-server (tests/gcs_server.py) that this module starts and stops. Each command runs
+as a user would (a subprocess) from an empty scratch directory, which must stay empty:
+everything goes to the bucket.
 """
 
+import csv
+import io
 import json
 import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from tests import gcs_server
@@ -87,3 +91,126 @@ def test_train_resume_deploy_on_cloud_storage(gcs, tmp_path):
                "final_metrics.json", "encoder.tflite", "_CHECKPOINT_METADATA"}
   local = [os.path.join(d, f) for d, _, fs in os.walk(scratch) for f in fs if f in run_files]
   assert local == [], local
+
+
+def _assert_nothing_local(scratch):
+  """Only the per-user dot folders under HOME (caches, settings) in the scratch directory,
+  and nothing in its TMPDIR: the command wrote everything to the bucket."""
+  left = sorted(p.name for p in scratch.iterdir() if p.name != "tmp" and p.name[0] != ".")
+  assert left == [], left
+  assert os.listdir(scratch / "tmp") == []
+
+
+def _scratch(tmp_path):
+  scratch = tmp_path / "scratch"
+  scratch.mkdir()
+  return scratch
+
+
+def _ensure_run(gcs, scratch):
+  """gs://bkt/run trained (by the training test above, or here when run alone)."""
+  if "run/export/model.json" not in gcs.objects(prefix="run/export/"):
+    _run(gcs, scratch, "ran_jax.train", ARGS)
+
+
+def test_attack_on_cloud_storage(gcs, tmp_path):
+  """ran-attack on the bucket's run: the report into gs://bkt/run/eval."""
+  scratch = _scratch(tmp_path)
+  _ensure_run(gcs, scratch)
+  r = _run(gcs, scratch, "ran_jax.attack", [
+      f"--workdir={RUN}", "--attackers=ridge", "--attack_max_epochs=1",
+      "--attack_train_limit=48", "--test_limit=32", "--noprogress"])
+  assert f"wrote {RUN}/eval/result.json" in r.stdout
+  names = gcs.objects(prefix="run/eval/")
+  assert set(names) == {"run/eval/result.json", "run/eval/artifacts.npz"}, sorted(names)
+  result = json.loads(gcs.read("run/eval/result.json"))
+  assert set(result["attackers"]) >= {"ridge", "own_decoder"}
+  assert result["worst"]["attacker"] in result["attackers"]
+  art = np.load(io.BytesIO(gcs.read("run/eval/artifacts.npz")))
+  assert len(art.files) > 0
+  _assert_nothing_local(scratch)
+
+
+def test_erase_on_cloud_storage(gcs, tmp_path):
+  """ran-erase on a bucket's run with an attribute (a tiny .npz, read locally): the eraser
+  and its report into gs://.../export, read back by the next command that loads the run."""
+  rng = np.random.default_rng(0)
+  arrays = {}
+  for split, n in (("train", 160), ("test", 80)):
+    who = np.arange(n) % 4
+    x = rng.uniform(0, 0.5, (n, 28, 28, 1)).astype(np.float32)
+    for i, w in enumerate(who):
+      x[i, 14 * (w // 2):14 * (w // 2 + 1), 14 * (w % 2):14 * (w % 2 + 1), 0] += 0.5
+    arrays.update({f"x_{split}": x, f"y_{split}": rng.integers(0, 3, n), f"who_{split}": who})
+  data = tmp_path / "who.npz"
+  np.savez(data, **arrays)
+  scratch = _scratch(tmp_path)
+  wd = "gs://bkt/erase"
+  _run(gcs, scratch, "ran_jax.train", [
+      "--config=digits_lenet:smoke", f"--workdir={wd}", f"--config.data.name={data}",
+      "--config.data.attribute=who", "--config.data.train_limit=0",
+      "--config.data.test_limit=0", "--config.model.bottleneck_dim=16",
+      "--config.model.feature_noise=0.1"])
+  r = _run(gcs, scratch, "ran_jax.erase", [f"--workdir={wd}", "--classifier_epochs=1"])
+  assert "erased who (within class)" in r.stdout
+  names = gcs.objects(prefix="erase/")
+  assert {"erase/export/eraser.npz", "erase/export/eraser.json"} <= set(names), sorted(names)
+  assert not any(n.startswith("erase/deploy/") for n in names)   # none: none exported again
+  report = json.loads(gcs.read("erase/export/eraser.json"))
+  assert report["attribute"] == "who" and report["deployed"] is None
+  assert report["split"]["eraser_examples"] == 48
+  with np.load(io.BytesIO(gcs.read("erase/export/eraser.npz"))) as f:
+    assert int(f["rank"]) == report["rank"]
+  _assert_nothing_local(scratch)
+
+
+def test_sweep_on_cloud_storage(gcs, tmp_path):
+  """ran-sweep into gs://bkt/sweep: a RAN point and a Noisy one, results.csv, the figures."""
+  scratch = _scratch(tmp_path)
+  wd = "gs://bkt/sweep"
+  r = _run(gcs, scratch, "ran_jax.sweep", [
+      "--config=digits_lenet:smoke", f"--workdir={wd}", "--lams=0.5", "--noise_factors=0.4",
+      "--methods=ran,noisy", "--attackers=ridge", "--attack_max_epochs=1",
+      "--attack_train_limit=48", "--test_limit=32", "--noprogress"])
+  assert f"wrote {wd}/results.csv" in r.stdout
+  names = gcs.objects(prefix="sweep/")
+  for want in ("sweep/sweep.json", "sweep/results.csv", "sweep/pareto.png",
+               "sweep/reconstructions.png", "sweep/features3d.png",
+               "sweep/runs/ran_lam0.5/export/model.json",
+               "sweep/points/ran_lam0.5/result.json", "sweep/points/ran_lam0.5/artifacts.npz",
+               "sweep/points/noisy_f0.4/result.json"):
+    assert want in names, (want, sorted(names))
+  rows = list(csv.DictReader(io.StringIO(gcs.read("sweep/results.csv").decode())))
+  assert [(r["method"], r["setting"]) for r in rows] == [("ran", "lam=0.5"),
+                                                         ("noisy", "factor=0.4")]
+  assert json.loads(gcs.read("sweep/sweep.json"))["lams"] == [0.5]
+  _assert_nothing_local(scratch)
+
+
+def test_search_on_cloud_storage(gcs, tmp_path):
+  """ran-search into gs://bkt/search: the state, the report and its figure, and
+  chosen/export a copy of the chosen run's export (no symbolic links on Cloud Storage)."""
+  scratch = _scratch(tmp_path)
+  wd = "gs://bkt/search"
+  r = _run(gcs, scratch, "ran_jax.search", [
+      "--config=digits_lenet:smoke", f"--workdir={wd}", "--max_trainings=1",
+      "--max_accuracy_drop=1", "--fast_attackers=ridge", "--fast_max_epochs=1",
+      "--attackers=ridge", "--attack_max_epochs=1", "--test_limit=32", "--noprogress"])
+  assert "chosen model.feature_noise=1" in r.stdout
+  names = gcs.objects(prefix="search/")
+  for want in ("search/search_state.json", "search/report.md", "search/front.png",
+               "search/chosen/config.json", "search/chosen/export/model.json",
+               "search/runs/reference/export/model.json",
+               "search/points/reference/result.json", "search/confirm/reference/result.json"):
+    assert want in names, (want, sorted(names))
+  state = json.loads(gcs.read("search/search_state.json"))
+  assert state["status"] == "done" and len(state["candidates"]) == 1
+  run = state["chosen"]["run"]
+  exported = {n[len(f"search/{run}/export/"):]: size for n, size in names.items()
+              if n.startswith(f"search/{run}/export/")}
+  copied = {n[len("search/chosen/export/"):]: size for n, size in names.items()
+            if n.startswith("search/chosen/export/")}
+  assert copied == exported and "model.json" in copied
+  assert json.loads(gcs.read("search/chosen/config.json"))["model"]["feature_noise"] == 1.0
+  assert "## Chosen: `model.feature_noise=1`" in gcs.read("search/report.md").decode()
+  _assert_nothing_local(scratch)

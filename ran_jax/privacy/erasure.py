@@ -199,11 +199,10 @@ def _tree_paths(tree) -> dict:
 
 
 def save_eraser(path, eraser: Eraser, classifier_params=None) -> None:
-  """Writes `eraser` (and the classifier refit on its releases) to `path` (an .npz; atomic
-  where the file system renames atomically). `path` may be an etils/epath path."""
-  from etils import epath
+  """Writes `eraser` (and the classifier refit on its releases) to `path` (an .npz; local or
+  gs://, written whole: `ran_jax.storage.write_bytes`). `path` may be an etils/epath path."""
+  from ran_jax import storage
 
-  path = epath.Path(path)
   arrays = {"format": np.asarray(FORMAT), "matrix": eraser.matrix, "bias": eraser.bias,
             "rank": np.asarray(eraser.rank),
             "fitted_on": np.asarray(json.dumps(eraser.fitted_on, sort_keys=True))}
@@ -211,9 +210,7 @@ def save_eraser(path, eraser: Eraser, classifier_params=None) -> None:
     arrays.update({CLASSIFIER_PREFIX + k: v for k, v in _tree_paths(classifier_params).items()})
   buf = io.BytesIO()
   np.savez(buf, **arrays)
-  tmp = path.parent / (path.name + ".tmp")
-  tmp.write_bytes(buf.getvalue())
-  tmp.replace(path)
+  storage.write_bytes(path, buf.getvalue())
 
 
 def load_eraser(path, dim: Optional[int] = None, classifier_template=None):

@@ -16,6 +16,19 @@ import numpy as np  # noqa: E402
 from ran_jax.privacy import results  # noqa: E402
 
 
+def save_figure(fig, path, dpi: int) -> None:
+  """Writes `fig` to `path` (local or gs://; the format from its extension, PNG without
+  one): rendered in memory, then written whole (`ran_jax.storage.write_bytes`)."""
+  import io
+
+  from ran_jax import storage
+
+  fmt = os.path.splitext(os.fspath(path))[1].lstrip(".").lower() or "png"
+  buf = io.BytesIO()
+  fig.savefig(buf, format=fmt, dpi=dpi)
+  storage.write_bytes(path, buf.getvalue())
+
+
 def _f(v):
   try:
     v = float(v)
@@ -81,7 +94,7 @@ def pareto(rows: list, path: str, title: str = "") -> None:
   ax.grid(alpha=0.3)
   ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))  # outside: no point hidden
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  save_figure(fig, path, dpi=120)
   plt.close(fig)
 
 
@@ -110,7 +123,7 @@ def recon_grid(rows_spec: list, path: str, value_range=(0.0, 1.0), title: str = 
         ax.set_ylabel(label, fontsize=7, rotation=0, ha="right", va="center")
   fig.suptitle(title or "Reconstructions by the strongest attacker (cf. Fig. 6)", fontsize=9)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  save_figure(fig, path, dpi=120)
   plt.close(fig)
 
 
@@ -125,7 +138,7 @@ def scatter3d(panels: list, path: str) -> None:
     ax.set_yticks([])
     ax.set_zticks([])
   fig.colorbar(sc, ax=fig.axes, shrink=0.6, label="class")
-  fig.savefig(path, dpi=120)
+  save_figure(fig, path, dpi=120)
   plt.close(fig)
 
 
@@ -264,6 +277,6 @@ def identity_front(points: list, path: str, chance: float, title: str = "",
   ax.grid(alpha=0.3)
   ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  save_figure(fig, path, dpi=110)
   plt.close(fig)
   return True

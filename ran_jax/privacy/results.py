@@ -7,6 +7,7 @@ figures (`ran_jax.privacy.figures.write_figures`) and the docs read these rows.
 from __future__ import annotations
 
 import csv
+import io
 
 from ran_jax.privacy import protocol
 
@@ -79,15 +80,21 @@ def to_row(method: str, setting: str, result: dict, identity: dict | None = None
 
 
 def write_csv(rows: list, path: str) -> None:
-  with open(path, "w", newline="", encoding="utf-8") as f:
-    w = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
-    w.writeheader()
-    for r in rows:
-      w.writerow(r)
+  """Writes the rows to `path` (local or gs://, written whole: `ran_jax.storage`)."""
+  from ran_jax import storage
+
+  f = io.StringIO(newline="")
+  w = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+  w.writeheader()
+  for r in rows:
+    w.writerow(r)
+  storage.write_text(path, f.getvalue())
 
 
 def read_csv(path: str) -> list:
-  with open(path, newline="", encoding="utf-8") as f:
-    return list(csv.DictReader(f))
+  """The rows of a results.csv (local or gs://)."""
+  from ran_jax import storage
+
+  return list(csv.DictReader(io.StringIO(storage.read_text(path), newline="")))
 
 
