@@ -180,15 +180,32 @@ def script(launch: Launch, dataset: str) -> str:
   return "\n".join(lines) + "\n"
 
 
-def prepare(config: str, data_dir: str, manual_dir: str = "") -> None:
+def prepare(config: str, data_dir: str, manual_dir: str = "", max_examples_per_split=None) -> None:
   """Prepares `config`'s dataset into `data_dir` (local or gs://) the way its runs read it
-  (`python -m ran_jax.launch prepare CONFIG DATA_DIR [MANUAL_DIR]`)."""
-  from ran_jax import configs, input_pipeline
+  (`python -m ran_jax.launch prepare CONFIG DATA_DIR [MANUAL_DIR]`). For gs:// it prepares
+  into a local staging folder, copies that to the bucket and reads the bucket's copy back:
+  the path the runs take (array_record's reader on Cloud Storage)."""
+  import os
+  import tempfile
+
+  from ran_jax import configs, input_pipeline, storage
+  from ran_jax.data import tfds_prep
 
   c = configs.get_config(config)
-  c.data.data_dir = data_dir
   if manual_dir:
     c.data.manual_dir = manual_dir
+  staging = tempfile.mkdtemp(prefix="ran_jax_tfds-") if storage.is_remote(data_dir) else None
+  c.data.data_dir = staging or data_dir
+  if max_examples_per_split:   # tests: a few examples of a catalog dataset
+    tfds_prep.prepare(tfds_prep.get_builder(c.data.name, c.data.data_dir),
+                      c.data.manual_dir or None, max_examples_per_split=max_examples_per_split)
+  input_pipeline.load_dataset(c.data)
+  if staging:
+    for name in sorted(os.listdir(staging)):
+      if not name.startswith("."):
+        storage.copytree(os.path.join(staging, name), storage.path(data_dir) / name)
+    storage.rmtree(staging)
+    c.data.data_dir = data_dir
   source = input_pipeline.load_dataset(c.data)
   print(f"{c.data.name} prepared in {data_dir}: {len(source.train)} training and "
         f"{len(source.test)} test examples")

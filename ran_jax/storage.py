@@ -15,6 +15,9 @@ Every command reads and writes its `--workdir` (and a TFDS `data_dir`) through e
   standard regional bucket needs.
 - tensorstore uses its own client (the same default credentials); `TENSORSTORE_GCS_HTTP_URL`
   points it elsewhere.
+- Prepared TFDS data (`data.data_dir=gs://...`) is read by array_record's reader through the
+  google-cloud-cpp client it bundles (the same default credentials);
+  `CLOUD_STORAGE_EMULATOR_ENDPOINT` points it elsewhere.
 
 Both defaults are set when `ran_jax` is imported, unless already set in the environment.
 Cloud Storage objects cannot be appended to or renamed in place: `write_text` writes an

@@ -4,7 +4,8 @@ objects in memory; started and stopped by the tests that use it.
 
 `env()` is what a process needs to use it as Cloud Storage: gcsfs and Google's clients
 read STORAGE_EMULATOR_HOST, tensorstore (Orbax's arrays) TENSORSTORE_GCS_HTTP_URL with a
-test token. Everything else takes the production path (ran_jax.storage).
+test token, array_record's reader CLOUD_STORAGE_EMULATOR_ENDPOINT. Everything else takes
+the production path (ran_jax.storage).
 """
 
 from __future__ import annotations
@@ -74,7 +75,11 @@ class GCSServer:
     return json.loads(text) if text else {}
 
   def env(self) -> dict:
+    """gcsfs and Google's Python clients read STORAGE_EMULATOR_HOST, tensorstore (Orbax's
+    arrays) TENSORSTORE_GCS_HTTP_URL, and array_record's reader (prepared TFDS data, through
+    its bundled google-cloud-cpp client) CLOUD_STORAGE_EMULATOR_ENDPOINT."""
     return {"STORAGE_EMULATOR_HOST": self.url, "TENSORSTORE_GCS_HTTP_URL": self.url,
+            "CLOUD_STORAGE_EMULATOR_ENDPOINT": self.url,
             "GOOGLE_AUTH_TOKEN_FOR_TESTING": "test-token", "GOOGLE_CLOUD_PROJECT": "test"}
 
   def objects(self, bucket: str = "bkt", prefix: str = "") -> dict:

@@ -214,3 +214,46 @@ def test_search_on_cloud_storage(gcs, tmp_path):
   assert json.loads(gcs.read("search/chosen/config.json"))["model"]["feature_noise"] == 1.0
   assert "## Chosen: `model.feature_noise=1`" in gcs.read("search/report.md").decode()
   _assert_nothing_local(scratch)
+
+
+SHARED_MNIST = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..",
+                            "shared", "data", "mnist")
+
+
+@pytest.mark.skipif(not os.path.isdir(SHARED_MNIST),
+                    reason=f"real MNIST IDX files not found at {SHARED_MNIST}")
+def test_prepared_tfds_data_is_read_from_cloud_storage(gcs, tmp_path):
+  """`--config.data.data_dir=gs://bkt/tfds`: MNIST prepared into the bucket as the launch's
+  preparation step does (`python -m ran_jax.launch prepare`; here 50 examples a split), and
+  read back by the training's loader through array_record's own Cloud Storage client: the
+  same arrays as from a local copy, nothing left in the scratch directory."""
+  code = f"""
+import json, os, sys
+import numpy as np
+from ran_jax import configs, input_pipeline
+from ran_jax import launch
+local = {str(tmp_path / "tfds")!r}
+for where in (local, "gs://bkt/tfds"):   # what the launch's preparation step runs
+  launch.prepare("mnist_lenet", where, {SHARED_MNIST!r}, max_examples_per_split=50)
+out = {{}}
+for where in (local, "gs://bkt/tfds"):
+  c = configs.get_config("mnist_lenet").data
+  c.data_dir = where
+  src = input_pipeline.load_dataset(c)
+  x = src.train.get(np.arange(len(src.train)))
+  out[where] = [len(src.train), len(src.test), float(x["image"].sum()), x["label"].tolist()]
+print(json.dumps(out))
+"""
+  scratch = tmp_path / "scratch"
+  scratch.mkdir()
+  env = subprocess_env(gcs.env())
+  env.pop("EPATH_USE_TF", None)
+  env.update(HOME=str(scratch))
+  r = subprocess.run([sys.executable, "-c", code], cwd=scratch, env=env, capture_output=True,
+                     text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-4000:]
+  got = json.loads(r.stdout.strip().splitlines()[-1])
+  local, remote = got[str(tmp_path / "tfds")], got["gs://bkt/tfds"]
+  assert remote == local and remote[:2] == [50, 50]
+  assert any(n.endswith(".array_record-00000-of-00001") for n in gcs.objects(prefix="tfds/"))
+  assert [p.name for p in scratch.iterdir() if not p.name.startswith(".")] == []
