@@ -95,6 +95,33 @@ def test_budgets_are_written_into_the_configs():
     attack.attack_config(preset="huge")
 
 
+def test_budgets_cannot_be_changed_in_place():
+  import dataclasses
+
+  b = budget.get_budget("light")
+  for part in (b, b.reconstruction, b.identity):
+    with pytest.raises(dataclasses.FrozenInstanceError):
+      part.name = "x"
+
+
+def test_marks_known_answers_at_and_around_the_tolerance():
+  """The last doubling relative to the figure; a move or an edge gain equal to the tolerance
+  is still converged; two points are enough to measure a doubling; a perfect last fit moves
+  nothing."""
+  assert budget.doubling_moves([0.3, 0.4]) == pytest.approx(0.1)
+  assert budget.doubling_moves([5.0, 4.0], higher_is_more_leakage=False) == 1.0
+  m = budget.reconstruction_mark([50.0, 40.0, 39.0], {"capacity": 0.03}, 0.02)
+  assert m["last_doubling"] == round(1 / 39, 12)
+  assert m["reason"] == ("fit set: the last doubling moved the error by 2.6 % > 2 %; "
+                         "capacity: the largest value searched still gained 3.0 % on validation")
+  assert budget.reconstruction_mark([40.0, 39.0], {}, 0.02)["last_doubling"] == round(1 / 39, 12)
+  assert budget.reconstruction_mark([0.9, 0.5], {}, 0.02)["last_doubling"] == 0.8
+  assert budget.reconstruction_mark([5.0, 0.0], {}, 0.02)["last_doubling"] == 0.0
+  assert budget.reconstruction_mark([51.0, 50.0], {"capacity": 0.02}, 0.02)["converged"]
+  assert budget.identity_mark([0.30, 0.305], {"draws": 0.005}, 0.005)["converged"]
+  assert not budget.identity_mark([0.30, 0.306], {}, 0.005)["converged"]
+
+
 def test_convergence_marks_count_only_moves_towards_more_leakage():
   assert budget.identity_mark([0.2, 0.3, 0.31], {}, 0.005)["converged"] is False
   assert budget.identity_mark([0.2, 0.3, 0.29], {}, 0.005)["converged"] is True

@@ -62,6 +62,10 @@ def test_threat_features_are_the_documented_draws():
                              rtol=1e-5, atol=1e-6)
   assert np.std(mean4.features(z, 0.8, (3, 1)) - z) == pytest.approx(0.4, rel=0.03)
   np.testing.assert_array_equal(clean.features(z, 0.8, (3, 1)), z)
+  mean2 = protocol.threats(0.8, releases=(2,))[1]
+  two = [np.random.default_rng([3, 1, r]).standard_normal(z.shape) for r in range(2)]
+  np.testing.assert_allclose(mean2.features(z, 0.8, (3, 1)), z + 0.8 * np.mean(two, 0),
+                             rtol=1e-5, atol=1e-6)
   # without release noise every threat is one release
   assert [t.name for t in protocol.threats(0.0, releases=(4,), clean=True)] == ["single"]
   assert [t.name for t in protocol.threats(0.5, releases=(4,))] == ["single", "mean_4"]
@@ -376,6 +380,15 @@ def test_search_keeps_the_lowest_validation_loss_and_measures_the_edge(fake_fits
   assert mark["fractions"] == [0.5, 1.0]
 
 
+def test_two_capacities_measure_the_edge_too(fake_fits):
+  calls, val_of = fake_fits
+  val_of["fn"] = lambda n: 8.0 if "[8]" in n else 6.0
+  result, _ = protocol.attack_features(_data(40, 10, 10), _flat,
+                                       _cfg(mlp_hidden=((8,), (16,)), fit_fractions=(0.5,),
+                                            tolerance=0.5), name="g")
+  assert result["worst"]["convergence"]["edge_gains"] == {"capacity": pytest.approx(0.25)}
+
+
 def test_one_point_grid_has_no_search_record_and_no_edge(fake_fits):
   calls, _ = fake_fits
   result, _ = protocol.attack_features(_data(40, 10, 10), _flat, _cfg(fit_fractions=(0.0, 0.5)),
@@ -398,14 +411,16 @@ def test_ridge_fits_on_one_fixed_copy_of_each_threats_features(fake_fits):
   calls, _ = fake_fits
   data, sigma = _data(40, 10, 10), 0.5
   cfg = _cfg(attackers=("ridge",), seed=3, fit_fractions=(0.25,))
-  result, _ = protocol.attack_features(data, _flat, cfg, feature_noise=sigma, releases=(4,),
+  result, _ = protocol.attack_features(data, _flat, cfg, feature_noise=sigma, releases=(2, 4),
                                        clean=True, name="r")
   z = _flat(data.x_fit)
-  single, mean4, clean = protocol.threats(sigma, (4,), True)
+  single, mean2, mean4, clean = protocol.threats(sigma, (2, 4), True)
   fits = [c for c in calls["ridge"] if c["n"] == 40]
   np.testing.assert_array_equal(fits[0]["z"], single.features(z, sigma, (3, 0)))
-  np.testing.assert_array_equal(fits[1]["z"], mean4.features(z, sigma, (3, 0, 4)))
-  np.testing.assert_array_equal(fits[2]["z"], z)
+  np.testing.assert_array_equal(fits[1]["z"], mean2.features(z, sigma, (3, 0, 2)))
+  np.testing.assert_array_equal(fits[2]["z"], mean4.features(z, sigma, (3, 0, 4)))
+  np.testing.assert_array_equal(fits[3]["z"], z)
+  fits = fits[:1] + fits[2:]   # below: one release, the mean of 4, clean
   # validated and scored on each threat's own copies of the validation and test parts
   zv, zt = _flat(data.x_val), _flat(data.x_test)
   for fit, threat, seeds in zip(fits, (single, mean4, clean),
@@ -414,9 +429,14 @@ def test_ridge_fits_on_one_fixed_copy_of_each_threats_features(fake_fits):
     np.testing.assert_array_equal(fit["scored"][0], threat.features(zt, sigma, seeds[1]))
   refits = [c for c in calls["ridge"] if c["n"] != 40]
   keep = np.sort(np.random.default_rng([3, 41]).permutation(40)[:10])
-  assert [c["n"] for c in refits] == [10, 10, 10]
+  assert [c["n"] for c in refits] == [10, 10, 10, 10]
   np.testing.assert_array_equal(refits[0]["z"], single.features(z[keep], sigma, (3, 0, 41)))
   assert result["worst"]["convergence"]["fractions"] == [0.25, 1.0]
+  # a fraction of a handful of examples still fits on two
+  calls["ridge"].clear()
+  protocol.attack_features(data, _flat, _cfg(attackers=("ridge",), fit_fractions=(0.05,)),
+                           name="r")
+  assert [c["n"] for c in calls["ridge"]] == [40, 2]
 
 
 def test_attack_features_scores_what_it_was_asked_to(fake_fits):
