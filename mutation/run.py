@@ -254,11 +254,12 @@ def coverage_map(name, spec, tree):
   os.makedirs(BUILD, exist_ok=True)
   data = os.path.join(BUILD, f"{name}.coverage")
   junit = os.path.join(BUILD, f"{name}.xml")
-  rcfile = os.path.join(BUILD, "coveragerc")
+  rcfile = os.path.join(BUILD, f"{name}.coveragerc")
+  # the module's file by path: naming it as a module (--cov=pkg.mod) makes coverage import
+  # its package before the tests start, which some packages' imports do not survive
   with open(rcfile, "w") as f:
-    f.write("[run]\nbranch = false\n")
-  mod = spec["path"][:-3].replace("/", ".")
-  args = ["-q", "-n", "2", "--dist", "loadfile", f"--cov={mod}", "--cov-context=test",
+    f.write(f"[run]\nbranch = false\ninclude =\n    {os.path.join(tree, spec['path'])}\n")
+  args = ["-q", "-n", "2", "--dist", "loadfile", "--cov", "--cov-context=test",
           f"--cov-config={rcfile}", "--cov-report=", f"--junitxml={junit}", *spec["tests"]]
   env_extra = {"COVERAGE_FILE": data}
   os.environ.update(env_extra)
