@@ -320,7 +320,8 @@ def _release_noise_by_the_spec(secret, x, n_values, context):
 
   HMAC-SHA256(secret, b"ran_jax/release_noise/v1" | len(context) as 4 bytes big-endian |
   context | sha256(repr(shape) | b"|" | float32 little-endian bytes)) keys SHAKE-256;
-  each 64-bit little-endian word w gives u = ((w >> 11) + 0.5) / 2^53, and eps = Phi^-1(u).
+  each 64-bit little-endian word w gives u = min(((w >> 11) + 0.5) / 2^53, 1 - 2^-53) in
+  float64, and eps = Phi^-1(u).
   """
   import hashlib
   import hmac
@@ -333,7 +334,8 @@ def _release_noise_by_the_spec(secret, x, n_values, context):
   key = hmac.new(secret, msg, hashlib.sha256).digest()
   stream = hashlib.shake_256(key).digest(8 * n_values)
   words = struct.unpack(f"<{n_values}Q", stream)
-  return [statistics.NormalDist().inv_cdf(((w >> 11) + 0.5) * 2.0 ** -53) for w in words]
+  return [statistics.NormalDist().inv_cdf(min(((w >> 11) + 0.5) * 2.0 ** -53, 1 - 2.0 ** -53))
+          for w in words]
 
 
 def test_per_input_release_noise_known_answer():
@@ -354,3 +356,66 @@ def test_per_input_release_noise_known_answer():
   # A batch is its inputs one by one: the noise of an input does not depend on its neighbours.
   np.testing.assert_array_equal(deploy.release_noise(secret, x[1:], (2, 3), "encoder sha256"),
                                 eps[1:])
+
+
+def test_release_noise_needs_a_secret_of_16_bytes_or_more():
+  x = np.zeros((1, 2, 2, 1), np.float32)
+  assert deploy.release_noise(bytes(16), x, (3,)).shape == (1, 3)
+  for bad in (bytes(15), "k" * 32, None):
+    with pytest.raises(ValueError, match="needs the device secret as bytes"):
+      deploy.release_noise(bad, x, (3,))
+
+
+def test_release_noise_maps_the_extreme_words_to_finite_normals(monkeypatch):
+  """The word-to-uniform map is (w >> 11 + 1/2) 2^-53, kept inside (0, 1): a word of zeros
+  gives the quantile of 2^-54, a word of ones that of 1 - 2^-53 (its + 1/2 rounds up to 1 in
+  float64, which would be an infinite normal)."""
+  import hashlib
+
+  from scipy.special import ndtri
+
+  from ran_jax.deploy import client
+
+  class Stream:
+    def __init__(self, fill):
+      self.fill = fill
+
+    def digest(self, n):
+      return bytes([self.fill]) * n
+
+  x = np.zeros((1, 2), np.float32)
+  for fill, u in ((0x00, 2.0 ** -54), (0xFF, 1 - 2.0 ** -53)):
+    monkeypatch.setattr(client.hashlib, "shake_256", lambda key, f=fill: Stream(f))
+    eps = deploy.release_noise(bytes(32), x, (2,))
+    np.testing.assert_array_equal(eps, np.float32(ndtri(u)))
+    assert np.all(np.isfinite(eps)) and abs(float(eps[0, 0])) > 8
+  monkeypatch.setattr(client.hashlib, "shake_256", hashlib.shake_256)
+
+
+def test_litert_is_found_and_its_absence_is_said(monkeypatch):
+  from ran_jax.deploy import client
+
+  assert client.litert_available()
+  monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)   # import fails
+  assert not client.litert_available()
+
+
+def test_an_int8_encoders_input_range_is_its_quantize_ops():
+  """(lo, hi) = ((-128 - zero) scale, (127 - zero) scale) of the QUANTIZE op reading the
+  input; None without one (a float encoder)."""
+  from ran_jax.deploy import client
+
+  class Interpreter:
+    def __init__(self, ops):
+      self.ops = ops
+
+    def get_tensor_details(self):
+      return [{"index": 0, "quantization": (0.0, 0)}, {"index": 7, "quantization": (0.5, 3)}]
+
+    def _get_ops_details(self):
+      return self.ops
+
+  quantize = {"op_name": "QUANTIZE", "inputs": [0], "outputs": [7]}
+  assert client._quantized_range(Interpreter([quantize]), 0) == (-65.5, 62.0)
+  assert client._quantized_range(Interpreter([quantize]), 1) is None
+  assert client._quantized_range(Interpreter([dict(quantize, op_name="CONV_2D")]), 0) is None

@@ -168,7 +168,9 @@ def release_noise(secret: bytes, x, feature_shape: Sequence[int],
     msg = _NOISE_DOMAIN + len(context).to_bytes(4, "big") + context + input_digest(x[i])
     key = hmac.new(bytes(secret), msg, hashlib.sha256).digest()
     words = np.frombuffer(hashlib.shake_256(key).digest(8 * n_values), "<u8")
-    u = ((words >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0 ** -53   # (0, 1)
+    u = ((words >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0 ** -53
+    # (0, 1): the top word's + 0.5 rounds up to 2^53 (u = 1, an infinite normal) in float64
+    u = np.minimum(u, 1.0 - 2.0 ** -53)
     out[i] = ndtri(u)
   return out.reshape((len(x),) + feature_shape)
 
