@@ -134,14 +134,9 @@ def test_attack_on_cloud_storage(gcs, tmp_path):
 def test_erase_on_cloud_storage(gcs, tmp_path):
   """ran-erase on a bucket's run with an attribute (a tiny .npz, read locally): the eraser
   and its report into gs://.../export, read back by the next command that loads the run."""
-  rng = np.random.default_rng(0)
-  arrays = {}
-  for split, n in (("train", 160), ("test", 80)):
-    who = np.arange(n) % 4
-    x = rng.uniform(0, 0.5, (n, 28, 28, 1)).astype(np.float32)
-    for i, w in enumerate(who):
-      x[i, 14 * (w // 2):14 * (w // 2 + 1), 14 * (w % 2):14 * (w % 2 + 1), 0] += 0.5
-    arrays.update({f"x_{split}": x, f"y_{split}": rng.integers(0, 3, n), f"who_{split}": who})
+  from tests.test_erasure import who_arrays
+
+  arrays = who_arrays()
   data = tmp_path / "who.npz"
   np.savez(data, **arrays)
   scratch = _scratch(tmp_path)

@@ -161,12 +161,9 @@ def test_attacks_on_an_erased_run_hold_the_eraser_part_out():
 # ---------------------------------------------------------------- a run with an eraser
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-  """(workdir, export): an exported (untrained) noisy encoder with a 16-d bottleneck on a
-  tiny .npz whose attribute `who` is a brighter quadrant; `export(wd)` exports it again."""
-  from configs import digits_lenet
-
+def who_arrays() -> dict:
+  """A tiny own-data .npz's arrays: 28x28 inputs whose attribute `who` (4 values) is a
+  brighter quadrant, labels independent of it; 160 training and 80 test examples."""
   rng = np.random.default_rng(0)
   arrays = {}
   for split, n in (("train", 160), ("test", 80)):
@@ -175,6 +172,16 @@ def run(tmp_path_factory):
     for i, w in enumerate(who):
       x[i, 14 * (w // 2):14 * (w // 2 + 1), 14 * (w % 2):14 * (w % 2 + 1), 0] += 0.5
     arrays.update({f"x_{split}": x, f"y_{split}": rng.integers(0, 3, n), f"who_{split}": who})
+  return arrays
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+  """(workdir, export): an exported (untrained) noisy encoder with a 16-d bottleneck on a
+  tiny .npz whose attribute `who` is a brighter quadrant; `export(wd)` exports it again."""
+  from configs import digits_lenet
+
+  arrays = who_arrays()
   root = tmp_path_factory.mktemp("erase")
   np.savez(root / "who.npz", **arrays)
   c = digits_lenet.get_config("smoke")
