@@ -396,10 +396,11 @@ def run_search(config, workdir: str, *, knob: str = "model.feature_noise",
   the qualifying candidate whose worst identity top-1 is lowest; the reference and the
   chosen one are confirmed with `identity_full_cfg` on the attack's test part.
   """
-  from ran_jax import input_pipeline, sweep, trainer
+  from ran_jax import input_pipeline, sweep
+  from ran_jax import train as train_job
   from ran_jax.privacy import protocol
 
-  train_fn = train_fn or trainer.train_and_evaluate
+  train_fn = train_fn or train_job.train_and_deploy
   knob = knob_name(knob)
   low, high = check_args(config, knob, low, high, max_accuracy_drop, max_trainings, val_fraction,
                          resolution, objective)

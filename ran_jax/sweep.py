@@ -6,7 +6,7 @@
       [--variant='bn64_s0.5:config.model.bottleneck_dim=64,config.model.feature_noise=0.5']
   In Python: rows = ran_jax.sweep("digits_lenet", "runs/sweep_digits")
 
-For every lambda a RAN is trained with `ran_jax.trainer.train_and_evaluate` in
+For every lambda a RAN is trained with `ran_jax.train.train_and_deploy` in
 WORKDIR/runs/ran_lam<lambda>, the DNN baseline (lambda = 1.0, see
 `ran_jax.privacy.methods`) in WORKDIR/runs/dnn; every point (RAN, DNN,
 DNN(resized) and Noisy at each noise factor) is evaluated by the same attackers
@@ -55,7 +55,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ran_jax import config_lib, export, input_pipeline, storage, trainer
+from ran_jax import config_lib, export, input_pipeline, storage
+from ran_jax import train as train_job
 from ran_jax.privacy import figures, identity, methods, protocol, results
 from ran_jax.privacy.results import setting_key as _key
 
@@ -290,7 +291,7 @@ def run_sweep(config, out: str, lams: Sequence[float] = PAPER_LAMS,
               noise_factors: Sequence[float] = PAPER_NOISE,
               resized_factors: Optional[Sequence[float]] = None,
               eval_cfg: Optional[protocol.AttackConfig] = None, n_components: int = 8,
-              show_factor: float = 0.5, train_fn: Callable = trainer.train_and_evaluate,
+              show_factor: float = 0.5, train_fn: Callable = train_job.train_and_deploy,
               make_figures: bool = True, include: Sequence[str] = METHODS,
               variants: Sequence[str] = (), attribute: Optional[str] = None,
               identity_cfg: Optional[identity.IdentityConfig] = None,

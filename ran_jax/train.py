@@ -42,7 +42,7 @@ def train(config, workdir: str, *, overrides: Optional[dict] = None) -> dict:
     ran_jax.data.source.DataError: data that cannot be read or prepared.
     ValueError: an unknown config name or path, or an override of an unknown field.
   """
-  from ran_jax import configs, progress, trainer
+  from ran_jax import configs, progress
 
   progress.ensure_logging()   # INFO lines on stderr, unless the caller configured logging
   if isinstance(config, str):
@@ -51,7 +51,28 @@ def train(config, workdir: str, *, overrides: Optional[dict] = None) -> dict:
     from ran_jax import sweep
 
     config = sweep.apply_overrides(config, overrides)
-  return trainer.train_and_evaluate(config, workdir)
+  return train_and_deploy(config, workdir)
+
+
+def train_and_deploy(config, workdir: str) -> dict:
+  """`trainer.train_and_evaluate`, then (config.export_deployment) WORKDIR/deploy/.
+
+  The deployment (the phone-side encoder as LiteRT .tflite, the classifier as jax.export,
+  `ran_jax.deploy.export_deployment`) is the job's next step after training, not part of
+  the training loop, which needs no TensorFlow. Returns the final test metrics.
+  """
+  from ran_jax import trainer
+
+  final = trainer.train_and_evaluate(config, workdir)
+  if config.export_deployment:
+    from ran_jax import deploy  # the conversion loads TensorFlow
+
+    if deploy.export_deployment(workdir):  # process 0 writes; the others get {}
+      d = deploy.deploy_dir(workdir)
+      logging.getLogger("ran_jax").info(
+          "deployment: phone encoder %s, server classifier %s",
+          f"{d}/{deploy.ENCODER_FILE}", f"{d}/{deploy.CLASSIFIER_FILE}")
+  return final
 
 
 def define_flags():

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from etils import epath
 
-from ran_jax import checkpointing, deploy, export, input_pipeline, losses, parallel, progress
+from ran_jax import checkpointing, export, input_pipeline, losses, parallel, progress
 from ran_jax import stages
 from ran_jax import __version__
 from ran_jax.config_lib import VERSION_KEY, validate_config
@@ -278,22 +278,17 @@ def train_and_evaluate(config, workdir: str) -> dict:
     final = run_test_split(state, pipeline, program.test_step, config.seed)
   export.export_trained(workdir, stages.eval_view(program.replicate(state)), config,
                         program.input_spec, source.name)
-  if config.get("export_deployment", True):
-    deploy.export_deployment(workdir)  # WORKDIR/deploy/: encoder.tflite + classifier.jaxexport
   _write_text(workdir, "final_metrics.json",
               json.dumps({"step": int(jax.device_get(state.step)), **final}, indent=2))
-  log.info("%s", summary_line(workdir, final, int(jax.device_get(state.step)),
-                              bool(config.get("export_deployment", True))))
+  log.info("%s", summary_line(workdir, final, int(jax.device_get(state.step))))
   return final
 
 
-def summary_line(workdir: str, final: dict, step: int, deployment: bool) -> str:
+def summary_line(workdir: str, final: dict, step: int) -> str:
   """The run's closing line: its test accuracy and where its outputs are."""
   wd = epath.Path(workdir)
-  where = [f"checkpoints {wd / 'checkpoints'}", f"exported networks {wd / 'export'}"]
-  if deployment:
-    where.append(f"phone encoder {wd / 'deploy' / 'encoder.tflite'}")
-  where.append(f"metrics {wd / 'final_metrics.json'}")
+  where = [f"checkpoints {wd / 'checkpoints'}", f"exported networks {wd / 'export'}",
+           f"metrics {wd / 'final_metrics.json'}"]
   return (f"done: step {step}, test accuracy {final.get('accuracy', float('nan')):.4f}, "
           f"reconstruction error {final.get('recon_sse', float('nan')):.4g} (sum/example) | "
           + "; ".join(where))

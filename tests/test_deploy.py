@@ -419,3 +419,97 @@ def test_an_int8_encoders_input_range_is_its_quantize_ops():
   assert client._quantized_range(Interpreter([quantize]), 0) == (-65.5, 62.0)
   assert client._quantized_range(Interpreter([quantize]), 1) is None
   assert client._quantized_range(Interpreter([dict(quantize, op_name="CONV_2D")]), 0) is None
+
+
+# ---------------------------------------------------------------- known answers of the client
+
+
+def test_a_model_path_is_checked_against_the_manifest_beside_it(run, tmp_path, monkeypatch):
+  """A .tflite inside a deployment is whichever of its encoders its sha256 names (the int8
+  one included); a foreign file there is refused before it is parsed; the manifest is the
+  one beside the file, not one in the working directory."""
+  wd = run[0]
+  d = deploy.deploy_dir(wd)
+  manifest = deploy.read_manifest(d)
+  monkeypatch.chdir(tmp_path)  # no deploy.json in the working directory
+  enc8 = deploy.load_encoder(model=os.path.join(d, deploy.ENCODER_INT8_FILE))
+  assert enc8.sha256 == manifest["encoder_int8"]["sha256"]
+  encf = deploy.load_encoder(model=os.path.join(d, deploy.ENCODER_FILE))
+  assert encf.sha256 == manifest["encoder"]["sha256"] and encf.feature_shape == (32,)
+  copy = tmp_path / "copy"
+  shutil.copytree(d, copy)
+  (copy / "other.tflite").write_bytes(b"not this deployment's encoder")
+  # Refused by the manifest's check (sha256), not by the LiteRT parser.
+  with pytest.raises(deploy.ArtefactError, match="not the encoder this manifest"):
+    deploy.load_encoder(model=str(copy / "other.tflite"))
+
+
+def test_the_interpreter_runs_on_one_thread_by_default(run, monkeypatch):
+  threads = []
+  real = ai_edge_litert.interpreter.Interpreter
+
+  def spy(*args, **kwargs):
+    threads.append(kwargs.get("num_threads"))
+    return real(*args, **kwargs)
+
+  monkeypatch.setattr(ai_edge_litert.interpreter, "Interpreter", spy)
+  enc = deploy.load_encoder(run[0])
+  deploy.TFLiteEncoder.from_bytes(open(os.path.join(deploy.deploy_dir(run[0]),
+                                                    deploy.ENCODER_FILE), "rb").read())
+  deploy.load_encoder(run[0], num_threads=3)
+  assert threads == [1, 1, 3] and enc.noisy
+
+
+class _FakeInterpreter:
+  """The two calls TFLiteEncoder makes before running: inputs and outputs by name."""
+
+  def __init__(self, inputs):
+    self.inputs = inputs
+
+  def get_input_details(self):
+    return [{"name": n, "index": i, "shape": np.array([1, 4])} for i, n in enumerate(self.inputs)]
+
+  def get_output_details(self):
+    return [{"name": "z", "index": 9, "shape": np.array([1, 3])}]
+
+
+def test_an_encoder_takes_x_and_at_most_eps():
+  enc = deploy.TFLiteEncoder(_FakeInterpreter(["x"]), "m", "sha", 1)
+  assert enc.input_shape == (4,) and enc.feature_shape == (3,) and not enc.noisy
+  for inputs in (["x", "mask"], ["y"], ["eps"]):
+    with pytest.raises(deploy.ArtefactError,
+                       match=r"m is not a ran_jax encoder: its inputs are \[" + repr(sorted(inputs)[0])):
+      deploy.TFLiteEncoder(_FakeInterpreter(inputs), "m", "sha", 1)
+
+
+def test_what_encode_to_file_reports_and_writes(run, tmp_path):
+  """One example (its bytes are its own, not a neighbour's), the feature shape without the
+  batch axis, and the noise named by how it was drawn."""
+  wd, _, x, _ = run
+  enc = deploy.load_encoder(wd)
+  out = str(tmp_path / "one.npz")
+  summary = deploy.encode_to_file(enc, x[:1], ["first"], out, seed=1)
+  assert summary == {"examples": 1, "feature_shape": [32], "bytes_per_example": 32 * 4,
+                     "release_policy": "fresh", "out": out}
+  assert str(deploy.read_features(out)["noise"]) == "seeded (reproducible, not private)"
+  deploy.encode_to_file(enc, x[:1], ["first"], out)
+  assert str(deploy.read_features(out)["noise"]) == "fresh OS entropy"
+
+
+def test_load_inputs_known_answers(tmp_path):
+  """RGB images resized to the encoder's H x W and scaled by 1/255; what is not an image
+  encoder's input is refused by name; a .npy's error names the array as stored."""
+  from PIL import Image
+
+  Image.new("RGB", (10, 12), (51, 102, 153)).save(tmp_path / "rgb.png")  # 10 wide, 12 high
+  x, names = deploy.load_inputs(str(tmp_path / "rgb.png"), (6, 5, 3))
+  assert x.shape == (1, 6, 5, 3) and names == ["rgb.png"]
+  np.testing.assert_allclose(x, np.broadcast_to([0.2, 0.4, 0.6], x.shape), atol=1e-6)
+  for shape, value_range in (((128, 3), (0.0, 1.0)), ((4, 4, 3, 1), (0.0, 1.0)),
+                             ((8, 8, 2), (0.0, 1.0)), ((8, 8, 1), (-1.0, 1.0))):
+    with pytest.raises(deploy.ArtefactError, match="not images; pass a .npy batch"):
+      deploy.load_inputs(str(tmp_path / "rgb.png"), shape, value_range)
+  np.save(tmp_path / "grey.npy", np.zeros((2, 8, 8), np.float32))
+  with pytest.raises(deploy.ArtefactError, match=r"array of shape \[2, 8, 8\]; the encoder "
+                                                  r"takes \[N, 8, 8, 3\]"):
+    deploy.load_inputs(str(tmp_path / "grey.npy"), (8, 8, 3))

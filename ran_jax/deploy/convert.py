@@ -166,8 +166,8 @@ def export_deployment(workdir: str, int8: bool = False, seed: int = 0) -> dict:
   """Writes WORKDIR/deploy/ (float encoder, classifier, and int8 encoder if asked).
 
   Returns the manifest. Every process reads the networks (a collective restore); only
-  process 0 converts and writes (the others return {}), so the trainer can call it on
-  every process at the end of a run.
+  process 0 converts and writes (the others return {}), so every process of a run
+  can call it at the end of the run.
   """
   import jax
 
