@@ -477,8 +477,9 @@ def test_an_encoder_takes_x_and_at_most_eps():
   enc = deploy.TFLiteEncoder(_FakeInterpreter(["x"]), "m", "sha", 1)
   assert enc.input_shape == (4,) and enc.feature_shape == (3,) and not enc.noisy
   for inputs in (["x", "mask"], ["y"], ["eps"]):
+    first = repr(sorted(inputs)[0])
     with pytest.raises(deploy.ArtefactError,
-                       match=r"m is not a ran_jax encoder: its inputs are \[" + repr(sorted(inputs)[0])):
+                       match=r"m is not a ran_jax encoder: its inputs are \[" + first):
       deploy.TFLiteEncoder(_FakeInterpreter(inputs), "m", "sha", 1)
 
 
