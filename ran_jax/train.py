@@ -64,7 +64,7 @@ def train_and_deploy(config, workdir: str) -> dict:
   from ran_jax import trainer
 
   final = trainer.train_and_evaluate(config, workdir)
-  if config.export_deployment:
+  if config.get("export_deployment", True):   # as the trainer read it before
     from ran_jax import deploy  # the conversion loads TensorFlow
 
     if deploy.export_deployment(workdir):  # process 0 writes; the others get {}
