@@ -28,7 +28,17 @@ FORMAT = "%(asctime)s %(levelname)s %(message)s"
 
 
 class _JobHandler(logging.StreamHandler):
-  """The handler `ensure_logging` adds (told apart from the caller's own)."""
+  """The handler `ensure_logging` adds (told apart from the caller's own).
+
+  It stands aside once the root logger has handlers: a library that configures logging
+  mid-run (absl's first log line calls `logging.basicConfig()`) would otherwise print
+  every record twice, once here and once through the root logger.
+  """
+
+  def emit(self, record):
+    if logging.getLogger().handlers and logging.getLogger(LOGGER).propagate:
+      return
+    super().emit(record)
 
 
 def ensure_logging(level: int = logging.INFO) -> bool:

@@ -54,6 +54,16 @@ def test_handler_added_then_given_up_when_the_caller_configures_logging():
   assert lines[0].endswith(" INFO one") and lines[1:] == ["mine two"]   # never twice
 
 
+def test_a_root_handler_added_mid_run_never_doubles_a_line():
+  # absl's first log line (orbax logs one when a checkpoint handler is first built, during
+  # training) calls logging.basicConfig() after ensure_logging ran: each line still once.
+  lines = _run(LOG + "progress.ensure_logging()\nlog.info('epoch 1/2')\n"
+               "from absl import logging as absl_logging\nabsl_logging.vlog(1, 'x')\n"
+               "log.info('epoch 2/2')")
+  assert len(lines) == 2 and lines[0].endswith(" INFO epoch 1/2"), lines
+  assert lines[1].endswith("epoch 2/2"), lines
+
+
 def test_no_bar_in_a_log_file(monkeypatch):
   err = io.StringIO()
   monkeypatch.setattr(sys, "stderr", err)
