@@ -56,6 +56,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.log_every_steps = 50       # >= 1
   c.checkpoint_every_steps = 0  # 0: at the end of every epoch
   c.keep_checkpoints = 2       # >= 1
+  # '' (none), 'N' or 'A-B': a jax.profiler trace of those steps into WORKDIR/profile/,
+  # for TensorBoard's profile plugin (ran_jax.profiling).
+  c.profile_steps = ""
   # True: at the end of training also write WORKDIR/deploy/ (the phone-side encoder as a
   # LiteRT .tflite, the classifier as jax.export; ran_jax.deploy). False: only export/.
   c.export_deployment = True
@@ -235,6 +238,22 @@ def _is_number(v) -> bool:
   return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+def _profile_steps_ok(v) -> bool:
+  from ran_jax.profiling import parse_steps
+
+  try:
+    parse_steps(v)
+  except ValueError:
+    return False
+  return True
+
+
+def _profiling_allowed() -> str:
+  from ran_jax.profiling import ALLOWED
+
+  return ALLOWED
+
+
 def _int_at_least(lo: int):
   return (lambda v: _is_int(v) and v >= lo), f"an integer >= {lo}"
 
@@ -317,6 +336,7 @@ def _rules() -> dict[str, Rule]:
       "checkpoint_every_steps": ((lambda v: _is_int(v) and v >= 0),
                                  "0 (every epoch) or an integer >= 1"),
       "keep_checkpoints": _int_at_least(1),
+      "profile_steps": (_profile_steps_ok, _profiling_allowed()),
       "export_deployment": ((lambda v: isinstance(v, bool)), "True or False"),
 
       "data.name": ((lambda v: v in datasets), lambda v: _dataset_problem(v, datasets)),

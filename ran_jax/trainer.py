@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from etils import epath
 
-from ran_jax import checkpointing, export, input_pipeline, losses, parallel, progress
+from ran_jax import checkpointing, export, input_pipeline, losses, parallel, profiling, progress
 from ran_jax import stages
 from ran_jax import __version__
 from ran_jax.config_lib import VERSION_KEY, validate_config
@@ -218,12 +218,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
   metrics = None
   batches = pipeline.train_batches(start, total)
   epochs = -(-total // spe)
+  profiler = profiling.StepProfiler(workdir, config.get("profile_steps", ""), start, total)
   with _Preemption() as preemption, progress.bar(
       total, desc="ran-train", unit="step", initial=start,
       enabled=None if jax.process_index() == 0 else False) as bar:
     try:
       for step, batch in enumerate(batches, start=start + 1):
-        state, metrics = iteration(state, batch)
+        with profiler.annotate(step):
+          state, metrics = iteration(state, batch)
+        profiler.after(step, metrics)
         n_window += 1
         bar.update()
         host = None
@@ -271,6 +274,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       # Stop and join the prefetch thread now: left to run into interpreter shutdown
       # (after a SIGTERM exit) it can still be inside JAX and abort the process.
       batches.close()
+      profiler.close()
       ckpt.close()
       writer.close()
   if metrics is None:

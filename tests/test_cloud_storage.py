@@ -48,9 +48,14 @@ def _records(gcs):
 def test_train_resume_deploy_on_cloud_storage(gcs, tmp_path):
   scratch = tmp_path / "scratch"
   scratch.mkdir()
-  r = _run(gcs, scratch, "ran_jax.train", [*ARGS, "--config.export_deployment=True"])
+  r = _run(gcs, scratch, "ran_jax.train", [*ARGS, "--config.export_deployment=True",
+                                           "--config.profile_steps=2-3"])
   assert "Could not determine bucket type" not in r.stderr   # gcsfs's JSON API only
   names = gcs.objects(prefix="run/")
+  # the profile, taken in a local temporary directory (removed: TMPDIR is checked empty
+  # below), lands in the bucket where TensorBoard's profile plugin looks
+  assert any(n.startswith("run/profile/plugins/profile/steps_2-3/") and
+             n.endswith(".xplane.pb") for n in names), sorted(names)
   for want in ("run/config.json", "run/final_metrics.json", "run/metrics.jsonl",
                "run/export/model.json", "run/deploy/deploy.json", "run/deploy/encoder.tflite",
                "run/deploy/classifier.jaxexport", "run/checkpoints/6/commit_success.txt"):

@@ -43,6 +43,7 @@ BAD_VALUES = [
     ("log_every_steps", 0, "an integer >= 1"),
     ("checkpoint_every_steps", -1, "0 (every epoch) or an integer >= 1"),
     ("keep_checkpoints", 0, "an integer >= 1"),
+    ("profile_steps", "5-2", "a range 'A-B' with 1 <= A <= B"),
     ("export_deployment", "yes", "True or False"),
     ("data.name", "nosuchdata", "unknown dataset; allowed: ["),
     ("data.name", "", "unknown dataset"),
