@@ -123,7 +123,11 @@ class _Preemption:
     self._old = None
 
   def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
+    # Several processes: JAX's preemption service (started by jax.distributed.initialize)
+    # catches the SIGTERM itself and tells every host, which then stop at the same step;
+    # a Python handler here would replace its handler, and a notice that reached one host
+    # only would stop that host alone while the others wait on it in the next collective.
+    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
       self._old = signal.signal(signal.SIGTERM, self._handler)
     return self
 
@@ -137,11 +141,11 @@ class _Preemption:
 
   def reached(self, step: int) -> bool:
     if jax.process_count() > 1:
-      # All hosts must agree on the step to save at; JAX's preemption service
-      # (started by jax.distributed.initialize) syncs the notice across hosts.
+      # All hosts must agree on the step to save at: the service's sync point is true on
+      # every host at the same step once any host has had the notice.
       from jax.experimental import multihost_utils
 
-      return self.requested or multihost_utils.reached_preemption_sync_point(step)
+      return multihost_utils.reached_preemption_sync_point(step)
     return self.requested
 
 
