@@ -248,12 +248,6 @@ def _profile_steps_ok(v) -> bool:
   return True
 
 
-def _profiling_allowed() -> str:
-  from ran_jax.profiling import ALLOWED
-
-  return ALLOWED
-
-
 def _int_at_least(lo: int):
   return (lambda v: _is_int(v) and v >= lo), f"an integer >= {lo}"
 
@@ -322,6 +316,7 @@ def _rules() -> dict[str, Rule]:
   from ran_jax.models import (ATTRIBUTE_HEADS, BOTTLENECK_KINDS, COMPUTE_DTYPES, ENCODERS,
                               EXTRA_DECODERS)
   from ran_jax.models.modules import CONV_IMPLS, REMAT_POLICIES
+  from ran_jax.profiling import ALLOWED as PROFILE_STEPS_ALLOWED
   from ran_jax.stages import ADVERSARY_REDUCTIONS, SCHEDULES
 
   datasets = known_datasets()
@@ -336,7 +331,7 @@ def _rules() -> dict[str, Rule]:
       "checkpoint_every_steps": ((lambda v: _is_int(v) and v >= 0),
                                  "0 (every epoch) or an integer >= 1"),
       "keep_checkpoints": _int_at_least(1),
-      "profile_steps": (_profile_steps_ok, _profiling_allowed()),
+      "profile_steps": (_profile_steps_ok, PROFILE_STEPS_ALLOWED),
       "export_deployment": ((lambda v: isinstance(v, bool)), "True or False"),
 
       "data.name": ((lambda v: v in datasets), lambda v: _dataset_problem(v, datasets)),
