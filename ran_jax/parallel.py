@@ -172,19 +172,34 @@ def cpu_unless_accelerator(environ=None, root: str = "/") -> str | None:
 
 
 def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
-                           process_id: int | None = None) -> bool:
+                           process_id: int | None = None,
+                           heartbeat_timeout_s: int | None = None) -> bool:
   """Starts `jax.distributed` when this run spans several processes.
 
   Explicit arguments (or RAN_COORDINATOR_ADDRESS / RAN_NUM_PROCESSES /
   RAN_PROCESS_ID) start it anywhere, CPU included (gloo collectives); on a
   multi-host Cloud TPU slice it is auto-detected from the TPU environment.
   Returns True when it was started. Must run before any other JAX call.
+
+  heartbeat_timeout_s (or RAN_HEARTBEAT_TIMEOUT_S; default JAX's, 100 s): a process
+  that has sent no heartbeat for this long is declared lost, and every other process
+  then stops with JAX's message naming it instead of waiting in a collective forever.
+  The rerun resumes from the newest complete checkpoint.
   """
   import os
 
   addr = coordinator_address or os.environ.get("RAN_COORDINATOR_ADDRESS")
   n = num_processes or int(os.environ.get("RAN_NUM_PROCESSES", "0") or 0)
   pid = process_id if process_id is not None else os.environ.get("RAN_PROCESS_ID")
+  heartbeat = heartbeat_timeout_s or os.environ.get("RAN_HEARTBEAT_TIMEOUT_S") or None
+  kw = {}
+  if heartbeat is not None:
+    try:
+      kw["heartbeat_timeout_seconds"] = int(heartbeat)
+    except ValueError:
+      raise ValueError(f"heartbeat timeout {heartbeat!r}: a whole number of seconds.") from None
+    if kw["heartbeat_timeout_seconds"] < 1:
+      raise ValueError(f"heartbeat timeout {heartbeat!r}: at least 1 second.")
   if addr:
     if not n or pid is None:
       raise ValueError("A coordinator address needs the number of processes and this process's "
@@ -194,10 +209,10 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
       raise ValueError(f"process_id={pid} must be in [0, {n}).")
     # CPU processes exchange gradients through gloo; accelerators ignore this.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator_address=addr, num_processes=n, process_id=pid)
+    jax.distributed.initialize(coordinator_address=addr, num_processes=n, process_id=pid, **kw)
     return True
   hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
   if len([h for h in hosts.split(",") if h]) > 1:
-    jax.distributed.initialize()  # Cloud TPU pod slice: everything auto-detected
+    jax.distributed.initialize(**kw)  # Cloud TPU pod slice: everything auto-detected
     return True
   return False

@@ -330,13 +330,25 @@ def fast_attack_config(attackers=("ridge", "mlp_decoder"), max_epochs: int = 10,
 
 def fast_identity_config(attackers=("logreg", "knn"), seeds=(0,), person_releases: int = 10,
                          person_groups: int = 200, max_epochs: int = 30, patience: int = 3,
-                         seed: int = 0):
-  """The attribute attackers that score every candidate (--objective=identity): cheap fits,
-  one seed, one release + the clean features + `person_releases` releases of one person,
-  on the validation part of the training split (`IdentityConfig.scored_part`)."""
+                         seed: int = 0, budget: str = ""):
+  """The attribute attackers that score every candidate (--objective=identity): one seed,
+  one release + the clean features + `person_releases` releases of one person, on the
+  validation part of the training split (`IdentityConfig.scored_part`).
+
+  budget '' (the default): cheap fits of `attackers`, no search. budget 'light' or
+  'thorough': the attackers *searched* under that declared budget (`ran_jax.privacy.budget`:
+  families, noise draws, capacities, calibrated aggregation and the set attacker), so the
+  defence is tuned against the attacker its figures are published with; `attackers`,
+  `max_epochs` and `patience` are then the budget's."""
   from ran_jax.privacy import attackers as atk
+  from ran_jax.privacy import budget as budget_lib
   from ran_jax.privacy import identity
 
+  if budget:
+    return identity.IdentityConfig.from_budget(
+        budget_lib.get_budget(budget), seeds=tuple(seeds), releases=(), clean=True, raw=False,
+        person_releases=person_releases, person_groups=person_groups, bootstrap=200,
+        seed=seed, scored_part="validation")
   fit = atk.FitConfig(batch_size=128, max_epochs=max_epochs, patience=patience, seed=seed)
   return identity.IdentityConfig(attackers=tuple(attackers), seeds=tuple(seeds), releases=(),
                                  clean=True, raw=False, person_releases=person_releases,
@@ -684,6 +696,14 @@ def _values_note(i: dict) -> str:
           if k and k < n else "")
 
 
+def _whole_budget(cfg: dict) -> bool:
+  """Whether an identity config (as a dict) runs every family of the budget it names."""
+  from ran_jax.privacy import budget as budget_lib
+
+  b = budget_lib.BUDGETS.get(cfg.get("budget", ""))
+  return b is not None and set(cfg.get("attackers", ())) >= set(b.identity.families)
+
+
 def _identity_front_lines(workdir: str, state: dict) -> list:
   """The identity table of the explored front and DIR/front_identity.png."""
   from ran_jax.privacy import figures
@@ -705,7 +725,9 @@ def _identity_front_lines(workdir: str, state: dict) -> list:
   lines = [
       f"## Identity (attribute `{ref['identity']['attribute']}`): what chose the point", "",
       f"Attribute attackers {', '.join(fast['attackers'])} ({len(fast['seeds'])} seed(s), "
-      "trained after freezing on the releases) scored on the **validation part** of the "
+      + (f"every family of the `{fast['budget']}` budget, searched under it, "
+         if _whole_budget(fast) else "")
+      + "trained after freezing on the releases) scored on the **validation part** of the "
       "attribute split, from training-split examples only (`IdentityConfig.scored_part`): the "
       f"attack's test part is never read to choose. {ref['identity'].get('n_scored')} examples "
       f"scored; chance {ref['identity']['chance']:.4f}" + _values_note(ref["identity"])
@@ -863,7 +885,8 @@ def search(config, workdir: str, *, knob: str = "model.feature_noise",
            val_fraction: float = 0.1, objective: str = "reconstruction",
            attribute: Optional[str] = None,
            fast_attackers: Sequence[str] = ("ridge", "mlp_decoder"), fast_max_epochs: int = 10,
-           fast_identity_attackers: Sequence[str] = ("logreg", "knn"), progress: bool = True,
+           fast_identity_attackers: Sequence[str] = ("logreg", "knn"),
+           fast_identity_budget: str = "", progress: bool = True,
            command: str = "", config_name: str = "", **attack_options) -> dict:
   """The most private setting of one privacy knob within an accuracy budget.
 
@@ -886,6 +909,8 @@ def search(config, workdir: str, *, knob: str = "model.feature_noise",
     attribute: the sensitive attribute (None: the config's data.attribute; '': none).
     fast_attackers, fast_max_epochs: the attackers scoring every candidate.
     fast_identity_attackers: the attribute attackers scoring every candidate (identity).
+    fast_identity_budget: '' (those cheap fits) or an attacker budget ('light', 'thorough'):
+      every candidate is then scored by the attackers searched under it, on validation.
     progress: a progress bar over the trainings, with an ETA, on stderr.
     command, config_name: the command line and the config's name, for the report.
     **attack_options: the confirmation's attackers, as `ran_jax.attack` takes them:
@@ -922,13 +947,23 @@ def search(config, workdir: str, *, knob: str = "model.feature_noise",
   if bad or not fast_identity_attackers:
     raise SearchError(f"fast_identity_attackers: unknown {bad}; allowed: "
                       f"{list(identity.FAMILIES)}.")
+  if fast_identity_budget:
+    from ran_jax.privacy import budget as budget_lib
+
+    try:
+      budget_lib.get_budget(fast_identity_budget)
+    except ValueError:
+      raise SearchError(f"fast_identity_budget={fast_identity_budget!r}: allowed: '' (the "
+                        f"cheap fits of fast_identity_attackers) or "
+                        f"{sorted(budget_lib.BUDGETS)}.") from None
   seed = int(attack_options.get("attacker_seed", 0))
   full = attack.attack_config(**attack_options)
   identity_full = attack.identity_config(**attack_options)
   fast = fast_attack_config(tuple(fast_attackers), fast_max_epochs, seed=seed,
                             attack_train_limit=int(attack_options.get("attack_train_limit", 0)))
   identity_fast = fast_identity_config(tuple(fast_identity_attackers),
-                                       person_releases=identity_full.person_releases, seed=seed)
+                                       person_releases=identity_full.person_releases, seed=seed,
+                                       budget=fast_identity_budget)
   return run_search(config, workdir, knob=knob, low=low, high=high,
                     max_accuracy_drop=max_accuracy_drop, max_trainings=max_trainings,
                     resolution=resolution, val_fraction=val_fraction, fast_cfg=fast,
@@ -969,6 +1004,10 @@ def define_flags():
                       f"candidates: {list(OBJECTIVES)} ('identity' needs an attribute).")
   flags.DEFINE_list("fast_identity_attackers", ["logreg", "knn"],
                     "Attribute attackers scoring candidates (--objective=identity).")
+  flags.DEFINE_string("fast_identity_budget", "", "Score candidates (--objective=identity) "
+                      "with the attackers searched under this budget ('light', 'thorough') "
+                      "instead of the cheap --fast_identity_attackers: slower, and what the "
+                      "published figures are measured with.")
   commands.define_attack_flags()     # the confirmation's attackers (--preset)
   commands.define_identity_flags()   # --attribute and the identity confirmation
   flags.mark_flags_as_required(["config", "workdir"])
@@ -1001,6 +1040,7 @@ def main(argv=None):
                      objective=f.objective, attribute=f.attribute,
                      fast_attackers=tuple(f.fast_attackers), fast_max_epochs=f.fast_max_epochs,
                      fast_identity_attackers=tuple(f.fast_identity_attackers),
+                     fast_identity_budget=f.fast_identity_budget,
                      command="ran-search " + " ".join(argv[1:]), config_name=config_arg,
                      **commands.attack_options_from_flags())
     except (SearchError, ConfigError, DataError, ShapeError, CheckpointError,

@@ -88,6 +88,10 @@ def define_flags():
                       "host:port of process 0, for multi-process runs.")
   flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-process run.")
   flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
+  flags.DEFINE_integer("heartbeat_timeout_s", None,
+                       "Multi-process: seconds without a heartbeat after which a process is "
+                       "declared lost and the others stop (default JAX's, 100; or "
+                       "RAN_HEARTBEAT_TIMEOUT_S).")
   flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -100,7 +104,12 @@ def main(argv):
   logging.getLogger("absl").setLevel(logging.WARNING)
   from ran_jax import parallel
 
-  parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  try:
+    parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
+                                    FLAGS.process_id, FLAGS.heartbeat_timeout_s)
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
 
   from ran_jax import trainer
   from ran_jax.checkpointing import CheckpointError
@@ -108,11 +117,37 @@ def main(argv):
   from ran_jax.input_pipeline import DataError
   from ran_jax.models import ShapeError
 
+  import jax
+
   try:
     train(FLAGS.config, FLAGS.workdir)
   except (ConfigError, DataError, ShapeError, CheckpointError, trainer.NonFiniteError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
+  except jax.errors.JaxRuntimeError as e:
+    if jax.process_count() == 1:
+      raise
+    lost_process_exit(e)
+
+
+LOST_PROCESS_EXIT = 75   # EX_TEMPFAIL: rerun the same command
+
+
+def lost_process_exit(error: BaseException):
+  """Ends this process of a multi-process run whose device or collective call failed,
+  most often because another process was lost (a host killed, no notice): one clear
+  line, then exit LOST_PROCESS_EXIT at once. Waiting for JAX's orderly shutdown would
+  only abort later at its shutdown barrier, which the lost process never reaches."""
+  import os
+
+  first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+  logging.getLogger("ran_jax").error(
+      "a device or collective operation failed in this multi-process run (%s). If another "
+      "process was lost, this one stops too: rerun the same command on every host to resume "
+      "from the newest complete checkpoint.", first)
+  for stream in (sys.stdout, sys.stderr):
+    stream.flush()
+  os._exit(LOST_PROCESS_EXIT)
 
 
 def run():

@@ -325,3 +325,21 @@ def test_identity_front_draws_the_label_only_floor(tmp_path, monkeypatch):
   assert floors(kept[0]) == {"label-only floor, one example": pytest.approx(0.0479),
                              "label-only floor, person": pytest.approx(0.0447)}
   assert floors(kept[1]) == {}
+
+
+def test_candidates_can_be_scored_by_the_searched_budget_attackers():
+  """--fast_identity_budget: every family of the declared budget, searched, on validation."""
+  from ran_jax.privacy import budget as budget_lib
+
+  cfg = search.fast_identity_config(budget="light", seed=3, person_releases=7)
+  light = budget_lib.get_budget("light").identity
+  assert tuple(cfg.attackers) == tuple(light.families) and tuple(cfg.draws) == tuple(light.draws)
+  assert cfg.scored_part == "validation" and cfg.seeds == (0,) and cfg.seed == 3
+  assert cfg.person_releases == 7 and cfg.budget == "light" and cfg.set_attacker
+  thorough = search.fast_identity_config(budget="thorough")
+  assert "boosting" in thorough.attackers and tuple(thorough.draws) == (1, 4, 16)
+  assert search._whole_budget(cfg.to_dict()) and search._whole_budget(thorough.to_dict())
+  assert not search._whole_budget(search.fast_identity_config().to_dict())
+  with pytest.raises(search.SearchError, match="fast_identity_budget='heavy'"):
+    search.search("digits_lenet:smoke", "/nonexistent/never_written", objective="identity",
+                  fast_identity_budget="heavy")

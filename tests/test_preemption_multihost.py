@@ -1,11 +1,16 @@
-"""Preemption of a multi-process run (a pod slice rehearsed on loopback).
+"""Preemption and a lost host in a multi-process run (a pod slice rehearsed on loopback).
 
 Four real JAX processes (`jax.distributed` on 127.0.0.1), one CPU device each, each in a
 scratch directory of its own (HOME, TMPDIR, working directory) so that nothing local is
-shared but the workdir. A preemption notice (SIGTERM) reaches one host only, as a
-maintenance event does: every host stops at the same step, saves and exits 143 (JAX's
-preemption service carries the notice); the rerun resumes at that step and ends
-bit-identical to a run that was never stopped.
+shared but the workdir.
+
+* A preemption notice (SIGTERM) reaches one host only, as a maintenance event does: every
+  host stops at the same step, saves and exits 143 (JAX's preemption service carries the
+  notice); the rerun resumes at that step and ends bit-identical to a run never stopped.
+* A host is lost outright (SIGKILL, no notice): the others stop within the heartbeat
+  timeout (`--heartbeat_timeout_s`) with JAX's message naming the lost process, instead of
+  waiting in a collective; the rerun resumes from the newest complete checkpoint and ends
+  bit-identical to the unstopped run.
 """
 
 import os
@@ -20,6 +25,7 @@ import chex
 import pytest
 
 from ran_jax.export import load_trained
+from ran_jax.train import LOST_PROCESS_EXIT
 from tests.helpers import ROOT, subprocess_env
 
 pytestmark = pytest.mark.slow
@@ -36,7 +42,7 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def _launch(workdir, scratch_root, tag):
+def _launch(workdir, scratch_root, tag, extra=()):
   port = _free_port()
   procs = []
   for i in range(N):
@@ -49,7 +55,7 @@ def _launch(workdir, scratch_root, tag):
     procs.append((subprocess.Popen(
         [sys.executable, os.path.join(ROOT, "train.py"), *ARGS, f"--workdir={workdir}",
          f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={N}",
-         f"--process_id={i}"], cwd=scratch, env=env, stdout=subprocess.DEVNULL, stderr=err),
+         f"--process_id={i}", *extra], cwd=scratch, env=env, stdout=subprocess.DEVNULL, stderr=err),
         scratch / "stderr.log"))
   return procs
 
@@ -72,19 +78,36 @@ def _params(wd):
   return {"params": t.params, "batch_stats": t.batch_stats, "step": t.meta["step"]}
 
 
-def test_a_notice_to_one_host_stops_all_at_one_step_then_exact_resume(tmp_path):
-  ref = tmp_path / "ref"
-  rcs, logs = _wait(_launch(ref, tmp_path / "scratch", "ref"), 600)
+@pytest.fixture(scope="module")
+def unstopped(tmp_path_factory):
+  """The same run never stopped: what every resumed run must end bit-identical to."""
+  root = tmp_path_factory.mktemp("unstopped")
+  rcs, logs = _wait(_launch(root / "ref", root / "scratch", "ref"), 600)
   assert rcs == [0] * N, logs[0][-3000:]
+  return _params(root / "ref")
 
-  wd = tmp_path / "run"
-  procs = _launch(wd, tmp_path / "scratch", "run")
+
+def _until_step(procs, step):
   log0 = procs[0][1]
   deadline = time.time() + 300
-  while "step 10/30" not in log0.read_text():   # well into training, compiled
+  while f"step {step}/30" not in log0.read_text():   # well into training, compiled
     assert time.time() < deadline and all(p.poll() is None for p, _ in procs), \
         log0.read_text()[-3000:]
     time.sleep(0.2)
+
+
+def _scratch_left_clean(scratch_root):
+  """Nothing written in the processes' scratch directories but logs and dot folders."""
+  for d in scratch_root.iterdir():
+    left = sorted(p.name for p in d.iterdir() if p.name not in ("tmp", "stderr.log")
+                  and p.name[0] != ".")
+    assert left == [] and os.listdir(d / "tmp") == [], (d, left)
+
+
+def test_a_notice_to_one_host_stops_all_at_one_step_then_exact_resume(tmp_path, unstopped):
+  wd = tmp_path / "run"
+  procs = _launch(wd, tmp_path / "scratch", "run")
+  _until_step(procs, 10)
   procs[2][0].send_signal(signal.SIGTERM)        # one host's notice
   t = time.time()
   rcs, logs = _wait(procs, 60)
@@ -99,11 +122,41 @@ def test_a_notice_to_one_host_stops_all_at_one_step_then_exact_resume(tmp_path):
   rcs, logs = _wait(_launch(wd, tmp_path / "scratch", "rerun"), 600)
   assert rcs == [0] * N, logs[0][-3000:]
   assert f"at step {step}" in logs[0]
-  resumed, want = _params(wd), _params(ref)
-  assert resumed["step"] == want["step"] == 30
-  chex.assert_trees_all_equal(resumed, want)     # bit-identical to the unstopped run
-  # nothing written in the processes' scratch directories but their logs and dot folders
-  for d in (tmp_path / "scratch").iterdir():
-    left = sorted(p.name for p in d.iterdir() if p.name not in ("tmp", "stderr.log")
-                  and p.name[0] != ".")
-    assert left == [] and os.listdir(d / "tmp") == [], (d, left)
+  resumed = _params(wd)
+  assert resumed["step"] == unstopped["step"] == 30
+  chex.assert_trees_all_equal(resumed, unstopped)     # bit-identical to the unstopped run
+  _scratch_left_clean(tmp_path / "scratch")
+
+
+HEARTBEAT_S = 10
+
+
+def test_a_lost_host_stops_the_others_within_the_heartbeat_then_exact_resume(tmp_path, unstopped):
+  wd = tmp_path / "run"
+  extra = ["--config.checkpoint_every_steps=4", f"--heartbeat_timeout_s={HEARTBEAT_S}"]
+  procs = _launch(wd, tmp_path / "scratch", "run", extra)
+  _until_step(procs, 14)
+  procs[2][0].kill()                              # a host lost outright: no notice, no save
+  t = time.time()
+  rcs, logs = _wait(procs, 6 * HEARTBEAT_S)
+  took = time.time() - t
+  survivors = [i for i in range(N) if i != 2]
+  # every other process stopped by itself (the harness kills only after 6 heartbeats)
+  assert took < 6 * HEARTBEAT_S and all(rcs[i] not in (0, None) for i in survivors), \
+      (took, rcs, [logs[i][-1500:] for i in survivors])
+  assert rcs[2] == -signal.SIGKILL
+  # ... each with a message naming what happened, not a hang or a bare crash: the failed
+  # collective caught (CPU's gloo fails at once; exit 75, rerun), or JAX's heartbeat abort
+  # naming the lost task (a collective that waits instead of failing)
+  for i in survivors:
+    caught = rcs[i] == LOST_PROCESS_EXIT and "If another process was lost" in logs[i]
+    assert caught or "Task 2 heartbeat timeout" in logs[i], (i, rcs[i], logs[i][-2000:])
+
+  rcs, logs = _wait(_launch(wd, tmp_path / "scratch", "rerun", extra), 600)
+  assert rcs == [0] * N, logs[0][-3000:]
+  resumed_at = [int(m) for m in re.findall(r"at step (\d+)", logs[0])]
+  assert resumed_at and 12 <= resumed_at[0] < 30 and resumed_at[0] % 4 == 0, logs[0][-3000:]
+  resumed = _params(wd)
+  assert resumed["step"] == 30
+  chex.assert_trees_all_equal(resumed, unstopped)     # bit-identical to the unstopped run
+  _scratch_left_clean(tmp_path / "scratch")
