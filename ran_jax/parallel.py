@@ -191,7 +191,8 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
   addr = coordinator_address or os.environ.get("RAN_COORDINATOR_ADDRESS")
   n = num_processes or int(os.environ.get("RAN_NUM_PROCESSES", "0") or 0)
   pid = process_id if process_id is not None else os.environ.get("RAN_PROCESS_ID")
-  heartbeat = heartbeat_timeout_s or os.environ.get("RAN_HEARTBEAT_TIMEOUT_S") or None
+  heartbeat = (heartbeat_timeout_s if heartbeat_timeout_s is not None
+               else os.environ.get("RAN_HEARTBEAT_TIMEOUT_S") or None)
   kw = {}
   if heartbeat is not None:
     try:
