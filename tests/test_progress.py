@@ -181,3 +181,24 @@ def test_bars_off_inside_a_job_that_was_asked_for_none(monkeypatch):
   with progress.bar(3, desc="fit", unit="epoch") as b:
     b.update(3)
   assert "fit: 3/3 epochs" in err.getvalue()
+
+
+def test_the_identity_attack_logs_each_setting_with_the_eta(caplog, monkeypatch):
+  """`attack_identity`: after each setting (its families searched and refit) a line with the
+  count of settings, the one just done and the ETA; the label-only floor is the last."""
+  from ran_jax.privacy import identity
+  from tests.test_identity import FakeTrained, make_source
+
+  monkeypatch.setattr(sys, "stderr", io.StringIO())   # a log file: no bar
+  cfg = identity.IdentityConfig(seeds=(0,), bootstrap=50, person_groups=20, person_releases=3,
+                                attackers=("logreg",), releases=(4,),
+                                fit=identity.atk.FitConfig(batch_size=64, max_epochs=3,
+                                                           patience=2))
+  with caplog.at_level(logging.INFO, logger="ran_jax"):
+    identity.attack_identity(FakeTrained(16, sigma=0.5), make_source(seed=3), cfg)
+  lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("identity attack")]
+  assert [line.split(" | ETA ")[0] for line in lines] == [
+      f"identity attack: {i}/5 settings done ({name})" for i, name in
+      enumerate(["single", "mean_4", "clean", "raw", "label_only"], 1)]
+  assert lines[-1].endswith("| ETA 00:00:00")
+  assert sys.stderr.getvalue() == ""

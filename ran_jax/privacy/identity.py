@@ -79,6 +79,7 @@ from typing import Callable, Sequence
 import jax
 import numpy as np
 
+from ran_jax import progress
 from ran_jax.data.source import DataError
 from ran_jax.privacy import attackers as atk
 from ran_jax.privacy import attribute_attackers as aa
@@ -594,12 +595,19 @@ def attack_identity(trained, source, cfg: IdentityConfig | None = None) -> dict:
   if not noisy:
     out["note"] = ("deterministic release: N releases of one input equal one release and the "
                    "clean features")
-  for name, get in settings.items():
-    out["settings"][name] = _score_setting(_on_inputs(pool, get), pool, cfg, name, groups,
-                                           noisy=noisy and name not in ("clean", "raw"))
-  if cfg.label_only:
-    out["label_only"] = _score_setting(label_fn(pool, source.num_classes), pool, cfg,
-                                       "label_only", groups)
+  # one unit of progress per setting (its families searched, refit with every seed): a bar
+  # in a terminal, a log line with the count and the ETA after each (progress.Track)
+  jobs = list(settings) + (["label_only"] if cfg.label_only else [])
+  track = progress.Track(jobs, desc="identity attack", unit="setting")
+  for name in track:
+    track.set_postfix_str(name)
+    if name == "label_only":
+      out["label_only"] = _score_setting(label_fn(pool, source.num_classes), pool, cfg,
+                                         "label_only", groups)
+    else:
+      out["settings"][name] = _score_setting(
+          _on_inputs(pool, settings[name]), pool, cfg, name, groups,
+          noisy=noisy and name not in ("clean", "raw"))
   raw = out["settings"].get("raw")
   if raw is not None and raw["worst"]["top1"] > chance:
     for r in [*out["settings"].values(), *([out["label_only"]] if cfg.label_only else [])]:
