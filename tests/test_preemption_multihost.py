@@ -7,10 +7,11 @@ shared but the workdir.
 * A preemption notice (SIGTERM) reaches one host only, as a maintenance event does: every
   host stops at the same step, saves and exits 143 (JAX's preemption service carries the
   notice); the rerun resumes at that step and ends bit-identical to a run never stopped.
-* A host is lost outright (SIGKILL, no notice): the others stop within the heartbeat
-  timeout (`--heartbeat_timeout_s`) with JAX's message naming the lost process, instead of
-  waiting in a collective; the rerun resumes from the newest complete checkpoint and ends
-  bit-identical to the unstopped run.
+* A host is lost outright (SIGKILL, no notice), the workdir on a local Cloud Storage server
+  (tests/gcs_server.py) as on a slice, whose hosts share no disk: the others stop within the
+  heartbeat timeout (`--heartbeat_timeout_s`) with a message naming what happened, instead
+  of waiting in a collective; the rerun resumes from the newest complete checkpoint in the
+  bucket and ends bit-identical to the unstopped run.
 """
 
 import os
@@ -22,10 +23,13 @@ import sys
 import time
 
 import chex
+import jax
+import numpy as np
 import pytest
 
 from ran_jax.export import load_trained
 from ran_jax.train import LOST_PROCESS_EXIT
+from tests import gcs_server
 from tests.helpers import ROOT, subprocess_env
 
 pytestmark = pytest.mark.slow
@@ -42,7 +46,7 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def _launch(workdir, scratch_root, tag, extra=()):
+def _launch(workdir, scratch_root, tag, extra=(), env_extra=None):
   port = _free_port()
   procs = []
   for i in range(N):
@@ -50,7 +54,9 @@ def _launch(workdir, scratch_root, tag, extra=()):
     (scratch / "tmp").mkdir(parents=True, exist_ok=True)
     env = subprocess_env({"JAX_PLATFORMS": "cpu", "HOME": str(scratch),
                           "TMPDIR": str(scratch / "tmp"),
-                          "XLA_FLAGS": "--xla_force_host_platform_device_count=1"})
+                          "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+                          **(env_extra or {})})
+    env.pop("EPATH_USE_TF", None)   # the production default (ran_jax.storage) on gs://
     err = open(scratch / "stderr.log", "w")
     procs.append((subprocess.Popen(
         [sys.executable, os.path.join(ROOT, "train.py"), *ARGS, f"--workdir={workdir}",
@@ -76,6 +82,35 @@ def _wait(procs, timeout):
 def _params(wd):
   t = load_trained(str(wd))
   return {"params": t.params, "batch_stats": t.batch_stats, "step": t.meta["step"]}
+
+
+def _flat(tree):
+  return {jax.tree_util.keystr(k): np.asarray(v)
+          for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+_LOAD = """import sys, numpy as np, jax
+from ran_jax.export import load_trained
+t = load_trained(sys.argv[1])
+tree = {"params": t.params, "batch_stats": t.batch_stats, "step": t.meta["step"]}
+np.savez(sys.argv[2], **{jax.tree_util.keystr(k): np.asarray(v)
+                         for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]})
+"""
+
+
+def _params_from_bucket(gcs, workdir, scratch):
+  """The run's final weights read back from the bucket by a process of its own (as a host
+  would), flattened to {path: array}."""
+  out = scratch / "read_back.npz"
+  env = subprocess_env(gcs.env())
+  env.pop("EPATH_USE_TF", None)
+  r = subprocess.run([sys.executable, "-c", _LOAD, workdir, str(out)], cwd=ROOT, env=env,
+                     capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0, r.stderr[-3000:]
+  with np.load(out) as f:
+    got = {k: f[k] for k in f.files}
+  out.unlink()
+  return got
 
 
 @pytest.fixture(scope="module")
@@ -131,10 +166,19 @@ def test_a_notice_to_one_host_stops_all_at_one_step_then_exact_resume(tmp_path, 
 HEARTBEAT_S = 10
 
 
-def test_a_lost_host_stops_the_others_within_the_heartbeat_then_exact_resume(tmp_path, unstopped):
-  wd = tmp_path / "run"
+@pytest.fixture
+def gcs(tmp_path):
+  with gcs_server.running(str(tmp_path / "gcs_server.log")) as server:
+    yield server
+
+
+def test_a_lost_host_stops_the_others_within_the_heartbeat_then_exact_resume(tmp_path, unstopped,
+                                                                             gcs):
+  """The workdir on (a local server of) Cloud Storage, the only place the hosts share, as
+  on a pod slice: the checkpoint the killed host was writing is never the one restored."""
+  wd = "gs://bkt/lost"
   extra = ["--config.checkpoint_every_steps=4", f"--heartbeat_timeout_s={HEARTBEAT_S}"]
-  procs = _launch(wd, tmp_path / "scratch", "run", extra)
+  procs = _launch(wd, tmp_path / "scratch", "run", extra, gcs.env())
   _until_step(procs, 14)
   procs[2][0].kill()                              # a host lost outright: no notice, no save
   t = time.time()
@@ -152,11 +196,14 @@ def test_a_lost_host_stops_the_others_within_the_heartbeat_then_exact_resume(tmp
     caught = rcs[i] == LOST_PROCESS_EXIT and "If another process was lost" in logs[i]
     assert caught or "Task 2 heartbeat timeout" in logs[i], (i, rcs[i], logs[i][-2000:])
 
-  rcs, logs = _wait(_launch(wd, tmp_path / "scratch", "rerun", extra), 600)
+  rcs, logs = _wait(_launch(wd, tmp_path / "scratch", "rerun", extra, gcs.env()), 600)
   assert rcs == [0] * N, logs[0][-3000:]
   resumed_at = [int(m) for m in re.findall(r"at step (\d+)", logs[0])]
   assert resumed_at and 12 <= resumed_at[0] < 30 and resumed_at[0] % 4 == 0, logs[0][-3000:]
-  resumed = _params(wd)
-  assert resumed["step"] == 30
-  chex.assert_trees_all_equal(resumed, unstopped)     # bit-identical to the unstopped run
+  names = gcs.objects(prefix="lost/")
+  assert "lost/checkpoints/30/commit_success.txt" in names, sorted(names)
+  resumed, want = _params_from_bucket(gcs, wd, tmp_path), _flat(unstopped)
+  assert sorted(resumed) == sorted(want)
+  for k in want:                                     # bit-identical to the unstopped run
+    np.testing.assert_array_equal(resumed[k], want[k], err_msg=k)
   _scratch_left_clean(tmp_path / "scratch")

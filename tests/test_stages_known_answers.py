@@ -268,3 +268,29 @@ def test_distillation_and_defaults_reach_the_bound_stages(setup):
   ema = stages.bind_stages(models, opts, ml_collections.ConfigDict(
       {**bare.to_dict(), "ema_decay": 0.9, "reinit_every_steps": 1}))
   assert ema.ema.keywords["decay"] == 0.9 and ema.reinit.keywords["every"] == 1
+
+
+def test_the_generative_stage_reports_the_strongest_attribute_head():
+  """With both heads (linear, MLP) the reported attribute cross-entropy is the lower and the
+  accuracy the higher of the two: what the best head reads from the features."""
+  from tests.test_attribute_game import _config, _models
+
+  c = _config(attribute_weight=1.0)
+  models = _models(c)
+  assert set(models.attribute_heads) == {"linear", "mlp"}
+  opts = stages.make_optimizers(c.ran)
+  state = jax.jit(lambda r: stages.init_state(models, opts, r))(jax.random.PRNGKey(2))
+  rng = np.random.default_rng(1)
+  batch = {"image": jnp.asarray(rng.uniform(0, 1, (16, 28, 28, 1)), jnp.float32),
+           "label": jnp.asarray(np.arange(16) % 10, jnp.int32),
+           "attribute": jnp.asarray(rng.integers(0, 4, 16), jnp.int32)}
+  _, m = jax.jit(lambda s, b: stages.generative_step(s, b, models=models,
+                                                     optimizer=opts["gen"]))(state, batch)
+  clean, _ = stages.features(models, state.params["encoder"], state.batch_stats["encoder"],
+                             batch["image"], True)
+  logits = stages.attribute_logits(models, state.params, clean)
+  ces = [float(losses.cross_entropy(lg, batch["attribute"])) for lg in logits.values()]
+  accs = [float(losses.accuracy(lg, batch["attribute"])) for lg in logits.values()]
+  assert float(m["gen/attribute_ce"]) == pytest.approx(min(ces), rel=1e-5)
+  assert float(m["gen/attribute_accuracy"]) == pytest.approx(max(accs))
+  assert accs[0] != accs[1] and ces[0] != ces[1]   # the two heads tell apart
