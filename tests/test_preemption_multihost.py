@@ -89,13 +89,10 @@ def _flat(tree):
           for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
-_LOAD = """import sys, numpy as np, jax
-from ran_jax.export import load_trained
-t = load_trained(sys.argv[1])
-tree = {"params": t.params, "batch_stats": t.batch_stats, "step": t.meta["step"]}
-np.savez(sys.argv[2], **{jax.tree_util.keystr(k): np.asarray(v)
-                         for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]})
-"""
+# what a host runs to read the run back: this module's own loading and flattening
+_LOAD = ("import sys, numpy as np\n"
+         "from tests.test_preemption_multihost import _flat, _params\n"
+         "np.savez(sys.argv[2], **_flat(_params(sys.argv[1])))\n")
 
 
 def _params_from_bucket(gcs, workdir, scratch):
