@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from configs import digits_lenet
-from ran_jax import export, input_pipeline, parallel, search, sweep
+from ran_jax import export, input_pipeline, parallel, search, search_report, sweep
 from ran_jax.config_lib import ConfigError
 from ran_jax.data.source import ArraySplit, DataSource, attach_attribute
 from ran_jax.privacy import identity, methods, protocol, results
@@ -338,8 +338,9 @@ def test_candidates_can_be_scored_by_the_searched_budget_attackers():
   assert cfg.person_releases == 7 and cfg.budget == "light" and cfg.set_attacker
   thorough = search.fast_identity_config(budget="thorough")
   assert "boosting" in thorough.attackers and tuple(thorough.draws) == (1, 4, 16)
-  assert search._whole_budget(cfg.to_dict()) and search._whole_budget(thorough.to_dict())
-  assert not search._whole_budget(search.fast_identity_config().to_dict())
+  whole = search_report._whole_budget
+  assert whole(cfg.to_dict()) and whole(thorough.to_dict())
+  assert not whole(search.fast_identity_config().to_dict())
   with pytest.raises(search.SearchError, match="fast_identity_budget='heavy'"):
     search.search("digits_lenet:smoke", "/nonexistent/never_written", objective="identity",
                   fast_identity_budget="heavy")

@@ -1,9 +1,10 @@
 """Where the budget search spends its trainings when candidates fail (`search.next_position`)."""
 
+import doctest
 import json
 import os
 
-from ran_jax import search
+from ran_jax import search, search_space
 from ran_jax.configs import digits_lenet
 from ran_jax.privacy import protocol
 from tests.test_search import marker_train
@@ -23,6 +24,12 @@ def _evaluate_failing_from(sigma_fail: float, ref_acc: float = 0.95):
             {"x_show": data.x_test[:2], "rec_ridge": data.x_test[:2]})
 
   return evaluate
+
+
+def test_the_bisection_module_doctests():
+  """search_space's examples (knob values both ways, the first positions) hold."""
+  result = doctest.testmod(search_space)
+  assert result.attempted >= 5 and result.failed == 0
 
 
 def test_after_two_failures_the_third_training_is_the_untried_point_between():
