@@ -18,10 +18,6 @@ from ran_jax.search_space import KNOBS
 log = logging.getLogger("ran_jax")
 
 
-def _write_atomic(path: str, text: str) -> None:
-  storage.write_text(path, text)
-
-
 def _fmt(v, spec=".4g") -> str:
   return "n/a" if v is None else format(float(v), spec)
 
@@ -279,7 +275,7 @@ def write_report(workdir: str, state: dict, confirm: dict) -> str:
     if s.get("objective") == "identity":
       lines += _identity_confirm_lines(state, confirm)
   path = os.path.join(workdir, "report.md")
-  _write_atomic(path, "\n".join(lines))
+  storage.write_text(path, "\n".join(lines))
   return path
 
 
